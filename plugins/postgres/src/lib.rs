@@ -1,0 +1,432 @@
+//! PostgreSQL: a database and its owner role per instance, a login role per
+//! binding, reached through the connection the operator maps to the alias
+//! `admin` (`[plugins.postgres.connections] admin = "<connection>"`).
+//!
+//! The admin connection is fixed to one database (the DSN's), and PostgreSQL
+//! runs most object-level statements only in the database a session is
+//! connected to. So this plugin does everything with cluster-level
+//! statements (roles, `CREATE/ALTER/DROP DATABASE`) and arranges ownership so
+//! that nothing ever has to be cleaned up inside the instance's database:
+//!
+//! - the database is owned by a `NOLOGIN` role `<db>_owner`;
+//! - each binding's login role is a member of the owner role and has
+//!   `ALTER ROLE ... SET role = '<db>_owner'`, so its sessions act as the
+//!   owner and everything it creates is owned by the owner role;
+//! - `DROP DATABASE` then removes all objects at once, and a binding role owns
+//!   nothing and can be dropped from the admin database (`REASSIGN OWNED` /
+//!   `DROP OWNED` would have to run inside the instance's database).
+//!
+//! An application that deliberately runs `SET ROLE <its own role>` can still
+//! create objects it owns itself; its unbind then revokes the login and the
+//! role is dropped with the instance (see [`Postgres::unbind`]).
+//!
+//! No `extensions` parameter: `CREATE EXTENSION` must run inside the new
+//! database, which the admin connection cannot reach. The extensions people
+//! usually ask for (pgcrypto, citext, hstore, uuid-ossp ...) are "trusted"
+//! since PostgreSQL 13, so a binding, acting as the database owner, creates
+//! them itself with `CREATE EXTENSION`.
+//!
+//! The admin role must be a superuser, or have `CREATEDB` and `CREATEROLE`
+//! and be a member of the roles it creates.
+
+use serde::Deserialize;
+use serde_json::json;
+use wasm_broker_sdk::log;
+use wasm_broker_sdk::prelude::*;
+use wasm_broker_sdk::sql::{self, Dialect, Value};
+
+const ADMIN: &str = "admin";
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+const SERVICE_ID: &str = "2d9cd9b7-db8d-4e1c-a16a-e1460a2ea800";
+
+/// What a plan decides: how many connections the database accepts.
+struct Plan {
+    id: &'static str,
+    name: &'static str,
+    description: &'static str,
+    max_connections: u32,
+}
+
+const PLANS: [Plan; 2] = [
+    Plan {
+        id: "b1aea2fb-82dd-4b4f-8b68-9de4a720065e",
+        name: "small",
+        description: "A database accepting up to 20 connections.",
+        max_connections: 20,
+    },
+    Plan {
+        id: "dc6086dc-5292-43b2-9281-58685c237ade",
+        name: "large",
+        description: "A database accepting up to 100 connections.",
+        max_connections: 100,
+    },
+];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Parameters {
+    /// Lower than the plan's maximum, for applications that must not
+    /// exhaust the server.
+    connection_limit: Option<u32>,
+}
+
+struct Postgres;
+
+impl ServicePlugin for Postgres {
+    fn describe() -> PluginInfo {
+        PluginInfo::new(
+            "postgres",
+            VERSION,
+            "PostgreSQL: a database per instance, a login role per binding",
+        )
+    }
+
+    fn catalog() -> Catalog {
+        let plans = PLANS
+            .iter()
+            .map(|plan| {
+                let schema = parameters_schema(json!({
+                    "connection_limit": {
+                        "description": "Connections the database accepts at most (default: the plan's maximum).",
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": plan.max_connections,
+                    },
+                }));
+                ServicePlan::new(plan.id, plan.name, plan.description)
+                    .maintenance_version(VERSION, "wasm-broker postgres plugin build")
+                    .binding_rotatable()
+                    .instance_schemas(schema.clone(), Some(schema))
+            })
+            .collect();
+        Catalog::new(vec![
+            ServiceOffering::new(SERVICE_ID, "postgres", "PostgreSQL database", plans)
+                .tags(&["postgresql", "postgres", "relational"])
+                .metadata(json!({"displayName": "PostgreSQL"}))
+                .plan_updateable(true),
+        ])
+    }
+
+    fn provision(instance: &Instance, _info: &RequestInfo) -> Result<InstanceOutcome, BrokerError> {
+        let limit = connection_limit(plan(&instance.plan_id)?, &instance.parameters()?)?;
+        admin_server()?;
+        let names = Names::of(instance);
+        // PostgreSQL has no CREATE ROLE/DATABASE IF NOT EXISTS; looking first
+        // lets a retry after a failed provision carry on.
+        if !role_exists(&names.owner)? {
+            sql::execute(
+                ADMIN,
+                &format!("CREATE ROLE {} NOLOGIN", quote_pg_ident(&names.owner)),
+            )?;
+        }
+        if !exists(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &names.database,
+        )? {
+            sql::execute(
+                ADMIN,
+                &format!(
+                    "CREATE DATABASE {} OWNER {} CONNECTION LIMIT {limit}",
+                    quote_pg_ident(&names.database),
+                    quote_pg_ident(&names.owner)
+                ),
+            )?;
+        }
+        // PUBLIC may connect to every new database by default: keep other
+        // instances' bindings out. Members of the owner role connect through
+        // the owner's privileges.
+        sql::execute(
+            ADMIN,
+            &format!(
+                "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+                quote_pg_ident(&names.database)
+            ),
+        )?;
+        log::info!(
+            "created database {} owned by {}",
+            names.database,
+            names.owner
+        );
+        Ok(InstanceOutcome::done())
+    }
+
+    /// A plan change or a new `connection_limit` is one `ALTER DATABASE`.
+    fn update(
+        instance: &Instance,
+        changes: &InstanceChanges,
+        _info: &RequestInfo,
+    ) -> Result<InstanceOutcome, BrokerError> {
+        if changes.touches_only_metadata()? {
+            return Ok(InstanceOutcome::done());
+        }
+        let plan = plan(changes.plan_id.as_deref().unwrap_or(&instance.plan_id))?;
+        let parameters: Parameters = changes.merged_parameters(instance)?;
+        let limit = connection_limit(plan, &parameters).map_err(|error| {
+            BrokerError::Unprocessable(format!(
+                "{}; lower connection_limit in the same update",
+                error.description()
+            ))
+        })?;
+        let database = Names::of(instance).database;
+        sql::execute(
+            ADMIN,
+            &format!(
+                "ALTER DATABASE {} CONNECTION LIMIT {limit}",
+                quote_pg_ident(&database)
+            ),
+        )?;
+        Ok(InstanceOutcome::done())
+    }
+
+    fn deprovision(
+        instance: &Instance,
+        _info: &RequestInfo,
+    ) -> Result<DeletionOutcome, BrokerError> {
+        let names = Names::of(instance);
+        // WITH (FORCE) (PostgreSQL 13+) ends the database's sessions first.
+        sql::execute(
+            ADMIN,
+            &format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_pg_ident(&names.database)
+            ),
+        )?;
+        // Binding roles still here are those whose unbind could not drop them
+        // (they owned objects in the database just dropped), or those of
+        // bindings the platform never deleted.
+        let members = sql::query(
+            ADMIN,
+            "SELECT member.rolname FROM pg_auth_members m \
+             JOIN pg_roles member ON member.oid = m.member \
+             JOIN pg_roles owner ON owner.oid = m.roleid \
+             WHERE owner.rolname = $1",
+            &[Value::from(names.owner.as_str())],
+        )?;
+        for member in members.first_column().filter_map(Value::as_str) {
+            sql::execute(
+                ADMIN,
+                &format!("DROP ROLE IF EXISTS {}", quote_pg_ident(member)),
+            )?;
+        }
+        sql::execute(
+            ADMIN,
+            &format!("DROP ROLE IF EXISTS {}", quote_pg_ident(&names.owner)),
+        )?;
+        log::info!(
+            "dropped database {} and role {}",
+            names.database,
+            names.owner
+        );
+        Ok(DeletionOutcome::Done)
+    }
+
+    /// A login role acting as the database owner. A rotation is an ordinary
+    /// bind: the new binding id gives a new role, and the predecessor's
+    /// stays valid until it is unbound.
+    fn bind(
+        instance: &Instance,
+        binding: &Binding,
+        _info: &RequestInfo,
+    ) -> Result<BindOutcome, BrokerError> {
+        let server = admin_server()?;
+        let names = Names::of(instance);
+        let role = role_name(binding);
+        let password = password(24)?;
+        // Left by a failed attempt at this bind, never handed out: start over.
+        sql::execute(
+            ADMIN,
+            &format!("DROP ROLE IF EXISTS {}", quote_pg_ident(&role)),
+        )?;
+        sql::execute(
+            ADMIN,
+            &format!(
+                "CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}",
+                quote_pg_ident(&role),
+                quote_sql_string(Dialect::Postgres, &password),
+                quote_pg_ident(&names.owner)
+            ),
+        )
+        .map_err(|error| error.redact(&password))?;
+        // Sessions start as the owner (RESET ROLE returns to it too), so what
+        // the application creates belongs to the owner, not to this role.
+        sql::execute(
+            ADMIN,
+            &format!(
+                "ALTER ROLE {} SET role = {}",
+                quote_pg_ident(&role),
+                quote_sql_string(Dialect::Postgres, &names.owner)
+            ),
+        )?;
+        log::info!("created role {role} in {}", names.owner);
+        Ok(Credentials::new("postgresql", &server.host, server.port)
+            .login(&role, &password)
+            .database(&names.database)
+            .jdbc("postgresql")
+            .into_bind_outcome())
+    }
+
+    /// Revokes the login first, then ends the role's sessions, then drops
+    /// the role. The drop fails only if the application created objects as
+    /// this role itself (`SET ROLE`); the credentials are revoked all the
+    /// same, and deprovision drops the role after the database.
+    fn unbind(
+        _instance: &Instance,
+        binding: &Binding,
+        _info: &RequestInfo,
+    ) -> Result<DeletionOutcome, BrokerError> {
+        let role = role_name(binding);
+        if !role_exists(&role)? {
+            return Ok(DeletionOutcome::Done);
+        }
+        sql::execute(
+            ADMIN,
+            &format!("ALTER ROLE {} NOLOGIN PASSWORD NULL", quote_pg_ident(&role)),
+        )?;
+        sql::query(
+            ADMIN,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            &[Value::from(role.as_str())],
+        )?;
+        match sql::execute(ADMIN, &format!("DROP ROLE {}", quote_pg_ident(&role))) {
+            Ok(_) => log::info!("dropped role {role}"),
+            Err(error) => log::warn!(
+                "role {role} can no longer log in but stays until the instance is deleted: {}",
+                error.description()
+            ),
+        }
+        Ok(DeletionOutcome::Done)
+    }
+}
+
+wasm_broker_sdk::export_plugin!(Postgres);
+
+struct Names {
+    database: String,
+    owner: String,
+}
+
+impl Names {
+    fn of(instance: &Instance) -> Self {
+        // 63 bytes is PostgreSQL's identifier limit; the owner adds 6.
+        let database = derive_name("db_", &instance.id, 57);
+        Self {
+            owner: format!("{database}_owner"),
+            database,
+        }
+    }
+}
+
+fn role_name(binding: &Binding) -> String {
+    derive_name("u_", &binding.id, 63)
+}
+
+fn plan(plan_id: &str) -> Result<&'static Plan, BrokerError> {
+    PLANS
+        .iter()
+        .find(|plan| plan.id == plan_id)
+        .ok_or_else(|| BrokerError::BadRequest(format!("plan {plan_id} is not a postgres plan")))
+}
+
+fn connection_limit(plan: &Plan, parameters: &Parameters) -> Result<u32, BrokerError> {
+    match parameters.connection_limit {
+        None => Ok(plan.max_connections),
+        Some(limit) if (1..=plan.max_connections).contains(&limit) => Ok(limit),
+        Some(limit) => Err(BrokerError::BadRequest(format!(
+            "parameters.connection_limit: {limit} is not between 1 and plan {}'s maximum {}",
+            plan.name, plan.max_connections
+        ))),
+    }
+}
+
+/// The server behind `admin`, checked to be PostgreSQL so a wrong grant in
+/// broker.toml fails with a clear message rather than a syntax error.
+fn admin_server() -> Result<sql::ServerInfo, BrokerError> {
+    let server = sql::server_info(ADMIN)?;
+    if server.dialect != Dialect::Postgres {
+        return Err(BrokerError::Internal(
+            "the connection mapped to `admin` for the postgres plugin is not a PostgreSQL connection".to_owned(),
+        ));
+    }
+    Ok(server)
+}
+
+fn role_exists(role: &str) -> Result<bool, BrokerError> {
+    exists("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+}
+
+fn exists(query: &str, name: &str) -> Result<bool, BrokerError> {
+    Ok(!sql::query(ADMIN, query, &[Value::from(name)])?
+        .rows
+        .is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_postgres_identifiers() {
+        let instance = Instance {
+            id: "x".repeat(500),
+            service_id: SERVICE_ID.to_owned(),
+            plan_id: PLANS[0].id.to_owned(),
+            parameters: None,
+            context: None,
+            organization_guid: None,
+            space_guid: None,
+            maintenance_version: None,
+            plugin_version: VERSION.to_owned(),
+        };
+        let names = Names::of(&instance);
+        assert!(names.owner.len() <= 63 && names.owner.starts_with(&names.database));
+    }
+
+    #[test]
+    fn connection_limit_defaults_to_the_plan_and_stays_within_it() {
+        let small = &PLANS[0];
+        assert_eq!(
+            connection_limit(small, &Parameters::default()).ok(),
+            Some(small.max_connections)
+        );
+        assert_eq!(
+            connection_limit(
+                small,
+                &Parameters {
+                    connection_limit: Some(5)
+                }
+            )
+            .ok(),
+            Some(5)
+        );
+        let error = connection_limit(
+            small,
+            &Parameters {
+                connection_limit: Some(small.max_connections + 1),
+            },
+        )
+        .expect_err("above the plan");
+        assert!(
+            error
+                .description()
+                .starts_with("parameters.connection_limit: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn each_plan_schema_caps_the_limit_at_its_maximum() {
+        let catalog = Postgres::catalog();
+        for (plan, spec) in catalog.services[0].plans.iter().zip(&PLANS) {
+            let schemas = plan.schemas.as_ref().expect("schemas");
+            let schema: serde_json::Value =
+                serde_json::from_str(schemas.instance_create.as_deref().expect("create"))
+                    .expect("json");
+            assert_eq!(
+                schema["properties"]["connection_limit"]["maximum"],
+                spec.max_connections
+            );
+            assert!(plan.binding_rotatable);
+        }
+    }
+}
