@@ -1,0 +1,616 @@
+//! The backends broker.toml names (`[connections.<name>]`), opened once at
+//! startup and shared by every plugin call. A plugin never sees a DSN, a URL
+//! or a password: it names an alias, and [`Grants`] resolves the alias to a
+//! connection only if the plugin's `[plugins.<name>.connections]` table maps it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Executor};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use url::Url;
+
+use crate::config::{ConnectionConfig, ConnectionKind};
+
+/// How long a call waits for a free connection before it fails, so a burst of
+/// calls reports "busy" instead of piling up behind the plugin deadline.
+pub(crate) const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long opening a TCP (and TLS) connection to a backend may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one Redis command or HTTP request may take end to end.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `[connections.<name>]` section that cannot be used. Never carries the
+/// URL itself: it may hold a password.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("[connections.{connection}]: the url is not valid: {reason}")]
+    InvalidUrl { connection: String, reason: String },
+    #[error("[connections.{connection}]: {reason}")]
+    Invalid { connection: String, reason: String },
+}
+
+/// Every configured backend, by its broker.toml name.
+pub struct Connections {
+    by_name: BTreeMap<String, Connection>,
+}
+
+pub(crate) enum Connection {
+    Sql(SqlConnection),
+    Redis(RedisConnection),
+    Http(HttpConnection),
+}
+
+impl Connection {
+    fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Sql(_) => "an SQL",
+            Self::Redis(_) => "a Redis",
+            Self::Http(_) => "an HTTP",
+        }
+    }
+}
+
+/// Host and port applications are told to use; never credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PublicAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+pub(crate) enum SqlPool {
+    Mysql(MySqlPool),
+    Postgres(PgPool),
+}
+
+pub(crate) struct SqlConnection {
+    pub pool: SqlPool,
+    pub address: PublicAddress,
+}
+
+pub(crate) struct RedisConnection {
+    client: redis::Client,
+    /// One permit per open connection: each plugin call gets a connection of
+    /// its own (see [`RedisConnection::open`]), and `max_connections` bounds
+    /// how many exist at once.
+    permits: Arc<Semaphore>,
+    pub address: PublicAddress,
+    pub tls: bool,
+}
+
+pub(crate) struct HttpConnection {
+    pub client: reqwest::Client,
+    /// Scheme, host, port and path prefix every request stays below; no
+    /// credentials, no query.
+    pub base_url: Url,
+    /// `base_url` with `public_host`/`public_port` applied, without the
+    /// trailing slash.
+    pub public_base_url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// One permit per request in flight, so at most `max_connections`
+    /// connections to the service are open.
+    pub permits: Semaphore,
+}
+
+impl Connections {
+    /// Opens nothing yet: SQL pools and Redis connections connect on first
+    /// use, so the broker starts even when a backend is down. Must run inside
+    /// a Tokio runtime (the SQL pools spawn their maintenance tasks).
+    pub fn from_config(
+        configs: &BTreeMap<String, ConnectionConfig>,
+    ) -> Result<Self, ConnectionError> {
+        let by_name = configs
+            .iter()
+            .map(|(name, config)| Ok((name.clone(), Connection::from_config(name, config)?)))
+            .collect::<Result<_, ConnectionError>>()?;
+        Ok(Self { by_name })
+    }
+
+    fn get(&self, name: &str) -> Option<&Connection> {
+        self.by_name.get(name)
+    }
+}
+
+impl Connection {
+    fn from_config(name: &str, config: &ConnectionConfig) -> Result<Self, ConnectionError> {
+        let invalid = |reason: String| ConnectionError::Invalid {
+            connection: name.to_owned(),
+            reason,
+        };
+        if config.max_connections == 0 {
+            return Err(invalid("max_connections must be at least 1".to_owned()));
+        }
+        let url =
+            Url::parse(&config.effective_url()).map_err(|error| ConnectionError::InvalidUrl {
+                connection: name.to_owned(),
+                reason: error.to_string(),
+            })?;
+        match config.kind {
+            ConnectionKind::Mysql | ConnectionKind::Postgres => {
+                SqlConnection::from_url(name, config, &url).map(Self::Sql)
+            }
+            ConnectionKind::Redis => RedisConnection::from_url(name, config, url).map(Self::Redis),
+            ConnectionKind::Http => HttpConnection::from_url(name, config, url).map(Self::Http),
+        }
+    }
+}
+
+fn invalid_url(connection: &str, reason: impl ToString) -> ConnectionError {
+    ConnectionError::InvalidUrl {
+        connection: connection.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// `public_host`/`public_port` where set, else what the host itself connects to.
+fn public_address(
+    connection: &str,
+    config: &ConnectionConfig,
+    host: Option<&str>,
+    port: u16,
+) -> Result<PublicAddress, ConnectionError> {
+    let host = match (&config.public_host, host) {
+        (Some(public), _) => public.clone(),
+        (None, Some(host)) if !host.is_empty() && !host.starts_with('/') => host.to_owned(),
+        (None, _) => {
+            return Err(ConnectionError::Invalid {
+                connection: connection.to_owned(),
+                reason: "the url names no TCP host (a Unix socket?): set public_host and public_port so \
+                         applications know where to connect"
+                    .to_owned(),
+            });
+        }
+    };
+    Ok(PublicAddress {
+        host,
+        port: config.public_port.unwrap_or(port),
+    })
+}
+
+impl SqlConnection {
+    fn from_url(name: &str, config: &ConnectionConfig, url: &Url) -> Result<Self, ConnectionError> {
+        let max_connections = config.max_connections;
+        if config.kind == ConnectionKind::Mysql {
+            // Statement logging is off: plugin DDL carries generated passwords
+            // (`CREATE USER ... IDENTIFIED BY '...'`).
+            let options = MySqlConnectOptions::from_url(url)
+                .map_err(|error| invalid_url(name, error))?
+                .disable_statement_logging();
+            let address =
+                public_address(name, config, Some(options.get_host()), options.get_port())?;
+            let pool = MySqlPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                // A plugin statement may leave a transaction open (BEGIN without
+                // COMMIT); it must not leak into the next call on this connection.
+                .after_release(|connection, _| {
+                    Box::pin(async move {
+                        connection.execute("ROLLBACK").await?;
+                        Ok(true)
+                    })
+                })
+                .connect_lazy_with(options);
+            Ok(Self {
+                pool: SqlPool::Mysql(pool),
+                address,
+            })
+        } else {
+            let options = PgConnectOptions::from_url(url)
+                .map_err(|error| invalid_url(name, error))?
+                .disable_statement_logging();
+            let address =
+                public_address(name, config, Some(options.get_host()), options.get_port())?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                // As for MySQL, but a ROLLBACK outside a transaction makes
+                // PostgreSQL log a warning on every call. Outside a transaction
+                // block each statement is its own transaction, so its start
+                // time equals the transaction's; otherwise the connection is
+                // closed instead of reused.
+                .after_release(|connection, _| {
+                    Box::pin(async move {
+                        sqlx::query_scalar::<_, bool>("SELECT now() = statement_timestamp()")
+                            .fetch_one(connection)
+                            .await
+                    })
+                })
+                .connect_lazy_with(options);
+            Ok(Self {
+                pool: SqlPool::Postgres(pool),
+                address,
+            })
+        }
+    }
+}
+
+impl RedisConnection {
+    fn from_url(name: &str, config: &ConnectionConfig, url: Url) -> Result<Self, ConnectionError> {
+        let client = redis::Client::open(url).map_err(|error| invalid_url(name, error))?;
+        let (host, port, tls) = match &client.get_connection_info().addr {
+            redis::ConnectionAddr::Tcp(host, port) => (Some(host.as_str()), *port, false),
+            redis::ConnectionAddr::TcpTls { host, port, .. } => (Some(host.as_str()), *port, true),
+            redis::ConnectionAddr::Unix(_) => (None, 0, false),
+        };
+        let address = public_address(name, config, host, port)?;
+        let permits = Arc::new(Semaphore::new(permit_count(config.max_connections)));
+        Ok(Self {
+            client,
+            permits,
+            address,
+            tls,
+        })
+    }
+
+    /// A new connection for one plugin call. Commands may change the state of
+    /// the connection they run on (SELECT, MULTI, CLIENT REPLY ...), so calls
+    /// never share one; the permit is held as long as the connection lives.
+    pub async fn open(
+        &self,
+    ) -> Result<(redis::aio::MultiplexedConnection, OwnedSemaphorePermit), String> {
+        let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                format!(
+                    "all connections are busy (waited {} s)",
+                    ACQUIRE_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|_| "the connection is shutting down".to_owned())?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(REQUEST_TIMEOUT);
+        let connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|error| format!("cannot connect: {error}"))?;
+        Ok((connection, permit))
+    }
+}
+
+impl HttpConnection {
+    fn from_url(
+        name: &str,
+        config: &ConnectionConfig,
+        mut url: Url,
+    ) -> Result<Self, ConnectionError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid_url(
+                name,
+                "an http connection needs an http:// or https:// url",
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(invalid_url(
+                name,
+                "the base url of an http connection cannot have a query or a fragment",
+            ));
+        }
+        // Credentials may come in the url (handy with `url_env`); the host sends
+        // them as basic auth and keeps them out of every url it uses or shows.
+        let url_username = Some(url.username())
+            .filter(|user| !user.is_empty())
+            .map(decode_userinfo);
+        let url_password = url.password().map(decode_userinfo);
+        let stripped = url.set_username("").is_ok() && url.set_password(None).is_ok();
+        if !stripped {
+            return Err(invalid_url(name, "the url cannot carry credentials"));
+        }
+        let username = config.username.clone().or(url_username);
+        let password = config.effective_password().or(url_password);
+
+        let mut public_url = url.clone();
+        if let Some(host) = &config.public_host {
+            public_url
+                .set_host(Some(host))
+                .map_err(|error| ConnectionError::Invalid {
+                    connection: name.to_owned(),
+                    reason: format!("public_host is not a valid host: {error}"),
+                })?;
+        }
+        if let Some(port) = config.public_port {
+            // Cannot fail: the scheme is http(s), which has a host and a port.
+            let _ = public_url.set_port(Some(port));
+        }
+        let public_base_url = public_url.as_str().trim_end_matches('/').to_owned();
+
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            // A redirect could lead anywhere; the plugin sees the 3xx instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(permit_count(config.max_connections))
+            .build()
+            .map_err(|error| ConnectionError::Invalid {
+                connection: name.to_owned(),
+                reason: format!("cannot build the HTTP client: {error}"),
+            })?;
+        Ok(Self {
+            client,
+            base_url: url,
+            public_base_url,
+            username,
+            password,
+            permits: Semaphore::new(permit_count(config.max_connections)),
+        })
+    }
+}
+
+fn decode_userinfo(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn permit_count(max_connections: u32) -> usize {
+    usize::try_from(max_connections)
+        .unwrap_or(usize::MAX)
+        .min(Semaphore::MAX_PERMITS)
+}
+
+/// The connections one plugin may use: its broker.toml grants (alias the
+/// plugin asks for -> connection name) over the shared connections.
+pub(crate) struct Grants {
+    connections: Arc<Connections>,
+    aliases: BTreeMap<String, String>,
+}
+
+impl Grants {
+    pub(crate) fn new(connections: Arc<Connections>, aliases: &BTreeMap<String, String>) -> Self {
+        Self {
+            connections,
+            aliases: aliases.clone(),
+        }
+    }
+
+    /// The connection name behind `alias` and the connection, or why the
+    /// plugin may not use it (the message names only the alias).
+    fn resolve(&self, alias: &str) -> Result<(&str, &Connection), String> {
+        self.aliases
+            .get(alias)
+            .and_then(|name| Some((name.as_str(), self.connections.get(name)?)))
+            .ok_or_else(|| {
+                format!("connection {alias:?} is not granted to this plugin in broker.toml")
+            })
+    }
+
+    pub(crate) fn sql(&self, alias: &str) -> Result<&SqlConnection, String> {
+        match self.resolve(alias)? {
+            (_, Connection::Sql(sql)) => Ok(sql),
+            (_, other) => Err(wrong_kind(alias, other, "an SQL")),
+        }
+    }
+
+    /// The Redis connection and its broker.toml name, which tells apart two
+    /// aliases of one connection.
+    pub(crate) fn redis(&self, alias: &str) -> Result<(&str, &RedisConnection), String> {
+        match self.resolve(alias)? {
+            (name, Connection::Redis(redis)) => Ok((name, redis)),
+            (_, other) => Err(wrong_kind(alias, other, "a Redis")),
+        }
+    }
+
+    pub(crate) fn http(&self, alias: &str) -> Result<&HttpConnection, String> {
+        match self.resolve(alias)? {
+            (_, Connection::Http(http)) => Ok(http),
+            (_, other) => Err(wrong_kind(alias, other, "an HTTP")),
+        }
+    }
+}
+
+fn wrong_kind(alias: &str, actual: &Connection, wanted: &str) -> String {
+    format!(
+        "connection {alias:?} granted in broker.toml is {} connection, not {wanted} one",
+        actual.kind_name()
+    )
+}
+
+/// Counts the bytes one host call moves across the sandbox boundary against
+/// `max_host_call_bytes`, so a plugin cannot make the host buffer (or copy
+/// into its memory) more than the operator allowed.
+#[derive(Debug)]
+pub(crate) struct ByteBudget {
+    limit: u64,
+    used: u64,
+}
+
+impl ByteBudget {
+    pub(crate) fn new(limit: u64) -> Self {
+        Self { limit, used: 0 }
+    }
+
+    /// Adds `bytes`; fails once the total is over the limit, naming `what`.
+    pub(crate) fn take(&mut self, bytes: usize, what: &str) -> Result<(), String> {
+        self.used = self
+            .used
+            .saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
+        if self.used > self.limit {
+            return Err(format!(
+                "{what} exceeds the host-call data limit of {} bytes",
+                self.limit
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Connections from `(name, body of its [connections.<name>] table)` pairs.
+    pub(crate) fn connections(tables: &[(&str, &str)]) -> Arc<Connections> {
+        let text: String = tables
+            .iter()
+            .map(|(name, body)| format!("[{name}]\n{body}\n"))
+            .collect();
+        let configs: BTreeMap<String, ConnectionConfig> =
+            toml::from_str(&text).expect("valid connection tables");
+        Arc::new(Connections::from_config(&configs).expect("valid connections"))
+    }
+
+    /// Whether a local service answers. Outside CI a missing service skips
+    /// the test; under `CI=true` it fails it, so CI cannot pass by skipping.
+    pub(crate) async fn reachable_or_skip(service: &str, address: &str) -> bool {
+        let connect = tokio::net::TcpStream::connect(address);
+        if matches!(
+            tokio::time::timeout(Duration::from_secs(2), connect).await,
+            Ok(Ok(_))
+        ) {
+            return true;
+        }
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{service} not reachable at {address} (CI=true)"
+        );
+        eprintln!("skipping: {service} not reachable at {address}");
+        false
+    }
+
+    fn config(kind: &str, url: &str, extra: &str) -> BTreeMap<String, ConnectionConfig> {
+        let text = format!("[admin]\nkind = '{kind}'\nurl = '{url}'\n{extra}");
+        toml::from_str(&text).expect("valid connection table")
+    }
+
+    #[tokio::test]
+    async fn public_address_comes_from_the_url_or_the_overrides() {
+        let connections =
+            Connections::from_config(&config("mysql", "mysql://root:secret@127.0.0.1:3307", ""))
+                .expect("valid");
+        let Some(Connection::Sql(sql)) = connections.get("admin") else {
+            panic!("not sql")
+        };
+        assert_eq!(
+            sql.address,
+            PublicAddress {
+                host: "127.0.0.1".to_owned(),
+                port: 3307
+            }
+        );
+
+        let overridden = config(
+            "postgres",
+            "postgres://postgres@127.0.0.1",
+            "public_host = 'db.example'\npublic_port = 6432",
+        );
+        let connections = Connections::from_config(&overridden).expect("valid");
+        let Some(Connection::Sql(sql)) = connections.get("admin") else {
+            panic!("not sql")
+        };
+        assert_eq!(
+            sql.address,
+            PublicAddress {
+                host: "db.example".to_owned(),
+                port: 6432
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_urls_name_the_connection_and_hide_the_url() {
+        for (kind, url) in [
+            ("mysql", "not a url :secret@"),
+            ("http", "ftp://user:secret@host/"),
+            ("redis", "http://:secret@host"),
+        ] {
+            let error = Connections::from_config(&config(kind, url, ""))
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(error.contains("[connections.admin]"), "{error}");
+            assert!(!error.contains("secret"), "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn zero_connections_are_refused() {
+        let error =
+            Connections::from_config(&config("redis", "redis://127.0.0.1", "max_connections = 0"))
+                .err()
+                .expect("refused")
+                .to_string();
+        assert!(error.contains("max_connections"), "{error}");
+    }
+
+    #[test]
+    fn http_credentials_leave_the_url() {
+        let connections =
+            Connections::from_config(&config("http", "http://guest:gu%40st@127.0.0.1:15672/", ""))
+                .expect("valid");
+        let Some(Connection::Http(http)) = connections.get("admin") else {
+            panic!("not http")
+        };
+        assert_eq!(http.public_base_url, "http://127.0.0.1:15672");
+        assert_eq!(http.base_url.as_str(), "http://127.0.0.1:15672/");
+        assert_eq!(http.username.as_deref(), Some("guest"));
+        assert_eq!(http.password.as_deref(), Some("gu@st"));
+    }
+
+    #[test]
+    fn redis_tls_and_unix_sockets() {
+        let connections =
+            Connections::from_config(&config("redis", "rediss://:pw@cache.example:6380", ""))
+                .expect("valid");
+        let Some(Connection::Redis(redis)) = connections.get("admin") else {
+            panic!("not redis")
+        };
+        assert!(redis.tls);
+        assert_eq!(
+            redis.address,
+            PublicAddress {
+                host: "cache.example".to_owned(),
+                port: 6380
+            }
+        );
+
+        let error = Connections::from_config(&config("redis", "redis+unix:///run/redis.sock", ""))
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("public_host"), "{error}");
+        Connections::from_config(&config(
+            "redis",
+            "redis+unix:///run/redis.sock",
+            "public_host = 'cache'\npublic_port = 6379",
+        ))
+        .expect("valid with a public address");
+    }
+
+    #[tokio::test]
+    async fn grants_resolve_only_granted_aliases_of_the_right_kind() {
+        let connections = Arc::new(
+            Connections::from_config(&config("redis", "redis://127.0.0.1", "")).expect("valid"),
+        );
+        let grants = Grants::new(
+            connections,
+            &BTreeMap::from([("cache".to_owned(), "admin".to_owned())]),
+        );
+        assert!(grants.redis("cache").is_ok());
+        let not_granted = grants.redis("admin").err().expect("alias, not name");
+        assert!(
+            not_granted.contains("\"admin\" is not granted"),
+            "{not_granted}"
+        );
+        let wrong = grants.sql("cache").err().expect("wrong kind");
+        assert!(
+            wrong.contains("a Redis connection, not an SQL one"),
+            "{wrong}"
+        );
+    }
+
+    #[test]
+    fn byte_budget_counts_up_to_the_limit() {
+        let mut budget = ByteBudget::new(10);
+        budget.take(6, "x").expect("within");
+        budget.take(4, "x").expect("exactly at the limit");
+        let error = budget.take(1, "the result").expect_err("over");
+        assert_eq!(
+            error,
+            "the result exceeds the host-call data limit of 10 bytes"
+        );
+    }
+}

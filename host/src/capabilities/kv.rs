@@ -1,0 +1,142 @@
+//! The `kv` import: a small durable key-value store private to each plugin,
+//! kept in the host's state store under the plugin's file stem, so one
+//! plugin can never read another's keys.
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Linker};
+
+use super::connections::ByteBudget;
+use crate::runtime::CallState;
+use crate::runtime::bindings::wasm_broker::plugin::kv::{self as wit, Error};
+use crate::state::{StateError, StateStore};
+
+/// The `kv` import of one plugin call.
+pub struct KvHost {
+    state: StateStore,
+    plugin: Arc<str>,
+    max_host_call_bytes: u64,
+}
+
+impl KvHost {
+    pub fn new(state: StateStore, plugin: Arc<str>, max_host_call_bytes: u64) -> Self {
+        Self { state, plugin, max_host_call_bytes }
+    }
+
+    fn within_limit(&self, parts: &[(usize, &str)]) -> Result<(), Error> {
+        let mut budget = ByteBudget::new(self.max_host_call_bytes);
+        parts.iter().try_for_each(|(bytes, what)| budget.take(*bytes, what)).map_err(Error::LimitExceeded)
+    }
+
+    /// The plugin learns that the store failed, not why: the cause (paths,
+    /// SQL) is for the operator's log.
+    fn failed(&self, operation: &str, error: StateError) -> Error {
+        tracing::error!(plugin = %self.plugin, %error, "kv {operation} failed");
+        Error::Failed(format!("the host's state store failed during {operation}"))
+    }
+}
+
+impl wit::Host for KvHost {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        if let Err(error) = self.within_limit(&[(key.len(), "the key")]) {
+            return Ok(Err(error));
+        }
+        Ok(match self.state.kv_get(&self.plugin, &key).await {
+            Ok(Some(value)) => self.within_limit(&[(value.len(), "the stored value")]).map(|()| Some(value)),
+            Ok(None) => Ok(None),
+            Err(error) => Err(self.failed("get", error)),
+        })
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
+        if let Err(error) = self.within_limit(&[(key.len(), "the key"), (value.len(), "the key with its value")]) {
+            return Ok(Err(error));
+        }
+        Ok(self.state.kv_set(&self.plugin, &key, &value).await.map_err(|error| self.failed("set", error)))
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), Error>> {
+        if let Err(error) = self.within_limit(&[(key.len(), "the key")]) {
+            return Ok(Err(error));
+        }
+        Ok(self.state.kv_delete(&self.plugin, &key).await.map_err(|error| self.failed("delete", error)))
+    }
+
+    async fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, Error>> {
+        if let Err(error) = self.within_limit(&[(prefix.len(), "the prefix")]) {
+            return Ok(Err(error));
+        }
+        Ok(match self.state.kv_list_keys(&self.plugin, &prefix).await {
+            Ok(keys) => {
+                let parts: Vec<(usize, &str)> = keys.iter().map(|key| (key.len(), "the list of keys")).collect();
+                self.within_limit(&parts).map(|()| keys)
+            }
+            Err(error) => Err(self.failed("list-keys", error)),
+        })
+    }
+}
+
+struct HasKv;
+
+impl HasData for HasKv {
+    type Data<'a> = &'a mut KvHost;
+}
+
+pub fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<CallState, HasKv>(linker, |state| &mut state.kv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StateConfig;
+    use crate::runtime::bindings::wasm_broker::plugin::kv::Host;
+
+    async fn store(directory: &tempfile::TempDir) -> StateStore {
+        let config = StateConfig { path: directory.path().join("broker.db"), ..StateConfig::default() };
+        StateStore::open(&config).await.expect("state store opens")
+    }
+
+    #[tokio::test]
+    async fn keys_round_trip_and_stay_private_to_the_plugin() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let state = store(&directory).await;
+        let mut mysql = KvHost::new(state.clone(), Arc::from("mysql"), 1024);
+        let mut redis = KvHost::new(state, Arc::from("redis"), 1024);
+
+        mysql.set("op/1".to_owned(), b"one".to_vec()).await.expect("no trap").expect("set");
+        mysql.set("op/2".to_owned(), b"two".to_vec()).await.expect("no trap").expect("set");
+        mysql.set("other".to_owned(), b"x".to_vec()).await.expect("no trap").expect("set");
+        redis.set("op/9".to_owned(), b"nine".to_vec()).await.expect("no trap").expect("set");
+
+        assert_eq!(mysql.get("op/1".to_owned()).await.expect("no trap"), Ok(Some(b"one".to_vec())));
+        assert_eq!(redis.get("op/1".to_owned()).await.expect("no trap"), Ok(None));
+        assert_eq!(
+            mysql.list_keys("op/".to_owned()).await.expect("no trap"),
+            Ok(vec!["op/1".to_owned(), "op/2".to_owned()])
+        );
+
+        mysql.delete("op/1".to_owned()).await.expect("no trap").expect("delete");
+        assert_eq!(mysql.get("op/1".to_owned()).await.expect("no trap"), Ok(None));
+        assert_eq!(redis.list_keys(String::new()).await.expect("no trap"), Ok(vec!["op/9".to_owned()]));
+    }
+
+    #[tokio::test]
+    async fn data_over_the_host_call_limit_is_refused() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let state = store(&directory).await;
+        let mut generous = KvHost::new(state.clone(), Arc::from("p"), 100);
+        let mut strict = KvHost::new(state, Arc::from("p"), 10);
+
+        let refused = strict.set("key".to_owned(), vec![0; 8]).await.expect("no trap");
+        assert_eq!(
+            refused,
+            Err(Error::LimitExceeded("the key with its value exceeds the host-call data limit of 10 bytes".to_owned()))
+        );
+        assert_eq!(strict.get("key".to_owned()).await.expect("no trap"), Ok(None), "nothing was stored");
+
+        generous.set("key".to_owned(), vec![0; 50]).await.expect("no trap").expect("set");
+        let refused = strict.get("key".to_owned()).await.expect("no trap");
+        assert!(matches!(refused, Err(Error::LimitExceeded(message)) if message.starts_with("the stored value")));
+    }
+}

@@ -1,0 +1,343 @@
+//! `broker.toml`: what the operator decides. Every section has defaults that
+//! work on a developer machine, so an empty file is a valid configuration.
+//! Relative paths are resolved against the directory of the config file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid broker.toml: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub state: StateConfig,
+    pub runtime: RuntimeConfig,
+    /// Named backend connections, e.g. `[connections.mariadb]`. Only the host
+    /// reads them; plugins refer to them by the alias they are granted.
+    pub connections: BTreeMap<String, ConnectionConfig>,
+    /// Per-plugin grants, limits and settings, keyed by the plugin's file
+    /// stem (`mysql.wasm` -> `[plugins.mysql]`): the operator names the
+    /// plugin, so a plugin cannot claim another one's grants.
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+/// What the broker answers when `X-Broker-API-Version` is missing. The spec
+/// suggests 400; the conformance suites expect 412.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum MissingVersionStatus {
+    #[serde(rename = "400")]
+    BadRequest,
+    #[default]
+    #[serde(rename = "412")]
+    PreconditionFailed,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Oldest `X-Broker-API-Version` served (`MAJOR.MINOR`); older gets 412.
+    pub min_api_version: String,
+    pub missing_version_status: MissingVersionStatus,
+    /// Request bodies larger than this get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            min_api_version: "2.13".to_owned(),
+            missing_version_status: MissingVersionStatus::default(),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// HTTP basic auth of the platform. `WASM_BROKER_USERNAME` and
+/// `WASM_BROKER_PASSWORD` override the file, so the password can live in a
+/// secret store instead of broker.toml.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    #[default]
+    Sqlite,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    pub backend: StateBackend,
+    /// SQLite database file.
+    pub path: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self { backend: StateBackend::Sqlite, path: PathBuf::from("state/broker.db") }
+    }
+}
+
+/// Limits for one plugin call. Global defaults in `[runtime]`, overridable
+/// per plugin in `[plugins.<name>]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitOverrides {
+    pub memory_limit_mb: Option<u64>,
+    pub call_timeout_ms: Option<u64>,
+    pub max_host_call_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Linear memory a plugin instance may grow to.
+    pub memory_limit_mb: u64,
+    /// Wall-clock deadline of one call, enforced by epoch interruption, so a
+    /// looping plugin is stopped even when it never calls the host.
+    pub call_timeout_ms: u64,
+    /// Largest statement, parameter, request body or result that crosses the
+    /// sandbox boundary in one host call.
+    pub max_host_call_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Every `*.wasm` here is a plugin; the directory is watched.
+    pub plugin_dir: PathBuf,
+    /// Compiled plugin code, so a restart does not recompile.
+    pub cache_dir: PathBuf,
+    pub memory_limit_mb: u64,
+    pub call_timeout_ms: u64,
+    pub max_host_call_bytes: u64,
+    /// Plugin instances alive at once across all plugins (pooling allocator).
+    pub max_concurrent_instances: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            plugin_dir: PathBuf::from("plugins/dist"),
+            cache_dir: PathBuf::from("state/compiled"),
+            memory_limit_mb: 64,
+            call_timeout_ms: 10_000,
+            max_host_call_bytes: 4 * 1024 * 1024,
+            max_concurrent_instances: 256,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The limits for a plugin: its own overrides, else the global defaults.
+    pub fn limits_for(&self, overrides: &LimitOverrides) -> CallLimits {
+        CallLimits {
+            memory_limit_mb: overrides.memory_limit_mb.unwrap_or(self.memory_limit_mb),
+            call_timeout_ms: overrides.call_timeout_ms.unwrap_or(self.call_timeout_ms),
+            max_host_call_bytes: overrides.max_host_call_bytes.unwrap_or(self.max_host_call_bytes),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionKind {
+    Mysql,
+    Postgres,
+    Redis,
+    Http,
+}
+
+/// A backend the host connects to on behalf of plugins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    pub kind: ConnectionKind,
+    /// DSN or base URL, with admin credentials for SQL and Redis
+    /// (`mysql://root@127.0.0.1:3306`, `redis://:pw@127.0.0.1:6379`).
+    pub url: String,
+    /// Name of an environment variable whose value replaces `url`, to keep
+    /// secrets out of the file.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// Basic-auth user and password the host adds to HTTP requests.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Address applications are told to use, when it differs from the one
+    /// the host uses (e.g. a DNS name instead of loopback).
+    #[serde(default)]
+    pub public_host: Option<String>,
+    #[serde(default)]
+    pub public_port: Option<u16>,
+    /// Connections the host keeps open to this backend at most.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    4
+}
+
+impl ConnectionConfig {
+    /// The URL with `url_env` applied.
+    pub fn effective_url(&self) -> String {
+        self.url_env
+            .as_deref()
+            .and_then(|name| std::env::var(name).ok())
+            .unwrap_or_else(|| self.url.clone())
+    }
+
+    /// The password with `password_env` applied.
+    pub fn effective_password(&self) -> Option<String> {
+        self.password_env
+            .as_deref()
+            .and_then(|name| std::env::var(name).ok())
+            .or_else(|| self.password.clone())
+    }
+}
+
+// No `deny_unknown_fields`: serde does not support it together with `flatten`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct PluginConfig {
+    /// Connections this plugin may use: alias the plugin asks for -> name of
+    /// a `[connections.<name>]` section. Nothing else is reachable.
+    pub connections: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub limits: LimitOverrides,
+    /// Free-form settings the plugin reads through the `config` import.
+    pub config: toml::Table,
+}
+
+impl Config {
+    /// Reads and validates a config file; relative paths become relative to
+    /// the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.apply_env();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for path in [&mut self.state.path, &mut self.runtime.plugin_dir, &mut self.runtime.cache_dir] {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+
+    fn apply_env(&mut self) {
+        if let Ok(username) = std::env::var("WASM_BROKER_USERNAME") {
+            self.auth.username = username;
+        }
+        if let Ok(password) = std::env::var("WASM_BROKER_PASSWORD") {
+            self.auth.password = password;
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.username.is_empty() || self.auth.password.is_empty() {
+            return Err(ConfigError::Invalid(
+                "[auth] username and password must be set (or WASM_BROKER_USERNAME / WASM_BROKER_PASSWORD): \
+                 OSB platforms authenticate every request"
+                    .to_owned(),
+            ));
+        }
+        if parse_api_version(&self.server.min_api_version).is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "[server] min_api_version {:?} is not MAJOR.MINOR",
+                self.server.min_api_version
+            )));
+        }
+        for (plugin, plugin_config) in &self.plugins {
+            for (alias, target) in &plugin_config.connections {
+                if !self.connections.contains_key(target) {
+                    return Err(ConfigError::Invalid(format!(
+                        "[plugins.{plugin}] grants connection {alias:?} -> {target:?}, but there is no [connections.{target}]"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn plugin(&self, name: &str) -> PluginConfig {
+        self.plugins.get(name).cloned().unwrap_or_default()
+    }
+}
+
+/// `MAJOR.MINOR` -> (major, minor).
+pub fn parse_api_version(text: &str) -> Option<(u32, u32)> {
+    let (major, minor) = text.trim().split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_needs_only_auth() {
+        let config: Config = toml::from_str("[auth]\nusername='u'\npassword='p'").expect("parses");
+        config.validate().expect("valid");
+        assert_eq!(config.server.missing_version_status, MissingVersionStatus::PreconditionFailed);
+    }
+
+    #[test]
+    fn grant_of_unknown_connection_is_refused() {
+        let config: Config = toml::from_str(
+            "[auth]\nusername='u'\npassword='p'\n[plugins.mysql.connections]\nadmin='nope'",
+        )
+        .expect("parses");
+        let error = config.validate().expect_err("must be refused").to_string();
+        assert!(error.contains("nope"), "{error}");
+    }
+
+    #[test]
+    fn plugin_limits_override_global_ones() {
+        let config: Config = toml::from_str(
+            "[runtime]\nmemory_limit_mb=64\n[plugins.a]\nmemory_limit_mb=8\n[plugins.a.config]\nx='y'",
+        )
+        .expect("parses");
+        let limits = config.runtime.limits_for(&config.plugin("a").limits);
+        assert_eq!(limits.memory_limit_mb, 8);
+        assert_eq!(limits.call_timeout_ms, config.runtime.call_timeout_ms);
+        assert_eq!(config.plugin("a").config.get("x").and_then(|v| v.as_str()), Some("y"));
+    }
+
+    #[test]
+    fn api_versions_parse() {
+        assert_eq!(parse_api_version("2.17"), Some((2, 17)));
+        assert_eq!(parse_api_version("2"), None);
+        assert_eq!(parse_api_version("a.b"), None);
+    }
+}

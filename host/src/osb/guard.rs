@@ -1,0 +1,194 @@
+//! What every OSB request passes before a handler sees it, in the order
+//! the conformance suites check it: basic auth (401), then the API version
+//! header (412/400); the request identity is echoed on every answer.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{MissingVersionStatus, parse_api_version};
+use crate::model::OriginatingIdentity;
+
+use super::error::ApiError;
+
+pub const API_VERSION: &str = "x-broker-api-version";
+pub const REQUEST_IDENTITY: &str = "x-broker-api-request-identity";
+pub const ORIGINATING_IDENTITY: &str = "x-broker-api-originating-identity";
+
+/// Credentials and version policy, fixed at startup.
+pub struct GuardConfig {
+    username_digest: [u8; 32],
+    password_digest: [u8; 32],
+    min_version: (u32, u32),
+    missing_version_status: MissingVersionStatus,
+}
+
+impl GuardConfig {
+    pub fn new(username: &str, password: &str, min_version: (u32, u32), missing: MissingVersionStatus) -> Self {
+        Self {
+            username_digest: Sha256::digest(username.as_bytes()).into(),
+            password_digest: Sha256::digest(password.as_bytes()).into(),
+            min_version,
+            missing_version_status: missing,
+        }
+    }
+
+    /// Compares digests in constant time, so neither the content nor the
+    /// length of the configured credentials leaks through timing.
+    fn authenticates(&self, headers: &HeaderMap) -> bool {
+        let Some((username, password)) = basic_credentials(headers) else { return false };
+        let username_ok = Sha256::digest(username.as_bytes()).ct_eq(&self.username_digest);
+        let password_ok = Sha256::digest(password.as_bytes()).ct_eq(&self.password_digest);
+        (username_ok & password_ok).into()
+    }
+
+    fn check_version(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let sent = headers.get(API_VERSION).and_then(|value| value.to_str().ok()).map(str::trim);
+        let Some(sent) = sent.filter(|value| !value.is_empty()) else {
+            let status = match self.missing_version_status {
+                MissingVersionStatus::BadRequest => StatusCode::BAD_REQUEST,
+                MissingVersionStatus::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            };
+            return Err(ApiError::new(
+                status,
+                "MissingApiVersion",
+                format!("the X-Broker-API-Version header is required; this broker serves 2.{}-2.17", self.min_version.1),
+            ));
+        };
+        match parse_api_version(sent) {
+            Some((2, minor)) if (2, minor) >= self.min_version => Ok(()),
+            _ => Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "UnsupportedApiVersion",
+                format!(
+                    "X-Broker-API-Version {sent:?} is not supported; use 2.{} or later 2.x (2.17 recommended)",
+                    self.min_version.1
+                ),
+            )),
+        }
+    }
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
+    let (username, password) = decoded.split_once(':')?;
+    Some((username.to_owned(), password.to_owned()))
+}
+
+/// Auth and version check for the OSB routes.
+pub async fn osb_guard(State(guard): State<Arc<GuardConfig>>, request: Request, next: Next) -> Response {
+    if !guard.authenticates(request.headers()) {
+        let mut response =
+            ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "valid HTTP basic credentials are required")
+                .into_response();
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"wasm-broker\""));
+        return response;
+    }
+    if let Err(error) = guard.check_version(request.headers()) {
+        return error.into_response();
+    }
+    next.run(request).await
+}
+
+/// Echoes `X-Broker-API-Request-Identity` on every response (OSB: SHOULD).
+pub async fn echo_request_identity(request: Request, next: Next) -> Response {
+    let identity = request.headers().get(REQUEST_IDENTITY).cloned();
+    let mut response = next.run(request).await;
+    if let Some(identity) = identity {
+        response.headers_mut().insert(REQUEST_IDENTITY, identity);
+    }
+    response
+}
+
+/// `Platform base64(json)` -> the decoded identity; 400 if malformed.
+pub fn originating_identity(headers: &HeaderMap) -> Result<Option<OriginatingIdentity>, ApiError> {
+    let Some(value) = headers.get(ORIGINATING_IDENTITY) else { return Ok(None) };
+    let malformed = |why: &str| {
+        ApiError::bad_request(format!(
+            "X-Broker-API-Originating-Identity must be `platform base64(json object)`: {why}"
+        ))
+    };
+    let text = value.to_str().map_err(|_| malformed("not ASCII"))?.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let (platform, encoded) = text.split_once(' ').ok_or_else(|| malformed("no space between platform and value"))?;
+    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| malformed("value is not base64"))?;
+    let value: serde_json::Value = serde_json::from_slice(&decoded).map_err(|_| malformed("value is not JSON"))?;
+    if !value.is_object() || platform.is_empty() {
+        return Err(malformed("value is not a JSON object"));
+    }
+    Ok(Some(OriginatingIdentity { platform: platform.to_owned(), value }))
+}
+
+/// The API version the platform sent (already validated by the guard).
+pub fn api_version(headers: &HeaderMap) -> String {
+    headers.get(API_VERSION).and_then(|value| value.to_str().ok()).unwrap_or_default().trim().to_owned()
+}
+
+pub fn request_identity(headers: &HeaderMap) -> Option<String> {
+    headers.get(REQUEST_IDENTITY).and_then(|value| value.to_str().ok()).filter(|v| !v.is_empty()).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard() -> GuardConfig {
+        GuardConfig::new("user", "secret", (2, 13), MissingVersionStatus::PreconditionFailed)
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).expect("valid header"));
+        }
+        map
+    }
+
+    #[test]
+    fn basic_auth_needs_both_parts_right() {
+        let good = format!("Basic {}", STANDARD.encode("user:secret"));
+        assert!(guard().authenticates(&headers(&[("authorization", &good)])));
+        for wrong in ["user:wrong", "other:secret", "user", ":"] {
+            let value = format!("Basic {}", STANDARD.encode(wrong));
+            assert!(!guard().authenticates(&headers(&[("authorization", &value)])), "{wrong}");
+        }
+        assert!(!guard().authenticates(&headers(&[("authorization", "Bearer x")])));
+        assert!(!guard().authenticates(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn version_rules() {
+        assert!(guard().check_version(&headers(&[(API_VERSION, "2.17")])).is_ok());
+        assert!(guard().check_version(&headers(&[(API_VERSION, "2.13")])).is_ok());
+        for bad in ["2.12", "3.0", "1.99", "abc", ""] {
+            let error = guard().check_version(&headers(&[(API_VERSION, bad)])).unwrap_err();
+            assert_eq!(error.status, StatusCode::PRECONDITION_FAILED, "{bad}");
+        }
+        let lenient = GuardConfig::new("u", "p", (2, 13), MissingVersionStatus::BadRequest);
+        assert_eq!(lenient.check_version(&HeaderMap::new()).unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn originating_identity_is_decoded_or_refused() {
+        let value = format!("cloudfoundry {}", STANDARD.encode(r#"{"user_id":"u1"}"#));
+        let identity = originating_identity(&headers(&[(ORIGINATING_IDENTITY, &value)])).unwrap().unwrap();
+        assert_eq!(identity.platform, "cloudfoundry");
+        assert_eq!(identity.value["user_id"], "u1");
+        assert!(originating_identity(&headers(&[(ORIGINATING_IDENTITY, "cloudfoundry !!!")])).is_err());
+        assert!(originating_identity(&headers(&[(ORIGINATING_IDENTITY, "nospace")])).is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! The OSB v2.17 HTTP layer (axum). Decodes and checks requests, hands them
+//! to the broker core, encodes answers with the status codes the spec
+//! demands. Knows nothing of wasmtime.
+
+mod bindings;
+mod error;
+mod extract;
+mod guard;
+mod instances;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+pub use error::ApiError;
+pub use guard::GuardConfig;
+
+use crate::broker::Broker;
+use crate::model::RequestInfo;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: Arc<Broker>,
+}
+
+/// The whole HTTP surface: OSB routes behind auth and version checks, and
+/// the unauthenticated probes (which expose no secrets).
+pub fn router(broker: Arc<Broker>, guard: GuardConfig, max_body_bytes: usize) -> Router {
+    let state = AppState { broker };
+    let osb = Router::new()
+        .route("/v2/catalog", get(catalog))
+        .route(
+            "/v2/service_instances/{instance_id}",
+            get(instances::fetch).put(instances::provision).patch(instances::update).delete(instances::deprovision),
+        )
+        .route("/v2/service_instances/{instance_id}/last_operation", get(instances::last_operation))
+        .route(
+            "/v2/service_instances/{instance_id}/service_bindings/{binding_id}",
+            get(bindings::fetch).put(bindings::bind).delete(bindings::unbind),
+        )
+        .route(
+            "/v2/service_instances/{instance_id}/service_bindings/{binding_id}/last_operation",
+            get(bindings::last_operation),
+        )
+        .fallback(not_found)
+        .route_layer(middleware::from_fn_with_state(Arc::new(guard), guard::osb_guard));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(osb)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(guard::echo_request_identity))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such OSB endpoint")
+}
+
+/// Served from bytes serialized once per catalog change, with an ETag so a
+/// platform can revalidate cheaply.
+async fn catalog(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let snapshot = state.broker.catalog();
+    let etag = HeaderValue::from_str(&snapshot.etag).ok();
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .zip(etag.as_ref())
+        .is_some_and(|(sent, current)| sent == current);
+    let mut response = if unchanged {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], snapshot.json.clone()).into_response()
+    };
+    if let Some(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when the state store answers and at least one plugin is loaded.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if let Err(error) = state.broker.store().ping().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("state store unreachable: {error}")).into_response();
+    }
+    if state.broker.catalog().catalog.services.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no plugin loaded").into_response();
+    }
+    "ready".into_response()
+}
+
+/// The request facts a plugin may see.
+fn request_info(headers: &HeaderMap, accepts_incomplete: bool) -> Result<RequestInfo, ApiError> {
+    Ok(RequestInfo {
+        originating_identity: guard::originating_identity(headers)?,
+        request_identity: guard::request_identity(headers),
+        api_version: guard::api_version(headers),
+        accepts_incomplete,
+    })
+}
+
+/// `{}`: OSB's body for a 200 with nothing to say (clients decode JSON).
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}

@@ -1,0 +1,331 @@
+//! The plugin runtime: loads WebAssembly components that implement the
+//! `wasm-broker:plugin` contract and calls them, each call in a fresh,
+//! limited instance. Knows components, nothing of HTTP.
+//!
+//! - [`bindings`]: the contract as generated Rust.
+//! - `engine`: wasmtime setup, compile cache, the life of one call.
+//! - `loader`: the plugin directory -> a validated, merged [`PluginSet`](loader::PluginSet).
+//! - `watcher`: hot reload.
+//! - `convert`: model <-> WIT.
+
+pub mod bindings;
+mod convert;
+mod engine;
+mod guest_output;
+mod loader;
+mod watcher;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use self::bindings::wasm_broker::plugin::types as wit;
+use self::convert::InvalidAnswer;
+use self::engine::{CallLimiter, PluginEngine};
+use self::loader::{LoadedPlugin, Loader, PluginSet};
+use crate::capabilities::connections::{ConnectionError, Connections};
+use crate::capabilities::{CallHosts, SharedBackends, config, http, kv, log, redis, sql};
+use crate::catalog::CatalogSnapshot;
+use crate::config::Config;
+use crate::model::{
+    BindOutcome, Binding, BindingResult, BrokerError, DeletionOutcome, Instance, InstanceChanges,
+    InstanceDetails, InstanceOutcome, OperationKind, OperationStatus, RequestInfo,
+};
+
+/// Why a plugin call did not produce an answer from the plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The plugin answered with a typed OSB refusal.
+    #[error(transparent)]
+    Refused(#[from] BrokerError),
+    /// No loaded plugin serves this service id (it was removed, or never loaded).
+    #[error("no plugin serves service {service_id}")]
+    NoPlugin { service_id: String },
+    /// The plugin trapped, panicked, ran out of memory or time, or answered
+    /// something malformed. The instance was dropped.
+    #[error("plugin {plugin} failed: {cause}")]
+    Fault { plugin: String, cause: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error("cannot read plugin directory {path}: {source}")]
+    PluginDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Connections(#[from] ConnectionError),
+}
+
+/// Load state of one plugin file, for `plugins list` and `/readyz`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginStatus {
+    /// File stem: the name broker.toml uses for it.
+    pub name: String,
+    pub file: std::path::PathBuf,
+    pub info: Option<crate::model::PluginInfo>,
+    pub wit_version: Option<String>,
+    pub services: Vec<String>,
+    /// Why the plugin was refused, if it was.
+    pub error: Option<String>,
+}
+
+/// The data of one call's store: an empty WASI context and one host per
+/// capability, built fresh for the call and dropped with it.
+pub struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: CallLimiter,
+    pub log: log::LogHost,
+    pub config: config::ConfigHost,
+    pub kv: kv::KvHost,
+    pub sql: sql::SqlHost,
+    pub redis: redis::RedisHost,
+    pub http: http::HttpHost,
+}
+
+impl CallState {
+    fn new(wasi: WasiCtx, limiter: CallLimiter, hosts: CallHosts) -> Self {
+        let CallHosts { log, config, kv, sql, redis, http } = hosts;
+        Self { wasi, table: ResourceTable::new(), limiter, log, config, kv, sql, redis, http }
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Loads and calls plugins. Cheap to share: callers hold an `Arc`.
+pub struct PluginRuntime {
+    loader: Arc<Loader>,
+    plugins: Arc<ArcSwap<PluginSet>>,
+    /// Hot reload; `None` when the directory cannot be watched (logged).
+    watcher: Option<(notify::RecommendedWatcher, tokio::task::JoinHandle<()>)>,
+}
+
+impl Drop for PluginRuntime {
+    fn drop(&mut self) {
+        if let Some((_, task)) = &self.watcher {
+            task.abort();
+        }
+    }
+}
+
+impl PluginRuntime {
+    /// Builds the engine, loads every plugin in `config.runtime.plugin_dir`
+    /// and starts watching the directory for changes. Connections to the
+    /// backends in `[connections]` open lazily, on first use.
+    pub async fn start(config: &Config, state: crate::state::StateStore) -> Result<Arc<Self>, RuntimeError> {
+        let backends = SharedBackends { connections: Arc::new(Connections::from_config(&config.connections)?), state };
+        let loader = Arc::new(Loader::new(PluginEngine::new(config, backends)?, config.clone()));
+        let plugins = Arc::new(ArcSwap::from_pointee(PluginSet::empty()));
+
+        // Watch before the first scan, so a file that changes meanwhile is
+        // not missed; the watcher's first reload waits for this one.
+        let first_turn = loader.reload_turn().await;
+        let watcher = match watcher::watch(loader.clone(), plugins.clone()) {
+            Ok(watcher) => Some(watcher),
+            Err(error) => {
+                tracing::error!(
+                    dir = %loader.plugin_dir().display(),
+                    %error,
+                    "cannot watch the plugin directory; changes take effect only after a restart"
+                );
+                None
+            }
+        };
+        let initial = loader.scan(&PluginSet::empty()).await?;
+        let refused = initial.statuses().iter().filter(|status| status.info.is_none()).count();
+        tracing::info!(
+            dir = %loader.plugin_dir().display(),
+            serving = initial.statuses().len() - refused,
+            refused,
+            services = initial.catalog().catalog.services.len(),
+            "plugins loaded"
+        );
+        plugins.store(Arc::new(initial));
+        drop(first_turn);
+        Ok(Arc::new(Self { loader, plugins, watcher }))
+    }
+
+    /// The merged catalog of all loaded plugins (cheap: an `Arc` clone).
+    pub fn catalog(&self) -> Arc<CatalogSnapshot> {
+        self.plugins.load().catalog().clone()
+    }
+
+    pub fn plugins(&self) -> Vec<PluginStatus> {
+        self.plugins.load().statuses().to_vec()
+    }
+
+    /// The plugin serving `service_id`, from the set current now: the call
+    /// keeps this version even if a reload swaps in another meanwhile.
+    fn serving(&self, service_id: &str) -> Result<Arc<LoadedPlugin>, CallError> {
+        self.plugins
+            .load()
+            .serving(service_id)
+            .cloned()
+            .ok_or_else(|| CallError::NoPlugin { service_id: service_id.to_owned() })
+    }
+
+    pub async fn provision(&self, instance: &Instance, info: &RequestInfo) -> Result<InstanceOutcome, CallError> {
+        let plugin = self.serving(&instance.service_id)?;
+        let (instance, wit_info) = (convert::instance(instance), convert::request_info(info));
+        let answer = self
+            .engine()
+            .call(&plugin.target(), info.request_identity.as_deref(), |guest, mut store| async move {
+                guest.wasm_broker_plugin_broker().call_provision(&mut store, &instance, &wit_info).await
+            })
+            .await?;
+        accept(&plugin, answer, convert::instance_outcome)
+    }
+
+    pub async fn update(
+        &self,
+        instance: &Instance,
+        changes: &InstanceChanges,
+        info: &RequestInfo,
+    ) -> Result<InstanceOutcome, CallError> {
+        let plugin = self.serving(&instance.service_id)?;
+        let (instance, changes) = (convert::instance(instance), convert::instance_changes(changes));
+        let wit_info = convert::request_info(info);
+        let answer = self
+            .engine()
+            .call(&plugin.target(), info.request_identity.as_deref(), |guest, mut store| async move {
+                guest.wasm_broker_plugin_broker().call_update(&mut store, &instance, &changes, &wit_info).await
+            })
+            .await?;
+        accept(&plugin, answer, convert::instance_outcome)
+    }
+
+    pub async fn deprovision(&self, instance: &Instance, info: &RequestInfo) -> Result<DeletionOutcome, CallError> {
+        let plugin = self.serving(&instance.service_id)?;
+        let (instance, wit_info) = (convert::instance(instance), convert::request_info(info));
+        let answer = self
+            .engine()
+            .call(&plugin.target(), info.request_identity.as_deref(), |guest, mut store| async move {
+                guest.wasm_broker_plugin_broker().call_deprovision(&mut store, &instance, &wit_info).await
+            })
+            .await?;
+        accept(&plugin, answer, convert::deletion_outcome)
+    }
+
+    pub async fn bind(&self, instance: &Instance, binding: &Binding, info: &RequestInfo) -> Result<BindOutcome, CallError> {
+        let plugin = self.serving(&instance.service_id)?;
+        let (instance, binding) = (convert::instance(instance), convert::binding(binding));
+        let wit_info = convert::request_info(info);
+        let answer = self
+            .engine()
+            .call(&plugin.target(), info.request_identity.as_deref(), |guest, mut store| async move {
+                guest.wasm_broker_plugin_broker().call_bind(&mut store, &instance, &binding, &wit_info).await
+            })
+            .await?;
+        accept(&plugin, answer, convert::bind_outcome)
+    }
+
+    pub async fn unbind(
+        &self,
+        instance: &Instance,
+        binding: &Binding,
+        info: &RequestInfo,
+    ) -> Result<DeletionOutcome, CallError> {
+        let plugin = self.serving(&instance.service_id)?;
+        let (instance, binding) = (convert::instance(instance), convert::binding(binding));
+        let wit_info = convert::request_info(info);
+        let answer = self
+            .engine()
+            .call(&plugin.target(), info.request_identity.as_deref(), |guest, mut store| async move {
+                guest.wasm_broker_plugin_broker().call_unbind(&mut store, &instance, &binding, &wit_info).await
+            })
+            .await?;
+        accept(&plugin, answer, convert::deletion_outcome)
+    }
+
+    pub async fn last_operation(
+        &self,
+        instance: &Instance,
+        kind: OperationKind,
+        operation: Option<&str>,
+    ) -> Result<OperationStatus, CallError> {
+        let plugin = self.serving(&instance.service_id)?;
+        let (instance, kind) = (convert::instance(instance), convert::operation_kind(kind));
+        let operation = operation.map(str::to_owned);
+        let answer = self
+            .engine()
+            .call(&plugin.target(), None, |guest, mut store| async move {
+                guest
+                    .wasm_broker_plugin_broker()
+                    .call_last_operation(&mut store, &instance, kind, operation.as_deref())
+                    .await
+            })
+            .await?;
+        accept(&plugin, answer, |status| Ok(convert::operation_status(status)))
+    }
+
+    pub async fn last_binding_operation(
+        &self,
+        instance: &Instance,
+        binding: &Binding,
+        kind: OperationKind,
+        operation: Option<&str>,
+    ) -> Result<OperationStatus, CallError> {
+        let plugin = self.serving(&instance.service_id)?;
+        let (instance, binding) = (convert::instance(instance), convert::binding(binding));
+        let (kind, operation) = (convert::operation_kind(kind), operation.map(str::to_owned));
+        let answer = self
+            .engine()
+            .call(&plugin.target(), None, |guest, mut store| async move {
+                guest
+                    .wasm_broker_plugin_broker()
+                    .call_last_binding_operation(&mut store, &instance, &binding, kind, operation.as_deref())
+                    .await
+            })
+            .await?;
+        accept(&plugin, answer, |status| Ok(convert::operation_status(status)))
+    }
+
+    pub async fn get_instance(&self, instance: &Instance) -> Result<InstanceDetails, CallError> {
+        let plugin = self.serving(&instance.service_id)?;
+        let instance = convert::instance(instance);
+        let answer = self
+            .engine()
+            .call(&plugin.target(), None, |guest, mut store| async move {
+                guest.wasm_broker_plugin_broker().call_get_instance(&mut store, &instance).await
+            })
+            .await?;
+        accept(&plugin, answer, convert::instance_details)
+    }
+
+    pub async fn get_binding(&self, instance: &Instance, binding: &Binding) -> Result<BindingResult, CallError> {
+        let plugin = self.serving(&instance.service_id)?;
+        let (instance, binding) = (convert::instance(instance), convert::binding(binding));
+        let answer = self
+            .engine()
+            .call(&plugin.target(), None, |guest, mut store| async move {
+                guest.wasm_broker_plugin_broker().call_get_binding(&mut store, &instance, &binding).await
+            })
+            .await?;
+        accept(&plugin, answer, convert::binding_result)
+    }
+
+    fn engine(&self) -> &PluginEngine {
+        self.loader.engine()
+    }
+}
+
+/// A plugin's answer in model form: its refusal as [`CallError::Refused`],
+/// an answer the platform must not see as a fault.
+fn accept<T, U>(
+    plugin: &LoadedPlugin,
+    answer: Result<T, wit::BrokerError>,
+    into_model: impl FnOnce(T) -> Result<U, InvalidAnswer>,
+) -> Result<U, CallError> {
+    let answer = answer.map_err(|error| CallError::Refused(convert::broker_error(error)))?;
+    into_model(answer).map_err(|invalid| {
+        tracing::warn!(plugin = %plugin.name, cause = %invalid, "plugin answered something malformed");
+        CallError::Fault { plugin: plugin.name.clone(), cause: invalid.to_string() }
+    })
+}

@@ -1,0 +1,732 @@
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use super::*;
+use crate::config::StateBackend;
+use crate::model::{BindingMetadata, Endpoint, EndpointProtocol};
+
+fn database_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("not/yet/there/broker.db")
+}
+
+async fn open_at(path: &Path) -> StateStore {
+    StateStore::open(&StateConfig {
+        backend: StateBackend::Sqlite,
+        path: path.to_owned(),
+    })
+    .await
+    .expect("store opens")
+}
+
+fn instance(id: &str) -> Instance {
+    Instance {
+        id: id.to_owned(),
+        service_id: "svc-mysql".to_owned(),
+        plan_id: "plan-small".to_owned(),
+        parameters: Some(json!({"charset": "utf8mb4", "nested": {"list": [1, 2, 3]}})),
+        context: Some(json!({"platform": "cloudfoundry", "space_guid": "space-1"})),
+        organization_guid: Some("org-1".to_owned()),
+        space_guid: Some("space-1".to_owned()),
+        maintenance_version: Some("1.2.0".to_owned()),
+        plugin_version: "0.3.1".to_owned(),
+    }
+}
+
+fn operation(id: &str, kind: OperationKind, phase: OperationPhase) -> OperationRecord {
+    OperationRecord {
+        id: id.to_owned(),
+        kind,
+        phase,
+        plugin_operation: None,
+        description: None,
+        instance_usable: None,
+        update_repeatable: None,
+        changes: None,
+        request_fingerprint: format!("fingerprint-of-{id}"),
+    }
+}
+
+fn instance_record(
+    id: &str,
+    status: ResourceStatus,
+    operation: Option<OperationRecord>,
+) -> InstanceRecord {
+    InstanceRecord {
+        instance: instance(id),
+        status,
+        dashboard_url: None,
+        metadata: None,
+        operation,
+    }
+}
+
+fn binding_record(
+    id: &str,
+    instance_id: &str,
+    status: ResourceStatus,
+    operation: Option<OperationRecord>,
+) -> BindingRecord {
+    BindingRecord {
+        binding: Binding {
+            id: id.to_owned(),
+            instance_id: instance_id.to_owned(),
+            service_id: "svc-mysql".to_owned(),
+            plan_id: "plan-small".to_owned(),
+            app_guid: Some("app-1".to_owned()),
+            bind_resource: Some(json!({"app_guid": "app-1"})),
+            context: None,
+            parameters: None,
+            predecessor_binding_id: None,
+        },
+        status,
+        result: Some(BindingResult {
+            credentials: Some(json!({"username": "u-1", "password": "s3cret-password"})),
+            ..BindingResult::default()
+        }),
+        operation,
+    }
+}
+
+async fn put_instance(store: &StateStore, record: InstanceRecord) {
+    let id = record.instance.id.clone();
+    store
+        .transition_instance(&id, |_| Transition::Write(record, ()))
+        .await
+        .expect("instance written");
+}
+
+async fn put_binding(store: &StateStore, record: BindingRecord) {
+    let (id, instance_id) = (
+        record.binding.id.clone(),
+        record.binding.instance_id.clone(),
+    );
+    store
+        .transition_binding(&id, &instance_id, |_, _| Transition::Write(record, ()))
+        .await
+        .expect("binding written");
+}
+
+/// (operation id, kind, phase, description) of a resource, oldest first.
+async fn history(
+    store: &StateStore,
+    resource_id: &str,
+) -> Vec<(String, String, String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT operation_id, kind, phase, description FROM operations WHERE resource_id = ?1 ORDER BY seq",
+    )
+    .bind(resource_id)
+    .fetch_all(&store.pool)
+    .await
+    .expect("history readable")
+}
+
+fn assert_corrupt(result: Result<impl std::fmt::Debug, StateError>, expected_id: &str) {
+    match result {
+        Err(StateError::Corrupt { id, cause }) => {
+            assert_eq!(id, expected_id, "cause: {cause}");
+            assert!(!cause.is_empty());
+        }
+        other => panic!("expected Corrupt for {expected_id}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn instance_round_trips_every_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_at(&database_path(&dir)).await;
+    let mut update = operation("op-1", OperationKind::Update, OperationPhase::InProgress);
+    update.plugin_operation = Some("plugin-token".to_owned());
+    update.description = Some("resizing".to_owned());
+    update.instance_usable = Some(true);
+    update.update_repeatable = Some(false);
+    update.changes = Some(StoredChanges {
+        plan_id: Some("plan-large".to_owned()),
+        parameters: Some(json!({"size": 10})),
+        context: None,
+        maintenance_version: Some("1.3.0".to_owned()),
+    });
+    let record = InstanceRecord {
+        instance: instance("i-1"),
+        status: ResourceStatus::Ready,
+        dashboard_url: Some("https://dashboard.example/i-1".to_owned()),
+        metadata: Some(json!({"labels": {"team": "a"}})),
+        operation: Some(update),
+    };
+    put_instance(&store, record.clone()).await;
+
+    assert_eq!(store.instance("i-1").await.expect("readable"), Some(record));
+    assert_eq!(store.instance("i-2").await.expect("readable"), None);
+    store.ping().await.expect("ping");
+}
+
+#[tokio::test]
+async fn binding_round_trips_with_credentials_in_their_own_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_at(&database_path(&dir)).await;
+    put_instance(&store, instance_record("i-1", ResourceStatus::Ready, None)).await;
+    let mut record = binding_record("b-1", "i-1", ResourceStatus::Ready, None);
+    record.result = Some(BindingResult {
+        credentials: Some(json!({"uri": "mysql://u:s3cret-password@db/x"})),
+        metadata: Some(BindingMetadata {
+            expires_at: Some("2030-01-01T00:00:00Z".to_owned()),
+            renew_before: None,
+        }),
+        syslog_drain_url: Some("syslog://drain".to_owned()),
+        route_service_url: None,
+        volume_mounts: Vec::new(),
+        endpoints: vec![Endpoint {
+            host: "db".to_owned(),
+            ports: vec!["3306".to_owned()],
+            protocol: EndpointProtocol::Tcp,
+        }],
+    });
+    put_binding(&store, record.clone()).await;
+
+    assert_eq!(store.binding("b-1").await.expect("readable"), Some(record));
+    let (stored_record, stored_result): (String, Vec<u8>) =
+        sqlx::query_as("SELECT record, result FROM bindings WHERE id = 'b-1'")
+            .fetch_one(&store.pool)
+            .await
+            .expect("row");
+    assert!(
+        !stored_record.contains("s3cret"),
+        "credentials leaked into the record column: {stored_record}"
+    );
+    assert!(String::from_utf8_lossy(&stored_result).contains("s3cret-password"));
+}
+
+#[tokio::test]
+async fn binding_transition_sees_its_instance_and_needs_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_at(&database_path(&dir)).await;
+    put_instance(&store, instance_record("i-1", ResourceStatus::Ready, None)).await;
+
+    let seen = store
+        .transition_binding("b-1", "i-1", |instance, binding| {
+            Transition::Keep((instance.map(|r| r.instance.id), binding.is_some()))
+        })
+        .await
+        .expect("transition");
+    assert_eq!(seen, (Some("i-1".to_owned()), false));
+
+    // Instances are never deleted, only tombstoned, so a binding of an
+    // unknown instance is a bug in the caller, refused by the foreign key.
+    let orphan = binding_record("b-2", "i-unknown", ResourceStatus::Creating, None);
+    let refused = store
+        .transition_binding("b-2", "i-unknown", |_, _| Transition::Write(orphan, ()))
+        .await;
+    assert!(
+        matches!(refused, Err(StateError::Database(_))),
+        "{refused:?}"
+    );
+    assert_eq!(store.binding("b-2").await.expect("readable"), None);
+}
+
+#[tokio::test]
+async fn keep_writes_nothing_and_write_replaces() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_at(&database_path(&dir)).await;
+
+    let answer = store
+        .transition_instance("i-1", |existing| Transition::Keep(existing.is_none()))
+        .await;
+    assert!(answer.expect("transition"));
+    assert_eq!(store.instance("i-1").await.expect("readable"), None);
+
+    let creating = instance_record("i-1", ResourceStatus::Creating, None);
+    put_instance(&store, creating.clone()).await;
+    let seen = store
+        .transition_instance("i-1", |existing| Transition::Keep(existing))
+        .await
+        .expect("transition");
+    assert_eq!(seen.as_ref(), Some(&creating));
+    assert_eq!(
+        store.instance("i-1").await.expect("readable"),
+        Some(creating.clone())
+    );
+
+    let mut ready = creating;
+    ready.status = ResourceStatus::Ready;
+    ready.instance.plan_id = "plan-large".to_owned();
+    ready.dashboard_url = Some("https://dashboard.example".to_owned());
+    put_instance(&store, ready.clone()).await;
+    assert_eq!(store.instance("i-1").await.expect("readable"), Some(ready));
+    let plan: String = sqlx::query_scalar("SELECT plan_id FROM instances WHERE id = 'i-1'")
+        .fetch_one(&store.pool)
+        .await
+        .expect("row");
+    assert_eq!(plan, "plan-large");
+}
+
+#[tokio::test]
+async fn history_grows_only_when_the_operation_moves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_at(&database_path(&dir)).await;
+    let mut record = instance_record(
+        "i-1",
+        ResourceStatus::Creating,
+        Some(operation(
+            "op-1",
+            OperationKind::Provision,
+            OperationPhase::Calling,
+        )),
+    );
+    put_instance(&store, record.clone()).await;
+    assert_eq!(history(&store, "i-1").await.len(), 1);
+
+    // Same id and phase: a detail, not a step.
+    record.operation.as_mut().expect("op").plugin_operation = Some("token".to_owned());
+    put_instance(&store, record.clone()).await;
+    assert_eq!(history(&store, "i-1").await.len(), 1);
+
+    let op = record.operation.as_mut().expect("op");
+    op.phase = OperationPhase::Succeeded;
+    op.description = Some("done".to_owned());
+    record.status = ResourceStatus::Ready;
+    put_instance(&store, record.clone()).await;
+
+    record.operation = Some(operation(
+        "op-2",
+        OperationKind::Update,
+        OperationPhase::InProgress,
+    ));
+    put_instance(&store, record.clone()).await;
+
+    record.operation = None;
+    put_instance(&store, record).await;
+
+    let expected = vec![
+        (
+            "op-1".to_owned(),
+            "provision".to_owned(),
+            "calling".to_owned(),
+            None,
+        ),
+        (
+            "op-1".to_owned(),
+            "provision".to_owned(),
+            "succeeded".to_owned(),
+            Some("done".to_owned()),
+        ),
+        (
+            "op-2".to_owned(),
+            "update".to_owned(),
+            "in_progress".to_owned(),
+            None,
+        ),
+    ];
+    assert_eq!(history(&store, "i-1").await, expected);
+
+    put_instance(&store, instance_record("i-1", ResourceStatus::Ready, None)).await;
+    put_binding(
+        &store,
+        binding_record(
+            "b-1",
+            "i-1",
+            ResourceStatus::Creating,
+            Some(operation(
+                "op-3",
+                OperationKind::Bind,
+                OperationPhase::Calling,
+            )),
+        ),
+    )
+    .await;
+    let kinds: Vec<String> =
+        sqlx::query_scalar("SELECT resource_kind FROM operations WHERE resource_id = 'b-1'")
+            .fetch_all(&store.pool)
+            .await
+            .expect("rows");
+    assert_eq!(kinds, ["binding"]);
+}
+
+#[tokio::test]
+async fn recreating_a_deleted_id_restarts_its_creation_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_at(&database_path(&dir)).await;
+    let created_at = async || -> String {
+        sqlx::query_scalar("SELECT created_at FROM instances WHERE id = 'i-1'")
+            .fetch_one(&store.pool)
+            .await
+            .expect("row")
+    };
+    put_instance(
+        &store,
+        instance_record("i-1", ResourceStatus::Creating, None),
+    )
+    .await;
+    let first = created_at().await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    put_instance(&store, instance_record("i-1", ResourceStatus::Ready, None)).await;
+    assert_eq!(created_at().await, first, "an update is not a new creation");
+    put_instance(
+        &store,
+        instance_record("i-1", ResourceStatus::Deleted, None),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    put_instance(
+        &store,
+        instance_record("i-1", ResourceStatus::Creating, None),
+    )
+    .await;
+    assert!(created_at().await > first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_of_one_id_insert_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = database_path(&dir);
+    // Two stores on one file: besides this process's write queue, SQLite's
+    // own lock (BEGIN IMMEDIATE) must keep writers of other pools apart.
+    let stores = [open_at(&path).await, open_at(&path).await];
+    let mut tasks = JoinSet::new();
+    for contender in 0..32_usize {
+        let store = stores[contender % 2].clone();
+        tasks.spawn(async move {
+            store
+                .transition_instance("i-race", move |existing| match existing {
+                    Some(_) => Transition::Keep(None),
+                    None => {
+                        let mut record = instance_record("i-race", ResourceStatus::Creating, None);
+                        record.instance.plugin_version = format!("contender-{contender}");
+                        Transition::Write(record, Some(contender))
+                    }
+                })
+                .await
+                .expect("transition")
+        });
+    }
+    let winners: Vec<usize> = tasks.join_all().await.into_iter().flatten().collect();
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    let stored = stores[0]
+        .instance("i-race")
+        .await
+        .expect("readable")
+        .expect("present");
+    assert_eq!(
+        stored.instance.plugin_version,
+        format!("contender-{}", winners[0])
+    );
+}
+
+#[tokio::test]
+async fn reopening_keeps_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = database_path(&dir);
+    let store = open_at(&path).await;
+    let instance = instance_record(
+        "i-1",
+        ResourceStatus::Creating,
+        Some(operation(
+            "op-1",
+            OperationKind::Provision,
+            OperationPhase::InProgress,
+        )),
+    );
+    let binding = binding_record("b-1", "i-1", ResourceStatus::Ready, None);
+    put_instance(&store, instance.clone()).await;
+    put_binding(&store, binding.clone()).await;
+    store.kv_set("mysql", "k", b"v").await.expect("kv set");
+    // No close(): the process may die without one.
+    drop(store);
+
+    let store = open_at(&path).await;
+    assert_eq!(
+        store.instance("i-1").await.expect("readable"),
+        Some(instance)
+    );
+    assert_eq!(store.binding("b-1").await.expect("readable"), Some(binding));
+    assert_eq!(
+        store.kv_get("mysql", "k").await.expect("kv get"),
+        Some(b"v".to_vec())
+    );
+    assert_eq!(history(&store, "i-1").await.len(), 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn interrupted_calls_fail_at_startup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_at(&database_path(&dir)).await;
+    let calling = |id: &str, kind| Some(operation(id, kind, OperationPhase::Calling));
+    put_instance(
+        &store,
+        instance_record(
+            "i-provision",
+            ResourceStatus::Creating,
+            calling("op-1", OperationKind::Provision),
+        ),
+    )
+    .await;
+    put_instance(
+        &store,
+        instance_record(
+            "i-update",
+            ResourceStatus::Ready,
+            calling("op-2", OperationKind::Update),
+        ),
+    )
+    .await;
+    let polling = Some(operation(
+        "op-3",
+        OperationKind::Provision,
+        OperationPhase::InProgress,
+    ));
+    let in_progress = instance_record("i-async", ResourceStatus::Creating, polling);
+    put_instance(&store, in_progress.clone()).await;
+    put_binding(
+        &store,
+        binding_record(
+            "b-bind",
+            "i-update",
+            ResourceStatus::Creating,
+            calling("op-4", OperationKind::Bind),
+        ),
+    )
+    .await;
+    put_binding(
+        &store,
+        binding_record(
+            "b-unbind",
+            "i-update",
+            ResourceStatus::Ready,
+            calling("op-5", OperationKind::Unbind),
+        ),
+    )
+    .await;
+
+    let marked = store
+        .fail_interrupted_operations("the broker restarted during the call")
+        .await
+        .expect("marked");
+    assert_eq!(marked, 4);
+
+    let expect_failed = |operation: Option<&OperationRecord>| {
+        let operation = operation.expect("operation kept");
+        assert_eq!(operation.phase, OperationPhase::Failed);
+        assert_eq!(
+            operation.description.as_deref(),
+            Some("the broker restarted during the call")
+        );
+    };
+    let provision = store
+        .instance("i-provision")
+        .await
+        .expect("readable")
+        .expect("present");
+    assert_eq!(provision.status, ResourceStatus::Failed);
+    expect_failed(provision.operation.as_ref());
+    let update = store
+        .instance("i-update")
+        .await
+        .expect("readable")
+        .expect("present");
+    assert_eq!(update.status, ResourceStatus::Ready);
+    expect_failed(update.operation.as_ref());
+    let bind = store
+        .binding("b-bind")
+        .await
+        .expect("readable")
+        .expect("present");
+    assert_eq!(bind.status, ResourceStatus::Failed);
+    expect_failed(bind.operation.as_ref());
+    let unbind = store
+        .binding("b-unbind")
+        .await
+        .expect("readable")
+        .expect("present");
+    assert_eq!(unbind.status, ResourceStatus::Ready);
+    expect_failed(unbind.operation.as_ref());
+    assert_eq!(
+        store.instance("i-async").await.expect("readable"),
+        Some(in_progress)
+    );
+    assert_eq!(
+        history(&store, "i-provision")
+            .await
+            .last()
+            .map(|step| step.2.as_str()),
+        Some("failed")
+    );
+
+    assert_eq!(
+        store
+            .fail_interrupted_operations("again")
+            .await
+            .expect("marked"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn corrupt_rows_are_reported_not_panicked_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_at(&database_path(&dir)).await;
+    for id in ["i-record", "i-status", "i-operation", "i-other-id"] {
+        let calling = Some(operation(
+            "op",
+            OperationKind::Provision,
+            OperationPhase::Calling,
+        ));
+        put_instance(
+            &store,
+            instance_record(id, ResourceStatus::Creating, calling),
+        )
+        .await;
+    }
+    put_binding(
+        &store,
+        binding_record("b-result", "i-record", ResourceStatus::Ready, None),
+    )
+    .await;
+    for damage in [
+        "UPDATE instances SET record = '{\"instance\": {\"id\": ' WHERE id = 'i-record'",
+        "UPDATE instances SET status = 'exploded' WHERE id = 'i-status'",
+        "UPDATE instances SET operation = '[]' WHERE id = 'i-operation'",
+        "UPDATE instances SET id = 'i-moved' WHERE id = 'i-other-id'",
+        "UPDATE bindings SET result = X'00FF' WHERE id = 'b-result'",
+    ] {
+        sqlx::query(damage)
+            .execute(&store.pool)
+            .await
+            .expect("damage done");
+    }
+
+    assert_corrupt(store.instance("i-record").await, "i-record");
+    assert_corrupt(store.instance("i-status").await, "i-status");
+    assert_corrupt(store.instance("i-operation").await, "i-operation");
+    assert_corrupt(store.instance("i-moved").await, "i-moved");
+    let decided = store
+        .transition_instance("i-record", |_| -> Transition<InstanceRecord, ()> {
+            panic!("decide saw a corrupt row")
+        })
+        .await;
+    assert_corrupt(decided, "i-record");
+    assert_corrupt(store.binding("b-result").await, "b-result");
+    assert_corrupt(store.live_bindings("i-record").await, "b-result");
+    assert!(matches!(
+        store.fail_interrupted_operations("restart").await,
+        Err(StateError::Corrupt { .. })
+    ));
+}
+
+#[tokio::test]
+async fn live_bindings_skip_deleted_and_other_instances() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_at(&database_path(&dir)).await;
+    put_instance(&store, instance_record("i-1", ResourceStatus::Ready, None)).await;
+    put_instance(&store, instance_record("i-2", ResourceStatus::Ready, None)).await;
+    for (id, instance_id, status) in [
+        ("b-ready", "i-1", ResourceStatus::Ready),
+        ("b-deleted", "i-1", ResourceStatus::Deleted),
+        ("b-creating", "i-1", ResourceStatus::Creating),
+        ("b-failed", "i-1", ResourceStatus::Failed),
+        ("b-elsewhere", "i-2", ResourceStatus::Ready),
+    ] {
+        put_binding(&store, binding_record(id, instance_id, status, None)).await;
+    }
+
+    let live = store.live_bindings("i-1").await.expect("readable");
+    let ids: Vec<&str> = live
+        .iter()
+        .map(|record| record.binding.id.as_str())
+        .collect();
+    assert_eq!(ids, ["b-ready", "b-creating", "b-failed"]);
+    assert!(
+        store
+            .live_bindings("i-none")
+            .await
+            .expect("readable")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn kv_round_trip_and_prefix_listing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_at(&database_path(&dir)).await;
+    assert_eq!(store.kv_get("mysql", "a").await.expect("get"), None);
+    for key in ["a", "a/b", "a/c", "a%_*?[", "ab", "b", "a/\u{10FFFF}x"] {
+        store
+            .kv_set("mysql", key, key.as_bytes())
+            .await
+            .expect("set");
+    }
+    store
+        .kv_set("redis", "a/b", b"other plugin")
+        .await
+        .expect("set");
+    store
+        .kv_set("mysql", "a/b", &[0, 255, 7])
+        .await
+        .expect("overwrite");
+
+    assert_eq!(
+        store.kv_get("mysql", "a/b").await.expect("get"),
+        Some(vec![0, 255, 7])
+    );
+    assert_eq!(
+        store.kv_get("redis", "a/b").await.expect("get"),
+        Some(b"other plugin".to_vec())
+    );
+    let list = async |prefix: &str| store.kv_list_keys("mysql", prefix).await.expect("list");
+    assert_eq!(list("a/").await, ["a/b", "a/c", "a/\u{10FFFF}x"]);
+    assert_eq!(list("a%").await, ["a%_*?["]);
+    assert_eq!(
+        list("a").await,
+        ["a", "a%_*?[", "a/b", "a/c", "a/\u{10FFFF}x", "ab"]
+    );
+    assert_eq!(list("a/\u{10FFFF}").await, ["a/\u{10FFFF}x"]);
+    assert_eq!(list("").await.len(), 7);
+    assert!(list("c").await.is_empty());
+
+    store.kv_delete("mysql", "a/b").await.expect("delete");
+    store
+        .kv_delete("mysql", "never-there")
+        .await
+        .expect("delete of a missing key");
+    assert_eq!(store.kv_get("mysql", "a/b").await.expect("get"), None);
+    assert_eq!(
+        store.kv_get("redis", "a/b").await.expect("get"),
+        Some(b"other plugin".to_vec())
+    );
+}
+
+#[test]
+fn prefix_successor_bounds_exactly() {
+    assert_eq!(prefix_successor(""), None);
+    assert_eq!(prefix_successor("a/").as_deref(), Some("a0"));
+    assert_eq!(prefix_successor("a\u{10FFFF}").as_deref(), Some("b"));
+    assert_eq!(prefix_successor("\u{10FFFF}\u{10FFFF}"), None);
+    assert_eq!(prefix_successor("\u{D7FF}").as_deref(), Some("\u{E000}"));
+}
+
+#[tokio::test]
+async fn lookups_use_indexes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_at(&database_path(&dir)).await;
+    for (statement, parameters) in [
+        (tables::SELECT_INSTANCE, 1),
+        (tables::SELECT_INSTANCES_IN_PHASE, 1),
+        (tables::SELECT_BINDING, 1),
+        (tables::SELECT_LIVE_BINDINGS, 2),
+        (tables::SELECT_BINDINGS_IN_PHASE, 1),
+        (tables::KV_KEYS_IN_RANGE, 3),
+        (tables::KV_KEYS_FROM, 2),
+    ] {
+        let explain = format!("EXPLAIN QUERY PLAN {statement}");
+        let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain);
+        for _ in 0..parameters {
+            query = query.bind("x");
+        }
+        let plan = query.fetch_all(&store.pool).await.expect("plan");
+        let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+        assert!(
+            details.iter().all(|detail| !detail.starts_with("SCAN")),
+            "{statement}: {details:?}"
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! Project automation, so the README needs exactly two commands:
+//! `cargo xtask serve` and `cargo xtask test`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+const USAGE: &str = "usage: cargo xtask <command> [args...]
+
+commands:
+  build-plugins   build the shipped plugins (wasm32-wasip2) into plugins/dist/
+  serve [ARGS]    build the plugins and the broker (release), run `wasm-broker serve` with broker.toml
+  test [ARGS]     build the plugins and the test fixtures, run every test (`cargo test --workspace`)";
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let root = workspace_root();
+    match command.as_str() {
+        "build-plugins" => build_plugins(&root).map(|_| ()),
+        "serve" => {
+            build_plugins(&root)?;
+            run(Command::new(cargo())
+                .current_dir(&root)
+                .args(["run", "--release", "--package", "wasm-broker", "--", "serve", "--config", "broker.toml"])
+                .args(&rest))
+        }
+        "test" => {
+            build_plugins(&root)?;
+            build_fixtures(&root)?;
+            run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace"]).args(&rest))
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            bail!("unknown command {command:?}")
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command.status().with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Builds a plugin workspace for wasm32-wasip2 (its .cargo/config.toml picks
+/// the target and target dir) and returns the directory holding the .wasm files.
+fn build_wasm_workspace(root: &Path, workspace: &str) -> anyhow::Result<PathBuf> {
+    let dir = root.join(workspace);
+    run(Command::new(cargo()).current_dir(&dir).args(["build", "--release"]))?;
+    Ok(root.join("target/wasm/wasm32-wasip2/release"))
+}
+
+/// Copies every built plugin into plugins/dist, the default plugin directory.
+/// Unchanged files are left alone so a running broker does not reload them;
+/// changed ones are written beside and renamed, so the watcher never reads a
+/// half-written file.
+fn build_plugins(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let built = build_wasm_workspace(root, "plugins")?;
+    let dist = root.join("plugins/dist");
+    std::fs::create_dir_all(&dist).with_context(|| format!("creating {}", dist.display()))?;
+    let mut installed = Vec::new();
+    for name in ["mysql", "postgres", "redis", "rabbitmq"] {
+        let source = built.join(format!("{name}.wasm"));
+        let bytes = std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
+        let target = dist.join(format!("{name}.wasm"));
+        if std::fs::read(&target).ok().as_deref() != Some(bytes.as_slice()) {
+            let partial = dist.join(format!(".{name}.wasm.partial"));
+            std::fs::write(&partial, &bytes).with_context(|| format!("writing {}", partial.display()))?;
+            std::fs::rename(&partial, &target).with_context(|| format!("installing {}", target.display()))?;
+        }
+        installed.push(target);
+    }
+    println!("plugins installed in {}", dist.display());
+    Ok(installed)
+}
+
+/// The fault-injection plugins the tests load (tests/fixtures).
+fn build_fixtures(root: &Path) -> anyhow::Result<()> {
+    if root.join("tests/fixtures/Cargo.toml").exists() {
+        build_wasm_workspace(root, "tests/fixtures")?;
+    }
+    Ok(())
+}
