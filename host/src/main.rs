@@ -66,7 +66,10 @@ async fn serve(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()>
         min_version,
         config.server.missing_version_status,
     );
-    let app = osb::router(broker, guard, config.server.max_body_bytes);
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the Prometheus recorder")?;
+    let app = osb::router(broker, guard, config.server.max_body_bytes, Some(metrics));
     let address = listen.unwrap_or(config.server.listen);
     let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
     tracing::info!(address = %listener.local_addr()?, "serving the Open Service Broker API v2.17");

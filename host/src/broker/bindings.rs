@@ -94,6 +94,12 @@ impl Broker {
                 if let Some(record) = existing.filter(|r| r.status != ResourceStatus::Deleted) {
                     return Transition::Keep(existing_binding(&record, &binding, accepts_incomplete));
                 }
+                if instance.status == ResourceStatus::Failed {
+                    return Transition::Keep(Err(BrokerError::Unprocessable(format!(
+                        "service instance {} failed to provision and cannot be bound",
+                        request.instance_id
+                    ))));
+                }
                 if instance.status != ResourceStatus::Ready || is_running(instance.operation.as_ref()) {
                     return Transition::Keep(Err(BrokerError::ConcurrencyError(
                         "The service instance is being provisioned, updated or deleted.".to_owned(),

@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod guard;
 mod instances;
+mod observe;
 
 use std::sync::Arc;
 
@@ -27,12 +28,19 @@ use crate::model::RequestInfo;
 #[derive(Clone)]
 pub struct AppState {
     pub broker: Arc<Broker>,
+    /// Renders the Prometheus exposition for `/metrics`.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// The whole HTTP surface: OSB routes behind auth and version checks, and
 /// the unauthenticated probes (which expose no secrets).
-pub fn router(broker: Arc<Broker>, guard: GuardConfig, max_body_bytes: usize) -> Router {
-    let state = AppState { broker };
+pub fn router(
+    broker: Arc<Broker>,
+    guard: GuardConfig,
+    max_body_bytes: usize,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Router {
+    let state = AppState { broker, metrics };
     let osb = Router::new()
         .route("/v2/catalog", get(catalog))
         .route(
@@ -53,7 +61,9 @@ pub fn router(broker: Arc<Broker>, guard: GuardConfig, max_body_bytes: usize) ->
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
         .merge(osb)
+        .layer(middleware::from_fn(observe::observe))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(guard::echo_request_identity))
         .with_state(state)
@@ -96,6 +106,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "no plugin loaded").into_response();
     }
     "ready".into_response()
+}
+
+/// Prometheus text exposition; names and counts only, no secrets.
+async fn prometheus(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+    }
 }
 
 /// The request facts a plugin may see.

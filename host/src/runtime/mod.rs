@@ -13,6 +13,8 @@ mod convert;
 mod engine;
 mod guest_output;
 mod loader;
+#[cfg(test)]
+mod tests;
 mod watcher;
 
 use std::sync::Arc;

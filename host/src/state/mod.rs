@@ -6,6 +6,7 @@ mod tables;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -166,7 +167,7 @@ pub struct StateStore {
     /// busy handler, which polls with sleeps of up to 100 ms and lets an
     /// unlucky writer starve past the busy timeout under load. `BEGIN
     /// IMMEDIATE` still guards against writers outside this process.
-    write_gate: std::sync::Arc<Mutex<()>>,
+    write_gate: Arc<Mutex<()>>,
 }
 
 /// An open write transaction and this process's turn to write. Field order
@@ -211,7 +212,7 @@ impl StateStore {
         MIGRATIONS.run(&pool).await?;
         Ok(Self {
             pool,
-            write_gate: std::sync::Arc::new(Mutex::new(())),
+            write_gate: Arc::new(Mutex::new(())),
         })
     }
 

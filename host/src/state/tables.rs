@@ -185,11 +185,7 @@ pub(super) async fn write_binding(
     record: &BindingRecord,
 ) -> Result<(), StateError> {
     let id = &record.binding.id;
-    let result = record
-        .result
-        .as_ref()
-        .map(|result| serde_json::to_vec(result))
-        .transpose();
+    let result = record.result.as_ref().map(serde_json::to_vec).transpose();
     sqlx::query(UPSERT_BINDING)
         .bind(id)
         .bind(&record.binding.instance_id)

@@ -238,7 +238,7 @@ async fn keep_writes_nothing_and_write_replaces() {
     let creating = instance_record("i-1", ResourceStatus::Creating, None);
     put_instance(&store, creating.clone()).await;
     let seen = store
-        .transition_instance("i-1", |existing| Transition::Keep(existing))
+        .transition_instance("i-1", Transition::Keep)
         .await
         .expect("transition");
     assert_eq!(seen.as_ref(), Some(&creating));
