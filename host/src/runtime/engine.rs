@@ -225,7 +225,10 @@ fn failure_cause(error: &wasmtime::Error, limits: &CallLimits, memory_exhausted:
         Some(Trap::Interrupt) => format!("exceeded its CPU deadline of {} ms", limits.call_timeout_ms),
         Some(trap) => match panic {
             Some(panic) => panic,
-            None => format!("trapped: {trap}"),
+            None => {
+                let text = trap.to_string();
+                format!("trapped: {}", text.strip_prefix("wasm trap: ").unwrap_or(&text))
+            }
         },
         None => format!("failed: {error:#}"),
     }
