@@ -45,7 +45,10 @@ pub fn validate(info: &PluginInfo, catalog: &Catalog) -> Result<(), CatalogError
         problems.push(format!("plugin name {:?} must match [a-z0-9-]+", info.name));
     }
     if semver::Version::parse(&info.version).is_err() {
-        problems.push(format!("plugin version {:?} is not SemVer 2.0", info.version));
+        problems.push(format!(
+            "plugin version {:?} is not SemVer 2.0",
+            info.version
+        ));
     }
 
     let mut offering_ids = HashSet::new();
@@ -55,7 +58,10 @@ pub fn validate(info: &PluginInfo, catalog: &Catalog) -> Result<(), CatalogError
         let at = format!("offering {:?}", offering.name);
         check_offering(offering, &at, &mut problems);
         if !offering.id.is_empty() && !offering_ids.insert(offering.id.as_str()) {
-            problems.push(format!("{at}: id {:?} is used by another offering", offering.id));
+            problems.push(format!(
+                "{at}: id {:?} is used by another offering",
+                offering.id
+            ));
         }
         if !offering.name.is_empty() && !offering_names.insert(offering.name.as_str()) {
             problems.push(format!("{at}: the name is used by another offering"));
@@ -68,7 +74,9 @@ pub fn validate(info: &PluginInfo, catalog: &Catalog) -> Result<(), CatalogError
                 problems.push(format!("{at}: id {:?} is used by another plan", plan.id));
             }
             if !plan.name.is_empty() && !plan_names.insert(plan.name.as_str()) {
-                problems.push(format!("{at}: the name is used by another plan of the offering"));
+                problems.push(format!(
+                    "{at}: the name is used by another plan of the offering"
+                ));
             }
         }
     }
@@ -79,7 +87,11 @@ pub fn validate(info: &PluginInfo, catalog: &Catalog) -> Result<(), CatalogError
         problems.push(format!("id {id:?} is used by both an offering and a plan"));
     }
 
-    if problems.is_empty() { Ok(()) } else { Err(CatalogError::Invalid { problems }) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CatalogError::Invalid { problems })
+    }
 }
 
 fn check_offering(offering: &ServiceOffering, at: &str, problems: &mut Vec<String>) {
@@ -116,15 +128,27 @@ fn check_plan(plan: &ServicePlan, at: &str, problems: &mut Vec<String>) {
     if let Some(maintenance) = &plan.maintenance_info
         && semver::Version::parse(&maintenance.version).is_err()
     {
-        problems.push(format!("{at}: maintenance_info.version {:?} is not SemVer 2.0", maintenance.version));
+        problems.push(format!(
+            "{at}: maintenance_info.version {:?} is not SemVer 2.0",
+            maintenance.version
+        ));
     }
     let Some(schemas) = &plan.schemas else { return };
     let instance = schemas.service_instance.as_ref();
     let binding = schemas.service_binding.as_ref();
     let named = [
-        ("service_instance.create", instance.and_then(|s| s.create.as_ref())),
-        ("service_instance.update", instance.and_then(|s| s.update.as_ref())),
-        ("service_binding.create", binding.and_then(|s| s.create.as_ref())),
+        (
+            "service_instance.create",
+            instance.and_then(|s| s.create.as_ref()),
+        ),
+        (
+            "service_instance.update",
+            instance.and_then(|s| s.update.as_ref()),
+        ),
+        (
+            "service_binding.create",
+            binding.and_then(|s| s.create.as_ref()),
+        ),
     ];
     for (name, schema) in named {
         if let Some(schema) = schema
@@ -149,7 +173,10 @@ fn check_metadata(metadata: Option<&Value>, at: &str, problems: &mut Vec<String>
 
 /// Names pass the OSB conformance suites' `^[a-z0-9-]+$`.
 fn is_cli_friendly(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// A parameters schema a platform can use: a JSON object declaring its
@@ -163,20 +190,27 @@ fn check_schema(schema: &Value) -> Result<(), String> {
         return Err("has no \"$schema\"".to_owned());
     }
     if let Some(reference) = external_ref(schema) {
-        return Err(format!("has the external $ref {reference:?}; only local references (#...) are allowed"));
+        return Err(format!(
+            "has the external $ref {reference:?}; only local references (#...) are allowed"
+        ));
     }
     let size = schema.to_string().len();
     if size > MAX_SCHEMA_BYTES {
-        return Err(format!("is {size} bytes, more than the {MAX_SCHEMA_BYTES} allowed"));
+        return Err(format!(
+            "is {size} bytes, more than the {MAX_SCHEMA_BYTES} allowed"
+        ));
     }
-    jsonschema::validator_for(schema).map_err(|error| format!("is not a valid JSON Schema: {error}"))?;
+    jsonschema::validator_for(schema)
+        .map_err(|error| format!("is not a valid JSON Schema: {error}"))?;
     Ok(())
 }
 
 fn external_ref(value: &Value) -> Option<&str> {
     match value {
         Value::Object(object) => object.iter().find_map(|(key, value)| match value {
-            Value::String(reference) if key == "$ref" && !reference.starts_with('#') => Some(reference.as_str()),
+            Value::String(reference) if key == "$ref" && !reference.starts_with('#') => {
+                Some(reference.as_str())
+            }
             _ => external_ref(value),
         }),
         Value::Array(items) => items.iter().find_map(external_ref),
@@ -214,13 +248,20 @@ pub fn find_clash<'a>(
 
 /// Ids are global in OSB: a plan id may not repeat any plan or offering id.
 fn plan_id_clash<'a>(ours: &'a ServiceOffering, theirs: &ServiceOffering) -> Option<&'a str> {
-    let their_ids: HashSet<&str> =
-        std::iter::once(theirs.id.as_str()).chain(theirs.plans.iter().map(|plan| plan.id.as_str())).collect();
+    let their_ids: HashSet<&str> = std::iter::once(theirs.id.as_str())
+        .chain(theirs.plans.iter().map(|plan| plan.id.as_str()))
+        .collect();
     ours.plans
         .iter()
         .map(|plan| plan.id.as_str())
         .find(|id| their_ids.contains(id))
-        .or_else(|| theirs.plans.iter().any(|plan| plan.id == ours.id).then_some(ours.id.as_str()))
+        .or_else(|| {
+            theirs
+                .plans
+                .iter()
+                .any(|plan| plan.id == ours.id)
+                .then_some(ours.id.as_str())
+        })
 }
 
 /// Where an offering sits in the snapshot.
@@ -259,8 +300,17 @@ impl CatalogSnapshot {
         let mut offerings = HashMap::new();
         for (plugin, contribution) in plugins.iter().enumerate() {
             for offering in &contribution.catalog.services {
-                let plans = offering.plans.iter().enumerate().map(|(index, plan)| (plan.id.clone(), index)).collect();
-                let entry = OfferingEntry { offering: catalog.services.len(), plugin, plans };
+                let plans = offering
+                    .plans
+                    .iter()
+                    .enumerate()
+                    .map(|(index, plan)| (plan.id.clone(), index))
+                    .collect();
+                let entry = OfferingEntry {
+                    offering: catalog.services.len(),
+                    plugin,
+                    plans,
+                };
                 offerings.insert(offering.id.clone(), entry);
                 catalog.services.push(offering.clone());
             }
@@ -269,8 +319,17 @@ impl CatalogSnapshot {
         // would still be answered with a matching ETag.
         let json = bytes::Bytes::from(serde_json::to_vec(&catalog).unwrap_or_default());
         let etag = format!("\"{}\"", hex::encode(Sha256::digest(&json)));
-        let plugins = plugins.iter().map(|p| (p.plugin.clone(), p.info.clone())).collect();
-        Self { catalog, json, etag, plugins, offerings }
+        let plugins = plugins
+            .iter()
+            .map(|p| (p.plugin.clone(), p.info.clone()))
+            .collect();
+        Self {
+            catalog,
+            json,
+            etag,
+            plugins,
+            offerings,
+        }
     }
 
     pub fn service(&self, service_id: &str) -> Option<&ServiceOffering> {
@@ -287,7 +346,9 @@ impl CatalogSnapshot {
     /// The plugin serving `service_id` (its name and reported info).
     pub fn plugin_of(&self, service_id: &str) -> Option<(&str, &PluginInfo)> {
         let entry = self.offerings.get(service_id)?;
-        self.plugins.get(entry.plugin).map(|(name, info)| (name.as_str(), info))
+        self.plugins
+            .get(entry.plugin)
+            .map(|(name, info)| (name.as_str(), info))
     }
 }
 
@@ -301,7 +362,11 @@ mod tests {
     use crate::model::{InstanceSchemas, MaintenanceInfo, ParametersSchema, Schemas};
 
     fn info(name: &str) -> PluginInfo {
-        PluginInfo { name: name.to_owned(), version: "1.0.0".to_owned(), description: "test".to_owned() }
+        PluginInfo {
+            name: name.to_owned(),
+            version: "1.0.0".to_owned(),
+            description: "test".to_owned(),
+        }
     }
 
     fn plan(id: &str, name: &str) -> ServicePlan {
@@ -343,7 +408,9 @@ mod tests {
     }
 
     fn problems(catalog: &Catalog) -> String {
-        validate(&info("test"), catalog).expect_err("must be refused").to_string()
+        validate(&info("test"), catalog)
+            .expect_err("must be refused")
+            .to_string()
     }
 
     fn with_create_schema(schema: Value) -> Catalog {
@@ -361,12 +428,18 @@ mod tests {
     #[test]
     fn a_complete_catalog_is_valid() {
         let mut small = plan("p1", "small");
-        small.maintenance_info = Some(MaintenanceInfo { version: "1.2.3-rc.1+build".to_owned(), description: None });
+        small.maintenance_info = Some(MaintenanceInfo {
+            version: "1.2.3-rc.1+build".to_owned(),
+            description: None,
+        });
         let mut db = offering("s1", "db", vec![small, plan("p2", "large")]);
         db.requires = vec!["volume_mount".to_owned()];
         db.metadata = Some(json!({"displayName": "DB"}));
-        validate(&info("mysql"), &catalog(vec![db, offering("s2", "cache", vec![plan("p3", "small")])]))
-            .expect("valid");
+        validate(
+            &info("mysql"),
+            &catalog(vec![db, offering("s2", "cache", vec![plan("p3", "small")])]),
+        )
+        .expect("valid");
         validate(&info("mysql"), &Catalog::default()).expect("an empty catalog is allowed");
     }
 
@@ -376,10 +449,22 @@ mod tests {
         empty.description = " ".to_owned();
         empty.plans[0].description = String::new();
         let message = problems(&catalog(vec![empty]));
-        assert!(message.contains("offering \"db\": id must not be empty"), "{message}");
-        assert!(message.contains("offering \"db\": description must not be empty"), "{message}");
-        assert!(message.contains("plan \"\": the name must match"), "{message}");
-        assert!(message.contains("plan \"\": description must not be empty"), "{message}");
+        assert!(
+            message.contains("offering \"db\": id must not be empty"),
+            "{message}"
+        );
+        assert!(
+            message.contains("offering \"db\": description must not be empty"),
+            "{message}"
+        );
+        assert!(
+            message.contains("plan \"\": the name must match"),
+            "{message}"
+        );
+        assert!(
+            message.contains("plan \"\": description must not be empty"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -390,9 +475,19 @@ mod tests {
 
     #[test]
     fn names_must_be_cli_friendly() {
-        let message = problems(&catalog(vec![offering("s1", "My DB", vec![plan("p1", "Small_1")])]));
-        assert!(message.contains("offering \"My DB\": the name must match [a-z0-9-]+"), "{message}");
-        assert!(message.contains("plan \"Small_1\": the name must match"), "{message}");
+        let message = problems(&catalog(vec![offering(
+            "s1",
+            "My DB",
+            vec![plan("p1", "Small_1")],
+        )]));
+        assert!(
+            message.contains("offering \"My DB\": the name must match [a-z0-9-]+"),
+            "{message}"
+        );
+        assert!(
+            message.contains("plan \"Small_1\": the name must match"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -401,14 +496,23 @@ mod tests {
             offering("s1", "db", vec![plan("p1", "small")]),
             offering("s1", "cache", vec![plan("p1", "small")]),
         ]));
-        assert!(message.contains("offering \"cache\": id \"s1\" is used by another offering"), "{message}");
-        assert!(message.contains("plan \"small\": id \"p1\" is used by another plan"), "{message}");
+        assert!(
+            message.contains("offering \"cache\": id \"s1\" is used by another offering"),
+            "{message}"
+        );
+        assert!(
+            message.contains("plan \"small\": id \"p1\" is used by another plan"),
+            "{message}"
+        );
 
         let message = problems(&catalog(vec![
             offering("s1", "db", vec![plan("x", "small")]),
             offering("x", "cache", vec![plan("p2", "small")]),
         ]));
-        assert!(message.contains("id \"x\" is used by both an offering and a plan"), "{message}");
+        assert!(
+            message.contains("id \"x\" is used by both an offering and a plan"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -417,8 +521,14 @@ mod tests {
             offering("s1", "db", vec![plan("p1", "small"), plan("p2", "small")]),
             offering("s2", "db", vec![plan("p3", "small")]),
         ]));
-        assert!(message.contains("offering \"db\": the name is used by another offering"), "{message}");
-        assert!(message.contains("the name is used by another plan of the offering"), "{message}");
+        assert!(
+            message.contains("offering \"db\": the name is used by another offering"),
+            "{message}"
+        );
+        assert!(
+            message.contains("the name is used by another plan of the offering"),
+            "{message}"
+        );
         // The same plan name in two offerings is fine.
         validate(
             &info("x"),
@@ -442,17 +552,32 @@ mod tests {
     #[test]
     fn maintenance_version_must_be_semver() {
         let mut small = plan("p1", "small");
-        small.maintenance_info = Some(MaintenanceInfo { version: "1.2".to_owned(), description: None });
+        small.maintenance_info = Some(MaintenanceInfo {
+            version: "1.2".to_owned(),
+            description: None,
+        });
         let message = problems(&catalog(vec![offering("s1", "db", vec![small])]));
-        assert!(message.contains("maintenance_info.version \"1.2\" is not SemVer"), "{message}");
+        assert!(
+            message.contains("maintenance_info.version \"1.2\" is not SemVer"),
+            "{message}"
+        );
     }
 
     #[test]
     fn plugin_info_is_checked() {
-        let bad = PluginInfo { name: "MySQL".to_owned(), version: "one".to_owned(), description: String::new() };
-        let message = validate(&bad, &Catalog::default()).expect_err("refused").to_string();
+        let bad = PluginInfo {
+            name: "MySQL".to_owned(),
+            version: "one".to_owned(),
+            description: String::new(),
+        };
+        let message = validate(&bad, &Catalog::default())
+            .expect_err("refused")
+            .to_string();
         assert!(message.contains("plugin name \"MySQL\""), "{message}");
-        assert!(message.contains("plugin version \"one\" is not SemVer"), "{message}");
+        assert!(
+            message.contains("plugin version \"one\" is not SemVer"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -460,13 +585,19 @@ mod tests {
         let mut db = offering("s1", "db", vec![plan("p1", "small")]);
         db.metadata = Some(json!(["x"]));
         let message = problems(&catalog(vec![db]));
-        assert!(message.contains("metadata must be a JSON object"), "{message}");
+        assert!(
+            message.contains("metadata must be a JSON object"),
+            "{message}"
+        );
     }
 
     #[test]
     fn schema_must_be_an_object_with_dialect() {
         let message = problems(&with_create_schema(json!(true)));
-        assert!(message.contains("schema service_instance.create: must be a JSON object"), "{message}");
+        assert!(
+            message.contains("schema service_instance.create: must be a JSON object"),
+            "{message}"
+        );
         let message = problems(&with_create_schema(json!({"type": "object"})));
         assert!(message.contains("has no \"$schema\""), "{message}");
         validate(
@@ -487,7 +618,10 @@ mod tests {
             "$schema": "http://json-schema.org/draft-07/schema#",
             "properties": {"a": {"items": [{"$ref": "https://example.com/s.json"}]}}
         })));
-        assert!(message.contains("external $ref \"https://example.com/s.json\""), "{message}");
+        assert!(
+            message.contains("external $ref \"https://example.com/s.json\""),
+            "{message}"
+        );
     }
 
     #[test]
@@ -509,44 +643,99 @@ mod tests {
     }
 
     fn contribution(plugin: &str, services: Vec<ServiceOffering>) -> PluginCatalog {
-        PluginCatalog { plugin: plugin.to_owned(), info: info(plugin), catalog: catalog(services) }
+        PluginCatalog {
+            plugin: plugin.to_owned(),
+            info: info(plugin),
+            catalog: catalog(services),
+        }
     }
 
     #[test]
     fn clashes_name_both_plugins() {
-        let mysql = contribution("mysql", vec![offering("s1", "mysql", vec![plan("p1", "small")])]);
+        let mysql = contribution(
+            "mysql",
+            vec![offering("s1", "mysql", vec![plan("p1", "small")])],
+        );
         let cases = [
-            (offering("s1", "other", vec![plan("p9", "small")]), "offering id \"s1\""),
-            (offering("s2", "mysql", vec![plan("p9", "small")]), "offering name \"mysql\""),
-            (offering("s2", "other", vec![plan("p1", "small")]), "plan id \"p1\""),
-            (offering("s2", "other", vec![plan("s1", "small")]), "plan id \"s1\""),
-            (offering("p1", "other", vec![plan("p9", "small")]), "plan id \"p1\""),
+            (
+                offering("s1", "other", vec![plan("p9", "small")]),
+                "offering id \"s1\"",
+            ),
+            (
+                offering("s2", "mysql", vec![plan("p9", "small")]),
+                "offering name \"mysql\"",
+            ),
+            (
+                offering("s2", "other", vec![plan("p1", "small")]),
+                "plan id \"p1\"",
+            ),
+            (
+                offering("s2", "other", vec![plan("s1", "small")]),
+                "plan id \"s1\"",
+            ),
+            (
+                offering("p1", "other", vec![plan("p9", "small")]),
+                "plan id \"p1\"",
+            ),
         ];
         for (candidate, what) in cases {
-            let clash = find_clash([&mysql], &contribution("copy", vec![candidate])).expect("clash found");
-            assert_eq!(clash.to_string(), format!("plugin copy declares {what}, which plugin mysql already serves"));
+            let clash =
+                find_clash([&mysql], &contribution("copy", vec![candidate])).expect("clash found");
+            assert_eq!(
+                clash.to_string(),
+                format!("plugin copy declares {what}, which plugin mysql already serves")
+            );
         }
-        let postgres = contribution("postgres", vec![offering("s2", "postgres", vec![plan("p2", "small")])]);
+        let postgres = contribution(
+            "postgres",
+            vec![offering("s2", "postgres", vec![plan("p2", "small")])],
+        );
         assert_eq!(find_clash([&mysql], &postgres), None);
     }
 
     #[test]
     fn snapshot_serves_lookups_and_stable_etag() {
-        let mysql = contribution("mysql", vec![offering("s1", "mysql", vec![plan("p1", "small"), plan("p2", "big")])]);
-        let postgres = contribution("postgres", vec![offering("s2", "postgres", vec![plan("p3", "small")])]);
+        let mysql = contribution(
+            "mysql",
+            vec![offering(
+                "s1",
+                "mysql",
+                vec![plan("p1", "small"), plan("p2", "big")],
+            )],
+        );
+        let postgres = contribution(
+            "postgres",
+            vec![offering("s2", "postgres", vec![plan("p3", "small")])],
+        );
         let snapshot = CatalogSnapshot::build(&[mysql.clone(), postgres]);
 
-        assert_eq!(snapshot.service("s2").map(|s| s.name.as_str()), Some("postgres"));
-        assert_eq!(snapshot.plan("s1", "p2").map(|p| p.name.as_str()), Some("big"));
-        assert_eq!(snapshot.plan("s2", "p1"), None, "a plan of another offering");
-        assert_eq!(snapshot.plugin_of("s2").map(|(name, _)| name), Some("postgres"));
+        assert_eq!(
+            snapshot.service("s2").map(|s| s.name.as_str()),
+            Some("postgres")
+        );
+        assert_eq!(
+            snapshot.plan("s1", "p2").map(|p| p.name.as_str()),
+            Some("big")
+        );
+        assert_eq!(
+            snapshot.plan("s2", "p1"),
+            None,
+            "a plan of another offering"
+        );
+        assert_eq!(
+            snapshot.plugin_of("s2").map(|(name, _)| name),
+            Some("postgres")
+        );
         assert_eq!(snapshot.plugin_of("nope"), None);
 
         let body: Value = serde_json::from_slice(&snapshot.json).expect("json");
         assert_eq!(body["services"][0]["plans"][1]["id"], "p2");
         let digest = hex::encode(Sha256::digest(&snapshot.json));
         assert_eq!(snapshot.etag, format!("\"{digest}\""));
-        assert_eq!(CatalogSnapshot::build(&[mysql.clone()]).etag, CatalogSnapshot::build(&[mysql]).etag);
+        assert_eq!(
+            CatalogSnapshot::build(std::slice::from_ref(&mysql)).etag,
+            CatalogSnapshot::build(&[mysql]).etag
+        );
         assert_ne!(CatalogSnapshot::default().etag, snapshot.etag);
         assert_eq!(&CatalogSnapshot::default().json[..], br#"{"services":[]}"#);
     }

@@ -6,6 +6,7 @@
 //! - [`runtime`]: loads and calls plugin components; knows nothing of HTTP.
 //! - [`capabilities`]: what a plugin may reach (sql, redis, http, kv, log, config).
 //! - [`state`]: durable instances, bindings and operations.
+//! - [`secrets`]: encryption at rest of the credentials in [`state`].
 
 pub mod broker;
 pub mod capabilities;
@@ -14,4 +15,5 @@ pub mod config;
 pub mod model;
 pub mod osb;
 pub mod runtime;
+pub mod secrets;
 pub mod state;

@@ -42,15 +42,17 @@ fn toml_to_json(value: &toml::Value) -> Value {
     match value {
         toml::Value::String(text) => Value::String(text.clone()),
         toml::Value::Integer(number) => Value::from(*number),
-        toml::Value::Float(number) => {
-            serde_json::Number::from_f64(*number).map_or_else(|| Value::String(number.to_string()), Value::Number)
-        }
+        toml::Value::Float(number) => serde_json::Number::from_f64(*number)
+            .map_or_else(|| Value::String(number.to_string()), Value::Number),
         toml::Value::Boolean(flag) => Value::Bool(*flag),
         toml::Value::Datetime(datetime) => Value::String(datetime.to_string()),
         toml::Value::Array(items) => Value::Array(items.iter().map(toml_to_json).collect()),
-        toml::Value::Table(table) => {
-            Value::Object(table.iter().map(|(key, value)| (key.clone(), toml_to_json(value))).collect())
-        }
+        toml::Value::Table(table) => Value::Object(
+            table
+                .iter()
+                .map(|(key, value)| (key.clone(), toml_to_json(value)))
+                .collect(),
+        ),
     }
 }
 
@@ -111,8 +113,14 @@ mod tests {
         assert_eq!(get("ratio").await.as_deref(), Some("0.5"));
         assert_eq!(get("strict").await.as_deref(), Some("true"));
         assert_eq!(get("hosts").await.as_deref(), Some(r#"["a",1]"#));
-        assert_eq!(get("limits").await.as_deref(), Some(r#"{"max":3,"name":"x"}"#));
-        assert_eq!(get("since").await.as_deref(), Some(r#""1979-05-27T07:32:00Z""#));
+        assert_eq!(
+            get("limits").await.as_deref(),
+            Some(r#"{"max":3,"name":"x"}"#)
+        );
+        assert_eq!(
+            get("since").await.as_deref(),
+            Some(r#""1979-05-27T07:32:00Z""#)
+        );
         assert_eq!(get("never").await.as_deref(), Some(r#""inf""#));
         assert_eq!(get("missing").await, None);
     }

@@ -20,12 +20,19 @@ pub struct KvHost {
 
 impl KvHost {
     pub fn new(state: StateStore, plugin: Arc<str>, max_host_call_bytes: u64) -> Self {
-        Self { state, plugin, max_host_call_bytes }
+        Self {
+            state,
+            plugin,
+            max_host_call_bytes,
+        }
     }
 
     fn within_limit(&self, parts: &[(usize, &str)]) -> Result<(), Error> {
         let mut budget = ByteBudget::new(self.max_host_call_bytes);
-        parts.iter().try_for_each(|(bytes, what)| budget.take(*bytes, what)).map_err(Error::LimitExceeded)
+        parts
+            .iter()
+            .try_for_each(|(bytes, what)| budget.take(*bytes, what))
+            .map_err(Error::LimitExceeded)
     }
 
     /// The plugin learns that the store failed, not why: the cause (paths,
@@ -42,24 +49,37 @@ impl wit::Host for KvHost {
             return Ok(Err(error));
         }
         Ok(match self.state.kv_get(&self.plugin, &key).await {
-            Ok(Some(value)) => self.within_limit(&[(value.len(), "the stored value")]).map(|()| Some(value)),
+            Ok(Some(value)) => self
+                .within_limit(&[(value.len(), "the stored value")])
+                .map(|()| Some(value)),
             Ok(None) => Ok(None),
             Err(error) => Err(self.failed("get", error)),
         })
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
-        if let Err(error) = self.within_limit(&[(key.len(), "the key"), (value.len(), "the key with its value")]) {
+        if let Err(error) = self.within_limit(&[
+            (key.len(), "the key"),
+            (value.len(), "the key with its value"),
+        ]) {
             return Ok(Err(error));
         }
-        Ok(self.state.kv_set(&self.plugin, &key, &value).await.map_err(|error| self.failed("set", error)))
+        Ok(self
+            .state
+            .kv_set(&self.plugin, &key, &value)
+            .await
+            .map_err(|error| self.failed("set", error)))
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), Error>> {
         if let Err(error) = self.within_limit(&[(key.len(), "the key")]) {
             return Ok(Err(error));
         }
-        Ok(self.state.kv_delete(&self.plugin, &key).await.map_err(|error| self.failed("delete", error)))
+        Ok(self
+            .state
+            .kv_delete(&self.plugin, &key)
+            .await
+            .map_err(|error| self.failed("delete", error)))
     }
 
     async fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, Error>> {
@@ -68,7 +88,10 @@ impl wit::Host for KvHost {
         }
         Ok(match self.state.kv_list_keys(&self.plugin, &prefix).await {
             Ok(keys) => {
-                let parts: Vec<(usize, &str)> = keys.iter().map(|key| (key.len(), "the list of keys")).collect();
+                let parts: Vec<(usize, &str)> = keys
+                    .iter()
+                    .map(|key| (key.len(), "the list of keys"))
+                    .collect();
                 self.within_limit(&parts).map(|()| keys)
             }
             Err(error) => Err(self.failed("list-keys", error)),
@@ -93,7 +116,10 @@ mod tests {
     use crate::runtime::bindings::wasm_broker::plugin::kv::Host;
 
     async fn store(directory: &tempfile::TempDir) -> StateStore {
-        let config = StateConfig { path: directory.path().join("broker.db"), ..StateConfig::default() };
+        let config = StateConfig {
+            path: directory.path().join("broker.db"),
+            ..StateConfig::default()
+        };
         StateStore::open(&config).await.expect("state store opens")
     }
 
@@ -104,21 +130,53 @@ mod tests {
         let mut mysql = KvHost::new(state.clone(), Arc::from("mysql"), 1024);
         let mut redis = KvHost::new(state, Arc::from("redis"), 1024);
 
-        mysql.set("op/1".to_owned(), b"one".to_vec()).await.expect("no trap").expect("set");
-        mysql.set("op/2".to_owned(), b"two".to_vec()).await.expect("no trap").expect("set");
-        mysql.set("other".to_owned(), b"x".to_vec()).await.expect("no trap").expect("set");
-        redis.set("op/9".to_owned(), b"nine".to_vec()).await.expect("no trap").expect("set");
+        mysql
+            .set("op/1".to_owned(), b"one".to_vec())
+            .await
+            .expect("no trap")
+            .expect("set");
+        mysql
+            .set("op/2".to_owned(), b"two".to_vec())
+            .await
+            .expect("no trap")
+            .expect("set");
+        mysql
+            .set("other".to_owned(), b"x".to_vec())
+            .await
+            .expect("no trap")
+            .expect("set");
+        redis
+            .set("op/9".to_owned(), b"nine".to_vec())
+            .await
+            .expect("no trap")
+            .expect("set");
 
-        assert_eq!(mysql.get("op/1".to_owned()).await.expect("no trap"), Ok(Some(b"one".to_vec())));
-        assert_eq!(redis.get("op/1".to_owned()).await.expect("no trap"), Ok(None));
+        assert_eq!(
+            mysql.get("op/1".to_owned()).await.expect("no trap"),
+            Ok(Some(b"one".to_vec()))
+        );
+        assert_eq!(
+            redis.get("op/1".to_owned()).await.expect("no trap"),
+            Ok(None)
+        );
         assert_eq!(
             mysql.list_keys("op/".to_owned()).await.expect("no trap"),
             Ok(vec!["op/1".to_owned(), "op/2".to_owned()])
         );
 
-        mysql.delete("op/1".to_owned()).await.expect("no trap").expect("delete");
-        assert_eq!(mysql.get("op/1".to_owned()).await.expect("no trap"), Ok(None));
-        assert_eq!(redis.list_keys(String::new()).await.expect("no trap"), Ok(vec!["op/9".to_owned()]));
+        mysql
+            .delete("op/1".to_owned())
+            .await
+            .expect("no trap")
+            .expect("delete");
+        assert_eq!(
+            mysql.get("op/1".to_owned()).await.expect("no trap"),
+            Ok(None)
+        );
+        assert_eq!(
+            redis.list_keys(String::new()).await.expect("no trap"),
+            Ok(vec!["op/9".to_owned()])
+        );
     }
 
     #[tokio::test]
@@ -128,15 +186,30 @@ mod tests {
         let mut generous = KvHost::new(state.clone(), Arc::from("p"), 100);
         let mut strict = KvHost::new(state, Arc::from("p"), 10);
 
-        let refused = strict.set("key".to_owned(), vec![0; 8]).await.expect("no trap");
+        let refused = strict
+            .set("key".to_owned(), vec![0; 8])
+            .await
+            .expect("no trap");
         assert_eq!(
             refused,
-            Err(Error::LimitExceeded("the key with its value exceeds the host-call data limit of 10 bytes".to_owned()))
+            Err(Error::LimitExceeded(
+                "the key with its value exceeds the host-call data limit of 10 bytes".to_owned()
+            ))
         );
-        assert_eq!(strict.get("key".to_owned()).await.expect("no trap"), Ok(None), "nothing was stored");
+        assert_eq!(
+            strict.get("key".to_owned()).await.expect("no trap"),
+            Ok(None),
+            "nothing was stored"
+        );
 
-        generous.set("key".to_owned(), vec![0; 50]).await.expect("no trap").expect("set");
+        generous
+            .set("key".to_owned(), vec![0; 50])
+            .await
+            .expect("no trap")
+            .expect("set");
         let refused = strict.get("key".to_owned()).await.expect("no trap");
-        assert!(matches!(refused, Err(Error::LimitExceeded(message)) if message.starts_with("the stored value")));
+        assert!(
+            matches!(refused, Err(Error::LimitExceeded(message)) if message.starts_with("the stored value"))
+        );
     }
 }

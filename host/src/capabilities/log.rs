@@ -24,7 +24,10 @@ pub struct LogHost {
 
 impl LogHost {
     pub fn new(plugin: Arc<str>, request_identity: Option<String>) -> Self {
-        Self { plugin, request_identity }
+        Self {
+            plugin,
+            request_identity,
+        }
     }
 }
 

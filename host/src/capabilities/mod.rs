@@ -53,7 +53,11 @@ pub struct CallHosts {
 }
 
 impl PluginGrants {
-    pub fn new(plugin: &str, plugin_config: &crate::config::PluginConfig, max_host_call_bytes: u64) -> Self {
+    pub fn new(
+        plugin: &str,
+        plugin_config: &crate::config::PluginConfig,
+        max_host_call_bytes: u64,
+    ) -> Self {
         Self {
             plugin: Arc::from(plugin),
             settings: Arc::new(config::Settings::from_table(&plugin_config.config)),

@@ -23,10 +23,14 @@ fn json_text(value: Option<&Value>) -> Option<String> {
 /// free-form field a plugin returns).
 fn json_object(text: Option<String>, field: &str) -> Result<Option<Value>, InvalidAnswer> {
     let Some(text) = text else { return Ok(None) };
-    let invalid = |problem: String| InvalidAnswer(format!("returned invalid JSON in {field}: {problem}"));
+    let invalid =
+        |problem: String| InvalidAnswer(format!("returned invalid JSON in {field}: {problem}"));
     match serde_json::from_str::<Value>(&text) {
         Ok(value @ Value::Object(_)) => Ok(Some(value)),
-        Ok(other) => Err(invalid(format!("expected a JSON object, got {}", kind_of(&other)))),
+        Ok(other) => Err(invalid(format!(
+            "expected a JSON object, got {}",
+            kind_of(&other)
+        ))),
         Err(error) => Err(invalid(error.to_string())),
     }
 }
@@ -81,9 +85,11 @@ pub fn binding(binding: &model::Binding) -> wit::Binding {
 
 pub fn request_info(info: &model::RequestInfo) -> wit::RequestInfo {
     wit::RequestInfo {
-        originating_identity: info.originating_identity.as_ref().map(|identity| wit::OriginatingIdentity {
-            platform: identity.platform.clone(),
-            value: identity.value.to_string(),
+        originating_identity: info.originating_identity.as_ref().map(|identity| {
+            wit::OriginatingIdentity {
+                platform: identity.platform.clone(),
+                value: identity.value.to_string(),
+            }
         }),
         request_identity: info.request_identity.clone(),
         api_version: info.api_version.clone(),
@@ -119,7 +125,11 @@ pub fn broker_error(error: wit::BrokerError) -> model::BrokerError {
 }
 
 pub fn plugin_info(info: wit::PluginInfo) -> model::PluginInfo {
-    model::PluginInfo { name: info.name, version: info.version, description: info.description }
+    model::PluginInfo {
+        name: info.name,
+        version: info.version,
+        description: info.description,
+    }
 }
 
 fn accepted(accepted: wit::Accepted) -> Result<model::Accepted, InvalidAnswer> {
@@ -131,23 +141,34 @@ fn accepted(accepted: wit::Accepted) -> Result<model::Accepted, InvalidAnswer> {
             )));
         }
     }
-    Ok(model::Accepted { operation: accepted.operation, dashboard_url: accepted.dashboard_url })
+    Ok(model::Accepted {
+        operation: accepted.operation,
+        dashboard_url: accepted.dashboard_url,
+    })
 }
 
-pub fn instance_outcome(outcome: wit::InstanceOutcome) -> Result<model::InstanceOutcome, InvalidAnswer> {
+pub fn instance_outcome(
+    outcome: wit::InstanceOutcome,
+) -> Result<model::InstanceOutcome, InvalidAnswer> {
     Ok(match outcome {
         wit::InstanceOutcome::Done(result) => model::InstanceOutcome::Done(model::InstanceResult {
             dashboard_url: result.dashboard_url,
             metadata: json_object(result.metadata, "metadata")?,
         }),
-        wit::InstanceOutcome::Accepted(answer) => model::InstanceOutcome::Accepted(accepted(answer)?),
+        wit::InstanceOutcome::Accepted(answer) => {
+            model::InstanceOutcome::Accepted(accepted(answer)?)
+        }
     })
 }
 
-pub fn deletion_outcome(outcome: wit::DeletionOutcome) -> Result<model::DeletionOutcome, InvalidAnswer> {
+pub fn deletion_outcome(
+    outcome: wit::DeletionOutcome,
+) -> Result<model::DeletionOutcome, InvalidAnswer> {
     Ok(match outcome {
         wit::DeletionOutcome::Done => model::DeletionOutcome::Done,
-        wit::DeletionOutcome::Accepted(answer) => model::DeletionOutcome::Accepted(accepted(answer)?),
+        wit::DeletionOutcome::Accepted(answer) => {
+            model::DeletionOutcome::Accepted(accepted(answer)?)
+        }
     })
 }
 
@@ -204,7 +225,9 @@ pub fn binding_result(result: wit::BindingResult) -> Result<model::BindingResult
     })
 }
 
-pub fn instance_details(details: wit::InstanceDetails) -> Result<model::InstanceDetails, InvalidAnswer> {
+pub fn instance_details(
+    details: wit::InstanceDetails,
+) -> Result<model::InstanceDetails, InvalidAnswer> {
     Ok(model::InstanceDetails {
         dashboard_url: details.dashboard_url,
         parameters: json_object(details.parameters, "parameters")?,
@@ -228,22 +251,36 @@ pub fn operation_status(status: wit::OperationStatus) -> model::OperationStatus 
 /// The plugin's catalog in model form. JSON that does not parse is refused
 /// here; whether it has the right shape is `catalog::validate`'s question.
 pub fn catalog(catalog: wit::Catalog) -> Result<model::Catalog, InvalidAnswer> {
-    let services = catalog.services.into_iter().map(offering).collect::<Result<_, _>>()?;
+    let services = catalog
+        .services
+        .into_iter()
+        .map(offering)
+        .collect::<Result<_, _>>()?;
     Ok(model::Catalog { services })
 }
 
-fn any_json(text: Option<String>, field: impl FnOnce() -> String) -> Result<Option<Value>, InvalidAnswer> {
+fn any_json(
+    text: Option<String>,
+    field: impl FnOnce() -> String,
+) -> Result<Option<Value>, InvalidAnswer> {
     text.map(|text| {
-        serde_json::from_str(&text).map_err(|error| InvalidAnswer(format!("invalid JSON in {}: {error}", field())))
+        serde_json::from_str(&text)
+            .map_err(|error| InvalidAnswer(format!("invalid JSON in {}: {error}", field())))
     })
     .transpose()
 }
 
 fn offering(offering: wit::ServiceOffering) -> Result<model::ServiceOffering, InvalidAnswer> {
     let name = offering.name;
-    let plans = offering.plans.into_iter().map(|p| plan(p, &name)).collect::<Result<_, _>>()?;
+    let plans = offering
+        .plans
+        .into_iter()
+        .map(|p| plan(p, &name))
+        .collect::<Result<_, _>>()?;
     Ok(model::ServiceOffering {
-        metadata: any_json(offering.metadata, || format!("the metadata of offering {name:?}"))?,
+        metadata: any_json(offering.metadata, || {
+            format!("the metadata of offering {name:?}")
+        })?,
         id: offering.id,
         description: offering.description,
         tags: offering.tags,
@@ -253,11 +290,13 @@ fn offering(offering: wit::ServiceOffering) -> Result<model::ServiceOffering, In
         bindings_retrievable: offering.bindings_retrievable,
         allow_context_updates: offering.allow_context_updates,
         plan_updateable: offering.plan_updateable,
-        dashboard_client: offering.dashboard_client.map(|client| model::DashboardClient {
-            id: client.id,
-            secret: client.secret,
-            redirect_uri: client.redirect_uri,
-        }),
+        dashboard_client: offering
+            .dashboard_client
+            .map(|client| model::DashboardClient {
+                id: client.id,
+                secret: client.secret,
+                redirect_uri: client.redirect_uri,
+            }),
         plans,
         name,
     })
@@ -280,7 +319,9 @@ fn plan(plan: wit::ServicePlan, offering: &str) -> Result<model::ServicePlan, In
             Some(model::Schemas {
                 service_instance: (create.is_some() || update.is_some())
                     .then_some(model::InstanceSchemas { create, update }),
-                service_binding: bind.is_some().then_some(model::BindingSchemas { create: bind }),
+                service_binding: bind
+                    .is_some()
+                    .then_some(model::BindingSchemas { create: bind }),
             })
         }
     };
@@ -347,19 +388,31 @@ mod tests {
             accepts_incomplete: true,
         };
         let converted = request_info(&info);
-        assert_eq!(converted.originating_identity.map(|i| i.value).as_deref(), Some(r#"{"user_id":"u"}"#));
+        assert_eq!(
+            converted.originating_identity.map(|i| i.value).as_deref(),
+            Some(r#"{"user_id":"u"}"#)
+        );
         assert!(converted.accepts_incomplete);
     }
 
     #[test]
     fn credentials_must_be_a_json_object() {
-        let result = binding_result(binding_result_with(Some(r#"{"uri":"mysql://x"}"#))).expect("valid");
+        let result =
+            binding_result(binding_result_with(Some(r#"{"uri":"mysql://x"}"#))).expect("valid");
         assert_eq!(result.credentials, Some(json!({"uri": "mysql://x"})));
 
         let error = binding_result(binding_result_with(Some("[1]"))).expect_err("an array");
-        assert_eq!(error.to_string(), "returned invalid JSON in credentials: expected a JSON object, got an array");
+        assert_eq!(
+            error.to_string(),
+            "returned invalid JSON in credentials: expected a JSON object, got an array"
+        );
         let error = binding_result(binding_result_with(Some("{"))).expect_err("truncated");
-        assert!(error.to_string().starts_with("returned invalid JSON in credentials: EOF"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("returned invalid JSON in credentials: EOF"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -375,9 +428,16 @@ mod tests {
                 metadata: Some(json!({"labels": {}})),
             })
         );
-        let details = wit::InstanceDetails { dashboard_url: None, parameters: Some("1".to_owned()), metadata: None };
+        let details = wit::InstanceDetails {
+            dashboard_url: None,
+            parameters: Some("1".to_owned()),
+            metadata: None,
+        };
         let error = instance_details(details).expect_err("a number");
-        assert_eq!(error.to_string(), "returned invalid JSON in parameters: expected a JSON object, got a number");
+        assert_eq!(
+            error.to_string(),
+            "returned invalid JSON in parameters: expected a JSON object, got a number"
+        );
 
         let long = wit::DeletionOutcome::Accepted(wit::Accepted {
             operation: Some("x".repeat(MAX_OPERATION_CHARS + 1)),
@@ -450,7 +510,11 @@ mod tests {
             instance_update: None,
             binding_create: None,
         };
-        let converted = catalog(wit_catalog(wit_plan(Some(schemas)), Some(r#"{"displayName":"DB"}"#))).expect("parses");
+        let converted = catalog(wit_catalog(
+            wit_plan(Some(schemas)),
+            Some(r#"{"displayName":"DB"}"#),
+        ))
+        .expect("parses");
         assert_eq!(
             serde_json::to_value(&converted).expect("serializes"),
             json!({"services": [{
@@ -468,8 +532,11 @@ mod tests {
 
     #[test]
     fn catalog_json_that_does_not_parse_names_its_place() {
-        let schemas =
-            wit::Schemas { instance_create: None, instance_update: None, binding_create: Some("{nope".to_owned()) };
+        let schemas = wit::Schemas {
+            instance_create: None,
+            instance_update: None,
+            binding_create: Some("{nope".to_owned()),
+        };
         let error = catalog(wit_catalog(wit_plan(Some(schemas)), None)).expect_err("bad schema");
         assert!(
             error.to_string().starts_with(
@@ -478,6 +545,11 @@ mod tests {
             "{error}"
         );
         let error = catalog(wit_catalog(wit_plan(None), Some("nope"))).expect_err("bad metadata");
-        assert!(error.to_string().starts_with("invalid JSON in the metadata of offering \"db\":"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid JSON in the metadata of offering \"db\":"),
+            "{error}"
+        );
     }
 }

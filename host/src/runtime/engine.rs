@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, StoreLimits,
-    StoreLimitsBuilder, Trap, UpdateDeadline,
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
@@ -59,7 +59,10 @@ impl Drop for PluginEngine {
 
 /// The largest linear memory any plugin may have: the pool's slots must fit it.
 fn largest_memory_limit(config: &Config) -> u64 {
-    let overrides = config.plugins.values().filter_map(|plugin| plugin.limits.memory_limit_mb);
+    let overrides = config
+        .plugins
+        .values()
+        .filter_map(|plugin| plugin.limits.memory_limit_mb);
     let largest_mb = overrides.fold(config.runtime.memory_limit_mb, u64::max);
     largest_mb.saturating_mul(MIB).clamp(MIB, MAX_MEMORY_BYTES)
 }
@@ -119,9 +122,12 @@ impl PluginEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| capabilities::add_all_to_linker(&mut linker))
-            .map_err(|error| RuntimeError::Engine(format!("cannot link host capabilities: {error:#}")))?;
+            .map_err(|error| {
+                RuntimeError::Engine(format!("cannot link host capabilities: {error:#}"))
+            })?;
         let ticker = spawn_epoch_ticker(&engine);
-        let slots = usize::try_from(config.runtime.max_concurrent_instances.max(1)).unwrap_or(usize::MAX);
+        let slots =
+            usize::try_from(config.runtime.max_concurrent_instances.max(1)).unwrap_or(usize::MAX);
         Ok(Self {
             engine,
             linker,
@@ -146,7 +152,12 @@ impl PluginEngine {
 
     /// Runs `call` on a fresh instance of `plugin` with its limits, and
     /// drops the instance afterwards whatever happened.
-    pub async fn call<R, F, Fut>(&self, plugin: &CallTarget<'_>, request_identity: Option<&str>, call: F) -> Result<R, CallError>
+    pub async fn call<R, F, Fut>(
+        &self,
+        plugin: &CallTarget<'_>,
+        request_identity: Option<&str>,
+        call: F,
+    ) -> Result<R, CallError>
     where
         F: FnOnce(ServicePlugin, Store<CallState>) -> Fut,
         Fut: Future<Output = wasmtime::Result<R>>,
@@ -155,12 +166,17 @@ impl PluginEngine {
         let deadline = Duration::from_millis(limits.call_timeout_ms);
         let fault = |cause: String| {
             tracing::warn!(plugin = plugin.name, %cause, "plugin call failed");
-            CallError::Fault { plugin: plugin.name.to_owned(), cause }
+            CallError::Fault {
+                plugin: plugin.name.to_owned(),
+                cause,
+            }
         };
 
         let _slot = match tokio::time::timeout(deadline, self.slots.acquire()).await {
             Ok(Ok(permit)) => permit,
-            Ok(Err(_closed)) => return Err(fault("the plugin runtime is shutting down".to_owned())),
+            Ok(Err(_closed)) => {
+                return Err(fault("the plugin runtime is shutting down".to_owned()));
+            }
             Err(_elapsed) => {
                 return Err(fault(format!(
                     "found no free instance slot within {} ms; raise [runtime] max_concurrent_instances",
@@ -173,7 +189,8 @@ impl PluginEngine {
         let stdout = GuestOutput::new(name.clone(), Stream::Stdout);
         let stderr = GuestOutput::new(name, Stream::Stderr);
         let memory_exhausted = Arc::new(AtomicBool::new(false));
-        let memory_limit = usize::try_from(limits.memory_limit_mb.saturating_mul(MIB)).unwrap_or(usize::MAX);
+        let memory_limit =
+            usize::try_from(limits.memory_limit_mb.saturating_mul(MIB)).unwrap_or(usize::MAX);
         let state = CallState::new(
             sandbox_wasi(stdout.clone(), stderr.clone()),
             CallLimiter::new(memory_limit, memory_exhausted.clone()),
@@ -187,7 +204,11 @@ impl PluginEngine {
         let cpu_deadline = Instant::now() + deadline;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= cpu_deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+            Ok(if Instant::now() >= cpu_deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
         });
 
         let run = async {
@@ -199,7 +220,12 @@ impl PluginEngine {
         let panic = stderr.finish();
         match outcome {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(error)) => Err(fault(failure_cause(&error, &limits, memory_exhausted.load(Ordering::Relaxed), panic))),
+            Ok(Err(error)) => Err(fault(failure_cause(
+                &error,
+                &limits,
+                memory_exhausted.load(Ordering::Relaxed),
+                panic,
+            ))),
             Err(_elapsed) => Err(fault(format!(
                 "did not finish within its deadline of {} ms (it was waiting on a host call)",
                 limits.call_timeout_ms
@@ -217,17 +243,27 @@ pub struct CallTarget<'a> {
 }
 
 /// Why a call failed, in the words the platform and the operator see.
-fn failure_cause(error: &wasmtime::Error, limits: &CallLimits, memory_exhausted: bool, panic: Option<String>) -> String {
+fn failure_cause(
+    error: &wasmtime::Error,
+    limits: &CallLimits,
+    memory_exhausted: bool,
+    panic: Option<String>,
+) -> String {
     if memory_exhausted {
         return format!("ran out of memory (limit {} MiB)", limits.memory_limit_mb);
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!("exceeded its CPU deadline of {} ms", limits.call_timeout_ms),
+        Some(Trap::Interrupt) => {
+            format!("exceeded its CPU deadline of {} ms", limits.call_timeout_ms)
+        }
         Some(trap) => match panic {
             Some(panic) => panic,
             None => {
                 let text = trap.to_string();
-                format!("trapped: {}", text.strip_prefix("wasm trap: ").unwrap_or(&text))
+                format!(
+                    "trapped: {}",
+                    text.strip_prefix("wasm trap: ").unwrap_or(&text)
+                )
             }
         },
         None => format!("failed: {error:#}"),
@@ -254,7 +290,9 @@ fn spawn_epoch_ticker(engine: &Engine) -> tokio::task::JoinHandle<()> {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let Some(engine) = engine.upgrade() else { break };
+            let Some(engine) = engine.upgrade() else {
+                break;
+            };
             engine.increment_epoch();
         }
     })
@@ -271,12 +309,21 @@ pub struct CallLimiter {
 
 impl CallLimiter {
     fn new(memory_limit: usize, memory_exhausted: Arc<AtomicBool>) -> Self {
-        Self { limits: StoreLimitsBuilder::new().memory_size(memory_limit).build(), memory_limit, memory_exhausted }
+        Self {
+            limits: StoreLimitsBuilder::new().memory_size(memory_limit).build(),
+            memory_limit,
+            memory_exhausted,
+        }
     }
 }
 
 impl ResourceLimiter for CallLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
         if !allowed && desired > self.memory_limit {
             self.memory_exhausted.store(true, Ordering::Relaxed);
@@ -288,7 +335,12 @@ impl ResourceLimiter for CallLimiter {
         self.limits.memory_grow_failed(error)
     }
 
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         self.limits.table_growing(current, desired, maximum)
     }
 
@@ -312,7 +364,12 @@ impl ResourceLimiter for CallLimiter {
 /// Compiles `wasm`, or loads the code compiled for it earlier by this same
 /// engine configuration. `digest` is the sha256 of `wasm` in hex. Blocking:
 /// compiling takes tens of milliseconds to seconds.
-pub fn compile_cached(engine: &Engine, cache_dir: &Path, wasm: &[u8], digest: &str) -> Result<Component, String> {
+pub fn compile_cached(
+    engine: &Engine,
+    cache_dir: &Path,
+    wasm: &[u8],
+    digest: &str,
+) -> Result<Component, String> {
     let mut hasher = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
     let artifact = cache_dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
@@ -323,16 +380,21 @@ pub fn compile_cached(engine: &Engine, cache_dir: &Path, wasm: &[u8], digest: &s
         // wasmtime still checks the header and refuses a mismatch.
         match unsafe { Component::deserialize_file(engine, &artifact) } {
             Ok(component) => return Ok(component),
-            Err(error) => tracing::warn!(artifact = %artifact.display(), error = %format!("{error:#}"), "cannot use cached plugin code; recompiling"),
+            Err(error) => {
+                tracing::warn!(artifact = %artifact.display(), error = %format!("{error:#}"), "cannot use cached plugin code; recompiling")
+            }
         }
     }
-    let compiled = engine.precompile_component(wasm).map_err(|error| format!("is not a valid component: {error:#}"))?;
+    let compiled = engine
+        .precompile_component(wasm)
+        .map_err(|error| format!("is not a valid component: {error:#}"))?;
     if let Err(error) = write_atomically(cache_dir, &artifact, &compiled) {
         tracing::warn!(cache_dir = %cache_dir.display(), %error, "cannot cache compiled plugin code; the next start compiles again");
     }
     // SAFETY: `compiled` was produced by `precompile_component` of this very
     // engine a moment ago.
-    unsafe { Component::deserialize(engine, &compiled) }.map_err(|error| format!("cannot load its compiled code: {error:#}"))
+    unsafe { Component::deserialize(engine, &compiled) }
+        .map_err(|error| format!("cannot load its compiled code: {error:#}"))
 }
 
 /// A reader never sees a half-written artifact: the bytes go to a temporary
@@ -352,17 +414,32 @@ mod tests {
     use super::*;
 
     fn limits() -> CallLimits {
-        CallLimits { memory_limit_mb: 64, call_timeout_ms: 10_000, max_host_call_bytes: 1024 }
+        CallLimits {
+            memory_limit_mb: 64,
+            call_timeout_ms: 10_000,
+            max_host_call_bytes: 1024,
+        }
     }
 
     #[test]
     fn causes_name_what_went_wrong() {
         let interrupt = wasmtime::Error::from(Trap::Interrupt);
-        assert_eq!(failure_cause(&interrupt, &limits(), false, None), "exceeded its CPU deadline of 10000 ms");
-        let unreachable = wasmtime::Error::from(Trap::UnreachableCodeReached);
-        assert_eq!(failure_cause(&unreachable, &limits(), true, None), "ran out of memory (limit 64 MiB)");
         assert_eq!(
-            failure_cause(&unreachable, &limits(), false, Some("panicked at src/lib.rs:1:1: boom".to_owned())),
+            failure_cause(&interrupt, &limits(), false, None),
+            "exceeded its CPU deadline of 10000 ms"
+        );
+        let unreachable = wasmtime::Error::from(Trap::UnreachableCodeReached);
+        assert_eq!(
+            failure_cause(&unreachable, &limits(), true, None),
+            "ran out of memory (limit 64 MiB)"
+        );
+        assert_eq!(
+            failure_cause(
+                &unreachable,
+                &limits(),
+                false,
+                Some("panicked at src/lib.rs:1:1: boom".to_owned())
+            ),
             "panicked at src/lib.rs:1:1: boom"
         );
         assert_eq!(
@@ -370,7 +447,10 @@ mod tests {
             "trapped: wasm `unreachable` instruction executed"
         );
         let host = wasmtime::format_err!("resource table full");
-        assert_eq!(failure_cause(&host, &limits(), false, None), "failed: resource table full");
+        assert_eq!(
+            failure_cause(&host, &limits(), false, None),
+            "failed: resource table full"
+        );
     }
 
     #[test]
@@ -380,7 +460,10 @@ mod tests {
         assert!(limiter.memory_growing(0, 1024, None).expect("no trap"));
         assert!(!exhausted.load(Ordering::Relaxed));
         assert!(!limiter.memory_growing(0, 100, Some(50)).expect("no trap"));
-        assert!(!exhausted.load(Ordering::Relaxed), "the guest's own maximum is not our limit");
+        assert!(
+            !exhausted.load(Ordering::Relaxed),
+            "the guest's own maximum is not our limit"
+        );
         assert!(!limiter.memory_growing(1024, 2048, None).expect("no trap"));
         assert!(exhausted.load(Ordering::Relaxed));
     }
@@ -388,10 +471,17 @@ mod tests {
     #[test]
     fn pool_slots_fit_the_largest_plugin_limit() {
         let config: Config =
-            toml::from_str("[runtime]\nmemory_limit_mb = 64\n[plugins.big]\nmemory_limit_mb = 256").expect("parses");
+            toml::from_str("[runtime]\nmemory_limit_mb = 64\n[plugins.big]\nmemory_limit_mb = 256")
+                .expect("parses");
         assert_eq!(largest_memory_limit(&config), 256 * MIB);
         let config: Config = toml::from_str("[runtime]\nmemory_limit_mb = 100000").expect("parses");
         assert_eq!(largest_memory_limit(&config), MAX_MEMORY_BYTES);
+    }
+
+    #[test]
+    fn the_default_pool_fits_in_the_address_space() {
+        let config: Config = toml::from_str("").expect("parses");
+        Engine::new(&engine_config(&config)).expect("the pool reserves its slots");
     }
 
     #[test]
@@ -401,6 +491,10 @@ mod tests {
         let path = nested.join("a.cwasm");
         write_atomically(&nested, &path, b"code").expect("written");
         assert_eq!(std::fs::read(&path).expect("readable"), b"code");
-        assert_eq!(std::fs::read_dir(&nested).expect("listable").count(), 1, "no temporary file is left");
+        assert_eq!(
+            std::fs::read_dir(&nested).expect("listable").count(),
+            1,
+            "no temporary file is left"
+        );
     }
 }

@@ -67,7 +67,10 @@ struct PanicCapture {
 impl PanicCapture {
     fn observe(&mut self, line: &str) {
         if let Some((_, location)) = line.split_once(" panicked at ") {
-            *self = Self { location: Some(location.trim_end_matches(':').to_owned()), ..Self::default() };
+            *self = Self {
+                location: Some(location.trim_end_matches(':').to_owned()),
+                ..Self::default()
+            };
         } else if self.location.is_some() && !self.complete {
             if line.starts_with("note:") || self.message.len() > MAX_LINE_BYTES {
                 self.complete = true;
@@ -105,7 +108,8 @@ impl LineSink {
 
     fn append(&mut self, bytes: &[u8]) {
         let room = MAX_LINE_BYTES.saturating_sub(self.partial.len());
-        self.partial.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.partial
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
     fn emit(&mut self) {
@@ -130,8 +134,12 @@ impl LineSink {
             return;
         }
         match self.stream {
-            Stream::Stdout => tracing::info!(target: TARGET, plugin = %self.plugin, stream = "stdout", "{line}"),
-            Stream::Stderr => tracing::warn!(target: TARGET, plugin = %self.plugin, stream = "stderr", "{line}"),
+            Stream::Stdout => {
+                tracing::info!(target: TARGET, plugin = %self.plugin, stream = "stdout", "{line}")
+            }
+            Stream::Stderr => {
+                tracing::warn!(target: TARGET, plugin = %self.plugin, stream = "stderr", "{line}")
+            }
         }
     }
 }
@@ -146,7 +154,9 @@ impl GuestOutput {
             dropping: false,
             panic: PanicCapture::default(),
         };
-        Self { lines: Arc::new(Mutex::new(sink)) }
+        Self {
+            lines: Arc::new(Mutex::new(sink)),
+        }
     }
 
     /// A panic can never leave the sink half-updated in a way that matters:
@@ -207,7 +217,11 @@ impl OutputStream for GuestOutput {
 }
 
 impl AsyncWrite for GuestOutput {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.push(bytes);
         Poll::Ready(Ok(bytes.len()))
     }
@@ -232,7 +246,9 @@ mod tests {
         stderr.push(b"index out of bounds: the len is 0 but the index is 3\nnote: run with `RUST_BACKTRACE=1`");
         assert_eq!(
             stderr.finish().as_deref(),
-            Some("panicked at src/lib.rs:10:5: index out of bounds: the len is 0 but the index is 3")
+            Some(
+                "panicked at src/lib.rs:10:5: index out of bounds: the len is 0 but the index is 3"
+            )
         );
     }
 
@@ -240,7 +256,10 @@ mod tests {
     fn a_panic_without_note_is_still_reported() {
         let stderr = GuestOutput::new(Arc::from("mysql"), Stream::Stderr);
         stderr.push(b"thread 'main' panicked at src/a.rs:1:1:\nboom");
-        assert_eq!(stderr.finish().as_deref(), Some("panicked at src/a.rs:1:1: boom"));
+        assert_eq!(
+            stderr.finish().as_deref(),
+            Some("panicked at src/a.rs:1:1: boom")
+        );
     }
 
     #[test]
@@ -253,7 +272,10 @@ mod tests {
         stderr.push(&vec![b'x'; MAX_LINE_BYTES * 2]);
         assert_eq!(stderr.sink().partial.len(), MAX_LINE_BYTES);
         assert_eq!(stderr.finish(), None);
-        assert!(stderr.sink().partial.is_empty(), "finish logs the last line");
+        assert!(
+            stderr.sink().partial.is_empty(),
+            "finish logs the last line"
+        );
     }
 
     #[test]

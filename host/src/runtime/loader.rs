@@ -40,7 +40,12 @@ pub struct LoadedPlugin {
 
 impl LoadedPlugin {
     pub fn target(&self) -> CallTarget<'_> {
-        CallTarget { name: &self.name, pre: &self.pre, grants: &self.grants, limits: self.limits }
+        CallTarget {
+            name: &self.name,
+            pre: &self.pre,
+            grants: &self.grants,
+            limits: self.limits,
+        }
     }
 
     pub fn info(&self) -> &PluginInfo {
@@ -107,7 +112,11 @@ pub struct Loader {
 
 impl Loader {
     pub fn new(engine: PluginEngine, config: Config) -> Self {
-        Self { engine, config, reloading: tokio::sync::Mutex::new(()) }
+        Self {
+            engine,
+            config,
+            reloading: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Held while a scan runs and its result is stored.
@@ -130,10 +139,11 @@ impl Loader {
     pub async fn scan(&self, previous: &PluginSet) -> Result<PluginSet, RuntimeError> {
         let mut files = BTreeMap::new();
         for (stem, path) in self.plugin_files()? {
-            let record = match std::fs::read(&path) {
-                Err(error) => {
-                    FileRecord { digest: String::new(), attempt: Attempt::Refused(format!("cannot read {}: {error}", path.display())) }
-                }
+            let record = match tokio::fs::read(&path).await {
+                Err(error) => FileRecord {
+                    digest: String::new(),
+                    attempt: Attempt::Refused(format!("cannot read {}: {error}", path.display())),
+                },
                 Ok(wasm) => {
                     let digest = hex::encode(Sha256::digest(&wasm));
                     match previous.files.get(&stem) {
@@ -156,7 +166,10 @@ impl Loader {
     /// `*.wasm` files of the plugin directory by stem, in name order.
     fn plugin_files(&self) -> Result<Vec<(String, PathBuf)>, RuntimeError> {
         let dir = self.plugin_dir();
-        let unreadable = |source| RuntimeError::PluginDir { path: dir.to_owned(), source };
+        let unreadable = |source| RuntimeError::PluginDir {
+            path: dir.to_owned(),
+            source,
+        };
         let mut files = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(unreadable)? {
             let path = entry.map_err(unreadable)?.path();
@@ -165,7 +178,9 @@ impl Loader {
             }
             match path.file_stem().and_then(|stem| stem.to_str()) {
                 Some(stem) => files.push((stem.to_owned(), path.clone())),
-                None => tracing::warn!(file = %path.display(), "ignoring a plugin file whose name is not UTF-8"),
+                None => {
+                    tracing::warn!(file = %path.display(), "ignoring a plugin file whose name is not UTF-8")
+                }
             }
         }
         files.sort();
@@ -176,19 +191,29 @@ impl Loader {
         let engine = self.engine.engine().clone();
         let cache_dir = self.engine.cache_dir().to_owned();
         let digest_owned = digest.to_owned();
-        let component = tokio::task::spawn_blocking(move || compile_cached(&engine, &cache_dir, &wasm, &digest_owned))
-            .await
-            .map_err(|error| format!("compilation did not complete: {error}"))??;
+        let component = tokio::task::spawn_blocking(move || {
+            compile_cached(&engine, &cache_dir, &wasm, &digest_owned)
+        })
+        .await
+        .map_err(|error| format!("compilation did not complete: {error}"))??;
         let wit_version = contract_version(&component, self.engine.engine())?;
-        let instance_pre =
-            self.engine.linker().instantiate_pre(&component).map_err(|error| format!("cannot be linked: {error:#}"))?;
+        let instance_pre = self
+            .engine
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|error| format!("cannot be linked: {error:#}"))?;
         let pre = ServicePluginPre::new(instance_pre)
             .map_err(|error| format!("does not match the {CONTRACT} contract: {error:#}"))?;
 
         let plugin_config = self.config.plugin(stem);
         let limits = self.config.runtime.limits_for(&plugin_config.limits);
         let grants = PluginGrants::new(stem, &plugin_config, limits.max_host_call_bytes);
-        let target = CallTarget { name: stem, pre: &pre, grants: &grants, limits };
+        let target = CallTarget {
+            name: stem,
+            pre: &pre,
+            grants: &grants,
+            limits,
+        };
         let described = |error: CallError, what: &str| match error {
             CallError::Fault { cause, .. } => format!("{what} failed: {cause}"),
             other => format!("{what} failed: {other}"),
@@ -196,14 +221,20 @@ impl Loader {
         let info = self
             .engine
             .call(&target, None, |guest, mut store| async move {
-                guest.wasm_broker_plugin_broker().call_describe(&mut store).await
+                guest
+                    .wasm_broker_plugin_broker()
+                    .call_describe(&mut store)
+                    .await
             })
             .await
             .map_err(|error| described(error, "describe"))?;
         let catalog = self
             .engine
             .call(&target, None, |guest, mut store| async move {
-                guest.wasm_broker_plugin_broker().call_catalog(&mut store).await
+                guest
+                    .wasm_broker_plugin_broker()
+                    .call_catalog(&mut store)
+                    .await
             })
             .await
             .map_err(|error| described(error, "catalog"))?;
@@ -215,7 +246,11 @@ impl Loader {
             name: stem.to_owned(),
             digest: digest.to_owned(),
             wit_version,
-            published: PluginCatalog { plugin: stem.to_owned(), info, catalog },
+            published: PluginCatalog {
+                plugin: stem.to_owned(),
+                info,
+                catalog,
+            },
             pre,
             grants,
             limits,
@@ -226,16 +261,35 @@ impl Loader {
 /// The version of the contract the component exports, if this host serves it.
 fn contract_version(component: &Component, engine: &Engine) -> Result<String, String> {
     let component_type = component.component_type();
-    let exports: Vec<&str> = component_type.exports(engine).map(|(name, _)| name).collect();
-    let Some(exported) = exports.iter().find(|name| name.split('@').next() == Some(CONTRACT)) else {
-        let listed = if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") };
+    let exports: Vec<&str> = component_type
+        .exports(engine)
+        .map(|(name, _)| name)
+        .collect();
+    served_contract(&exports)
+}
+
+fn served_contract(exports: &[&str]) -> Result<String, String> {
+    let Some(exported) = exports
+        .iter()
+        .find(|name| name.split('@').next() == Some(CONTRACT))
+    else {
+        let listed = if exports.is_empty() {
+            "nothing".to_owned()
+        } else {
+            exports.join(", ")
+        };
         return Err(format!("does not export {CONTRACT} (it exports {listed})"));
     };
-    let version = exported.split_once('@').map(|(_, version)| version).unwrap_or_default();
+    let version = exported
+        .split_once('@')
+        .map(|(_, version)| version)
+        .unwrap_or_default();
     let served = semver::VersionReq::parse(SERVED_VERSIONS).map_err(|error| error.to_string())?;
     match semver::Version::parse(version) {
         Ok(parsed) if served.matches(&parsed) => Ok(parsed.to_string()),
-        _ => Err(format!("exports {exported} but this host serves {SERVED_VERSIONS}")),
+        _ => Err(format!(
+            "exports {exported} but this host serves {SERVED_VERSIONS}"
+        )),
     }
 }
 
@@ -262,7 +316,8 @@ fn merge(previous: &PluginSet, files: BTreeMap<String, (PathBuf, FileRecord)>) -
         }
         let mut chosen = None;
         for (candidate, is_current_file) in candidates {
-            match catalog::find_clash(serving.values().map(|p| &p.published), &candidate.published) {
+            match catalog::find_clash(serving.values().map(|p| &p.published), &candidate.published)
+            {
                 None => {
                     chosen = Some((candidate.clone(), is_current_file));
                     break;
@@ -279,12 +334,18 @@ fn merge(previous: &PluginSet, files: BTreeMap<String, (PathBuf, FileRecord)>) -
                 let why = refusal.unwrap_or_default();
                 errors.insert(
                     stem.clone(),
-                    format!("the new file was refused ({why}); still serving version {}", plugin.info().version),
+                    format!(
+                        "the new file was refused ({why}); still serving version {}",
+                        plugin.info().version
+                    ),
                 );
                 serving.insert(stem.clone(), plugin);
             }
             (None, refusal) => {
-                errors.insert(stem.clone(), refusal.unwrap_or_else(|| "refused".to_owned()));
+                errors.insert(
+                    stem.clone(),
+                    refusal.unwrap_or_else(|| "refused".to_owned()),
+                );
             }
         }
     }
@@ -299,7 +360,14 @@ fn merge(previous: &PluginSet, files: BTreeMap<String, (PathBuf, FileRecord)>) -
                 info: plugin.map(|p| p.info().clone()),
                 wit_version: plugin.map(|p| p.wit_version.clone()),
                 services: plugin
-                    .map(|p| p.published.catalog.services.iter().map(|s| s.name.clone()).collect())
+                    .map(|p| {
+                        p.published
+                            .catalog
+                            .services
+                            .iter()
+                            .map(|s| s.name.clone())
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 error: errors.get(stem).cloned(),
             }
@@ -307,11 +375,19 @@ fn merge(previous: &PluginSet, files: BTreeMap<String, (PathBuf, FileRecord)>) -
         .collect();
     log_changes(previous, &serving, &statuses);
 
-    let published: Vec<PluginCatalog> = serving.values().map(|plugin| plugin.published.clone()).collect();
+    let published: Vec<PluginCatalog> = serving
+        .values()
+        .map(|plugin| plugin.published.clone())
+        .collect();
     let services = serving
         .values()
         .flat_map(|plugin| {
-            plugin.published.catalog.services.iter().map(|offering| (offering.id.clone(), plugin.name.clone()))
+            plugin
+                .published
+                .catalog
+                .services
+                .iter()
+                .map(|offering| (offering.id.clone(), plugin.name.clone()))
         })
         .collect();
     PluginSet {
@@ -319,14 +395,24 @@ fn merge(previous: &PluginSet, files: BTreeMap<String, (PathBuf, FileRecord)>) -
         services,
         serving,
         statuses,
-        files: files.into_iter().map(|(stem, (_, record))| (stem, record)).collect(),
+        files: files
+            .into_iter()
+            .map(|(stem, (_, record))| (stem, record))
+            .collect(),
     }
 }
 
-fn log_changes(previous: &PluginSet, serving: &BTreeMap<String, Arc<LoadedPlugin>>, statuses: &[PluginStatus]) {
+fn log_changes(
+    previous: &PluginSet,
+    serving: &BTreeMap<String, Arc<LoadedPlugin>>,
+    statuses: &[PluginStatus],
+) {
     for status in statuses {
         let before = previous.statuses.iter().find(|old| old.name == status.name);
-        let digest_before = previous.serving.get(&status.name).map(|p| p.digest.as_str());
+        let digest_before = previous
+            .serving
+            .get(&status.name)
+            .map(|p| p.digest.as_str());
         let digest_now = serving.get(&status.name).map(|p| p.digest.as_str());
         if before.is_some_and(|old| old.error == status.error) && digest_before == digest_now {
             continue;
@@ -351,5 +437,38 @@ fn log_changes(previous: &PluginSet, serving: &BTreeMap<String, Arc<LoadedPlugin
         if !statuses.iter().any(|status| &status.name == name) {
             tracing::info!(plugin = %name, "plugin removed: its file is gone");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_served_contract_version_is_accepted() {
+        assert_eq!(
+            served_contract(&["wasi:cli/run@0.2.0", "wasm-broker:plugin/broker@0.1.0"]),
+            Ok("0.1.0".to_owned())
+        );
+        assert_eq!(
+            served_contract(&["wasm-broker:plugin/broker@0.1.3"]),
+            Ok("0.1.3".to_owned())
+        );
+        assert_eq!(
+            served_contract(&["wasm-broker:plugin/broker@0.2.0"]),
+            Err("exports wasm-broker:plugin/broker@0.2.0 but this host serves 0.1.x".to_owned())
+        );
+        assert_eq!(
+            served_contract(&["wasm-broker:plugin/broker"]),
+            Err("exports wasm-broker:plugin/broker but this host serves 0.1.x".to_owned())
+        );
+        assert_eq!(
+            served_contract(&["wasi:http/incoming-handler@0.2.0"]),
+            Err("does not export wasm-broker:plugin/broker (it exports wasi:http/incoming-handler@0.2.0)".to_owned())
+        );
+        assert_eq!(
+            served_contract(&[]),
+            Err("does not export wasm-broker:plugin/broker (it exports nothing)".to_owned())
+        );
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! - [`bindings`]: the contract as generated Rust.
 //! - `engine`: wasmtime setup, compile cache, the life of one call.
-//! - `loader`: the plugin directory -> a validated, merged [`PluginSet`](loader::PluginSet).
+//! - `loader`: the plugin directory -> a validated, merged set of plugins.
 //! - `watcher`: hot reload.
 //! - `convert`: model <-> WIT.
 
@@ -56,7 +56,10 @@ pub enum RuntimeError {
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
     #[error("cannot read plugin directory {path}: {source}")]
-    PluginDir { path: std::path::PathBuf, source: std::io::Error },
+    PluginDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Connections(#[from] ConnectionError),
 }
@@ -90,14 +93,34 @@ pub struct CallState {
 
 impl CallState {
     fn new(wasi: WasiCtx, limiter: CallLimiter, hosts: CallHosts) -> Self {
-        let CallHosts { log, config, kv, sql, redis, http } = hosts;
-        Self { wasi, table: ResourceTable::new(), limiter, log, config, kv, sql, redis, http }
+        let CallHosts {
+            log,
+            config,
+            kv,
+            sql,
+            redis,
+            http,
+        } = hosts;
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter,
+            log,
+            config,
+            kv,
+            sql,
+            redis,
+            http,
+        }
     }
 }
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -121,9 +144,18 @@ impl PluginRuntime {
     /// Builds the engine, loads every plugin in `config.runtime.plugin_dir`
     /// and starts watching the directory for changes. Connections to the
     /// backends in `[connections]` open lazily, on first use.
-    pub async fn start(config: &Config, state: crate::state::StateStore) -> Result<Arc<Self>, RuntimeError> {
-        let backends = SharedBackends { connections: Arc::new(Connections::from_config(&config.connections)?), state };
-        let loader = Arc::new(Loader::new(PluginEngine::new(config, backends)?, config.clone()));
+    pub async fn start(
+        config: &Config,
+        state: crate::state::StateStore,
+    ) -> Result<Arc<Self>, RuntimeError> {
+        let backends = SharedBackends {
+            connections: Arc::new(Connections::from_config(&config.connections)?),
+            state,
+        };
+        let loader = Arc::new(Loader::new(
+            PluginEngine::new(config, backends)?,
+            config.clone(),
+        ));
         let plugins = Arc::new(ArcSwap::from_pointee(PluginSet::empty()));
 
         // Watch before the first scan, so a file that changes meanwhile is
@@ -141,7 +173,11 @@ impl PluginRuntime {
             }
         };
         let initial = loader.scan(&PluginSet::empty()).await?;
-        let refused = initial.statuses().iter().filter(|status| status.info.is_none()).count();
+        let refused = initial
+            .statuses()
+            .iter()
+            .filter(|status| status.info.is_none())
+            .count();
         tracing::info!(
             dir = %loader.plugin_dir().display(),
             serving = initial.statuses().len() - refused,
@@ -151,7 +187,11 @@ impl PluginRuntime {
         );
         plugins.store(Arc::new(initial));
         drop(first_turn);
-        Ok(Arc::new(Self { loader, plugins, watcher }))
+        Ok(Arc::new(Self {
+            loader,
+            plugins,
+            watcher,
+        }))
     }
 
     /// The merged catalog of all loaded plugins (cheap: an `Arc` clone).
@@ -170,17 +210,30 @@ impl PluginRuntime {
             .load()
             .serving(service_id)
             .cloned()
-            .ok_or_else(|| CallError::NoPlugin { service_id: service_id.to_owned() })
+            .ok_or_else(|| CallError::NoPlugin {
+                service_id: service_id.to_owned(),
+            })
     }
 
-    pub async fn provision(&self, instance: &Instance, info: &RequestInfo) -> Result<InstanceOutcome, CallError> {
+    pub async fn provision(
+        &self,
+        instance: &Instance,
+        info: &RequestInfo,
+    ) -> Result<InstanceOutcome, CallError> {
         let plugin = self.serving(&instance.service_id)?;
         let (instance, wit_info) = (convert::instance(instance), convert::request_info(info));
         let answer = self
             .engine()
-            .call(&plugin.target(), info.request_identity.as_deref(), |guest, mut store| async move {
-                guest.wasm_broker_plugin_broker().call_provision(&mut store, &instance, &wit_info).await
-            })
+            .call(
+                &plugin.target(),
+                info.request_identity.as_deref(),
+                |guest, mut store| async move {
+                    guest
+                        .wasm_broker_plugin_broker()
+                        .call_provision(&mut store, &instance, &wit_info)
+                        .await
+                },
+            )
             .await?;
         accept(&plugin, answer, convert::instance_outcome)
     }
@@ -192,38 +245,71 @@ impl PluginRuntime {
         info: &RequestInfo,
     ) -> Result<InstanceOutcome, CallError> {
         let plugin = self.serving(&instance.service_id)?;
-        let (instance, changes) = (convert::instance(instance), convert::instance_changes(changes));
+        let (instance, changes) = (
+            convert::instance(instance),
+            convert::instance_changes(changes),
+        );
         let wit_info = convert::request_info(info);
         let answer = self
             .engine()
-            .call(&plugin.target(), info.request_identity.as_deref(), |guest, mut store| async move {
-                guest.wasm_broker_plugin_broker().call_update(&mut store, &instance, &changes, &wit_info).await
-            })
+            .call(
+                &plugin.target(),
+                info.request_identity.as_deref(),
+                |guest, mut store| async move {
+                    guest
+                        .wasm_broker_plugin_broker()
+                        .call_update(&mut store, &instance, &changes, &wit_info)
+                        .await
+                },
+            )
             .await?;
         accept(&plugin, answer, convert::instance_outcome)
     }
 
-    pub async fn deprovision(&self, instance: &Instance, info: &RequestInfo) -> Result<DeletionOutcome, CallError> {
+    pub async fn deprovision(
+        &self,
+        instance: &Instance,
+        info: &RequestInfo,
+    ) -> Result<DeletionOutcome, CallError> {
         let plugin = self.serving(&instance.service_id)?;
         let (instance, wit_info) = (convert::instance(instance), convert::request_info(info));
         let answer = self
             .engine()
-            .call(&plugin.target(), info.request_identity.as_deref(), |guest, mut store| async move {
-                guest.wasm_broker_plugin_broker().call_deprovision(&mut store, &instance, &wit_info).await
-            })
+            .call(
+                &plugin.target(),
+                info.request_identity.as_deref(),
+                |guest, mut store| async move {
+                    guest
+                        .wasm_broker_plugin_broker()
+                        .call_deprovision(&mut store, &instance, &wit_info)
+                        .await
+                },
+            )
             .await?;
         accept(&plugin, answer, convert::deletion_outcome)
     }
 
-    pub async fn bind(&self, instance: &Instance, binding: &Binding, info: &RequestInfo) -> Result<BindOutcome, CallError> {
+    pub async fn bind(
+        &self,
+        instance: &Instance,
+        binding: &Binding,
+        info: &RequestInfo,
+    ) -> Result<BindOutcome, CallError> {
         let plugin = self.serving(&instance.service_id)?;
         let (instance, binding) = (convert::instance(instance), convert::binding(binding));
         let wit_info = convert::request_info(info);
         let answer = self
             .engine()
-            .call(&plugin.target(), info.request_identity.as_deref(), |guest, mut store| async move {
-                guest.wasm_broker_plugin_broker().call_bind(&mut store, &instance, &binding, &wit_info).await
-            })
+            .call(
+                &plugin.target(),
+                info.request_identity.as_deref(),
+                |guest, mut store| async move {
+                    guest
+                        .wasm_broker_plugin_broker()
+                        .call_bind(&mut store, &instance, &binding, &wit_info)
+                        .await
+                },
+            )
             .await?;
         accept(&plugin, answer, convert::bind_outcome)
     }
@@ -239,9 +325,16 @@ impl PluginRuntime {
         let wit_info = convert::request_info(info);
         let answer = self
             .engine()
-            .call(&plugin.target(), info.request_identity.as_deref(), |guest, mut store| async move {
-                guest.wasm_broker_plugin_broker().call_unbind(&mut store, &instance, &binding, &wit_info).await
-            })
+            .call(
+                &plugin.target(),
+                info.request_identity.as_deref(),
+                |guest, mut store| async move {
+                    guest
+                        .wasm_broker_plugin_broker()
+                        .call_unbind(&mut store, &instance, &binding, &wit_info)
+                        .await
+                },
+            )
             .await?;
         accept(&plugin, answer, convert::deletion_outcome)
     }
@@ -264,7 +357,9 @@ impl PluginRuntime {
                     .await
             })
             .await?;
-        accept(&plugin, answer, |status| Ok(convert::operation_status(status)))
+        accept(&plugin, answer, |status| {
+            Ok(convert::operation_status(status))
+        })
     }
 
     pub async fn last_binding_operation(
@@ -282,11 +377,19 @@ impl PluginRuntime {
             .call(&plugin.target(), None, |guest, mut store| async move {
                 guest
                     .wasm_broker_plugin_broker()
-                    .call_last_binding_operation(&mut store, &instance, &binding, kind, operation.as_deref())
+                    .call_last_binding_operation(
+                        &mut store,
+                        &instance,
+                        &binding,
+                        kind,
+                        operation.as_deref(),
+                    )
                     .await
             })
             .await?;
-        accept(&plugin, answer, |status| Ok(convert::operation_status(status)))
+        accept(&plugin, answer, |status| {
+            Ok(convert::operation_status(status))
+        })
     }
 
     pub async fn get_instance(&self, instance: &Instance) -> Result<InstanceDetails, CallError> {
@@ -295,19 +398,29 @@ impl PluginRuntime {
         let answer = self
             .engine()
             .call(&plugin.target(), None, |guest, mut store| async move {
-                guest.wasm_broker_plugin_broker().call_get_instance(&mut store, &instance).await
+                guest
+                    .wasm_broker_plugin_broker()
+                    .call_get_instance(&mut store, &instance)
+                    .await
             })
             .await?;
         accept(&plugin, answer, convert::instance_details)
     }
 
-    pub async fn get_binding(&self, instance: &Instance, binding: &Binding) -> Result<BindingResult, CallError> {
+    pub async fn get_binding(
+        &self,
+        instance: &Instance,
+        binding: &Binding,
+    ) -> Result<BindingResult, CallError> {
         let plugin = self.serving(&instance.service_id)?;
         let (instance, binding) = (convert::instance(instance), convert::binding(binding));
         let answer = self
             .engine()
             .call(&plugin.target(), None, |guest, mut store| async move {
-                guest.wasm_broker_plugin_broker().call_get_binding(&mut store, &instance, &binding).await
+                guest
+                    .wasm_broker_plugin_broker()
+                    .call_get_binding(&mut store, &instance, &binding)
+                    .await
             })
             .await?;
         accept(&plugin, answer, convert::binding_result)

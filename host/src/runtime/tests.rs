@@ -48,9 +48,14 @@ impl Fixture {
             cache_dir = directory.path().join("cache"),
         ))
         .expect("config parses");
-        let state_config = StateConfig { path: directory.path().join("broker.db"), ..StateConfig::default() };
+        let state_config = StateConfig {
+            path: directory.path().join("broker.db"),
+            ..StateConfig::default()
+        };
         let state = StateStore::open(&state_config).await.expect("state store");
-        let runtime = PluginRuntime::start(&config, state).await.expect("runtime starts");
+        let runtime = PluginRuntime::start(&config, state)
+            .await
+            .expect("runtime starts");
         Self { directory, runtime }
     }
 
@@ -59,14 +64,21 @@ impl Fixture {
     }
 
     fn status(&self, name: &str) -> Option<PluginStatus> {
-        self.runtime.plugins().into_iter().find(|status| status.name == name)
+        self.runtime
+            .plugins()
+            .into_iter()
+            .find(|status| status.name == name)
     }
 
     /// Waits for the watcher to bring the runtime to the state `done` checks.
     async fn wait_for(&self, what: &str, done: impl Fn(&Self) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !done(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {:#?}", self.runtime.plugins());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:#?}",
+                self.runtime.plugins()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -88,7 +100,9 @@ fn instance(service_id: &str, plan_id: &str, plugin_version: &str) -> Instance {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_load_reload_and_refuse_clashes() {
-    let (Some(mysql), Some(postgres)) = (built_plugin("mysql"), built_plugin("postgres")) else { return };
+    let (Some(mysql), Some(postgres)) = (built_plugin("mysql"), built_plugin("postgres")) else {
+        return;
+    };
     let fixture = Fixture::start(&[(&mysql, "mysql.wasm")]).await;
 
     let status = fixture.status("mysql").expect("mysql listed");
@@ -97,56 +111,115 @@ async fn plugins_load_reload_and_refuse_clashes() {
     assert_eq!(status.services, vec!["mysql".to_owned()]);
     let catalog = fixture.runtime.catalog();
     let offering = &catalog.catalog.services[0];
-    assert_eq!(catalog.plugin_of(&offering.id).map(|(name, _)| name), Some("mysql"));
+    assert_eq!(
+        catalog.plugin_of(&offering.id).map(|(name, _)| name),
+        Some("mysql")
+    );
 
     // The same catalog under another name clashes with the serving plugin.
     std::fs::copy(&mysql, fixture.plugin_file("mysql-copy.wasm")).expect("copied");
-    fixture.wait_for("the copy to be refused", |f| f.status("mysql-copy").is_some()).await;
+    fixture
+        .wait_for("the copy to be refused", |f| {
+            f.status("mysql-copy").is_some()
+        })
+        .await;
     let refused = fixture.status("mysql-copy").expect("listed");
     let error = refused.error.expect("refused");
-    assert!(error.starts_with("plugin mysql-copy declares offering id"), "{error}");
-    assert!(error.ends_with("which plugin mysql already serves"), "{error}");
-    assert_eq!(fixture.status("mysql").and_then(|s| s.error), None, "the serving plugin stays");
+    assert!(
+        error.starts_with("plugin mysql-copy declares offering id"),
+        "{error}"
+    );
+    assert!(
+        error.ends_with("which plugin mysql already serves"),
+        "{error}"
+    );
+    assert_eq!(
+        fixture.status("mysql").and_then(|s| s.error),
+        None,
+        "the serving plugin stays"
+    );
 
     // A new plugin is picked up without a restart.
     std::fs::copy(&postgres, fixture.plugin_file("postgres.wasm")).expect("copied");
-    fixture.wait_for("postgres to load", |f| f.status("postgres").is_some_and(|s| s.info.is_some())).await;
+    fixture
+        .wait_for("postgres to load", |f| {
+            f.status("postgres").is_some_and(|s| s.info.is_some())
+        })
+        .await;
     assert_eq!(fixture.runtime.catalog().catalog.services.len(), 2);
 
     // A broken replacement leaves the previous version serving.
     std::fs::write(fixture.plugin_file("postgres.wasm"), b"not a component").expect("written");
     fixture
-        .wait_for("the broken file to be refused", |f| f.status("postgres").is_some_and(|s| s.error.is_some()))
+        .wait_for("the broken file to be refused", |f| {
+            f.status("postgres").is_some_and(|s| s.error.is_some())
+        })
         .await;
     let status = fixture.status("postgres").expect("listed");
     let error = status.error.expect("refused");
-    assert!(error.starts_with("the new file was refused (is not a valid component"), "{error}");
+    assert!(
+        error.starts_with("the new file was refused (is not a valid component"),
+        "{error}"
+    );
     assert!(status.info.is_some(), "the old version still serves");
 
     // Once mysql is gone, the copy no longer clashes and serves.
     std::fs::remove_file(fixture.plugin_file("mysql.wasm")).expect("removed");
-    fixture.wait_for("mysql to go", |f| f.status("mysql").is_none()).await;
-    fixture.wait_for("the copy to serve", |f| f.status("mysql-copy").is_some_and(|s| s.error.is_none())).await;
-    assert_eq!(fixture.runtime.catalog().plugin_of(&offering.id).map(|(name, _)| name), Some("mysql-copy"));
+    fixture
+        .wait_for("mysql to go", |f| f.status("mysql").is_none())
+        .await;
+    fixture
+        .wait_for("the copy to serve", |f| {
+            f.status("mysql-copy").is_some_and(|s| s.error.is_none())
+        })
+        .await;
+    assert_eq!(
+        fixture
+            .runtime
+            .catalog()
+            .plugin_of(&offering.id)
+            .map(|(name, _)| name),
+        Some("mysql-copy")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_run_on_the_owning_plugin() {
-    let Some(mysql) = built_plugin("mysql") else { return };
+    let Some(mysql) = built_plugin("mysql") else {
+        return;
+    };
     let fixture = Fixture::start(&[(&mysql, "mysql.wasm")]).await;
     let catalog = fixture.runtime.catalog();
     let offering = &catalog.catalog.services[0];
     let (_, info) = catalog.plugin_of(&offering.id).expect("served");
     let instance = instance(&offering.id, &offering.plans[0].id, &info.version);
-    let request = RequestInfo { api_version: "2.17".to_owned(), ..RequestInfo::default() };
+    let request = RequestInfo {
+        api_version: "2.17".to_owned(),
+        ..RequestInfo::default()
+    };
 
-    let outcome = fixture.runtime.provision(&instance, &request).await.expect("provisioned");
+    let outcome = fixture
+        .runtime
+        .provision(&instance, &request)
+        .await
+        .expect("provisioned");
     assert!(matches!(outcome, InstanceOutcome::Done(_)), "{outcome:?}");
-    let outcome = fixture.runtime.deprovision(&instance, &request).await.expect("deprovisioned");
+    let outcome = fixture
+        .runtime
+        .deprovision(&instance, &request)
+        .await
+        .expect("deprovisioned");
     assert_eq!(outcome, DeletionOutcome::Done);
 
-    let unknown = Instance { service_id: "no-such-service".to_owned(), ..instance };
-    let error = fixture.runtime.deprovision(&unknown, &request).await.expect_err("nobody serves it");
+    let unknown = Instance {
+        service_id: "no-such-service".to_owned(),
+        ..instance
+    };
+    let error = fixture
+        .runtime
+        .deprovision(&unknown, &request)
+        .await
+        .expect_err("nobody serves it");
     assert!(matches!(error, CallError::NoPlugin { service_id } if service_id == "no-such-service"));
 }
 

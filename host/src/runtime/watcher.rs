@@ -52,7 +52,9 @@ pub async fn reload(loader: &Loader, plugins: &ArcSwap<PluginSet>) {
     let current = plugins.load_full();
     match loader.scan(&current).await {
         Ok(next) => plugins.store(Arc::new(next)),
-        Err(error) => tracing::error!(%error, "cannot rescan the plugin directory; plugins stay as they are"),
+        Err(error) => {
+            tracing::error!(%error, "cannot rescan the plugin directory; plugins stay as they are")
+        }
     }
 }
 
@@ -75,7 +77,8 @@ fn is_relevant(event: &notify::Result<Event>) -> bool {
 }
 
 fn is_plugin_file(path: &Path) -> bool {
-    path.extension().is_some_and(|extension| extension == "wasm")
+    path.extension()
+        .is_some_and(|extension| extension == "wasm")
 }
 
 #[cfg(test)]
@@ -90,12 +93,30 @@ mod tests {
 
     #[test]
     fn only_changes_to_plugin_files_trigger_a_scan() {
-        assert!(is_relevant(&event(EventKind::Create(CreateKind::File), "/p/mysql.wasm")));
-        assert!(is_relevant(&event(EventKind::Modify(ModifyKind::Any), "/p/mysql.wasm")));
-        assert!(is_relevant(&event(EventKind::Remove(RemoveKind::File), "/p/mysql.wasm")));
-        assert!(is_relevant(&event(EventKind::Access(AccessKind::Close(AccessMode::Write)), "/p/mysql.wasm")));
-        assert!(!is_relevant(&event(EventKind::Access(AccessKind::Open(AccessMode::Read)), "/p/mysql.wasm")));
-        assert!(!is_relevant(&event(EventKind::Create(CreateKind::File), "/p/notes.txt")));
+        assert!(is_relevant(&event(
+            EventKind::Create(CreateKind::File),
+            "/p/mysql.wasm"
+        )));
+        assert!(is_relevant(&event(
+            EventKind::Modify(ModifyKind::Any),
+            "/p/mysql.wasm"
+        )));
+        assert!(is_relevant(&event(
+            EventKind::Remove(RemoveKind::File),
+            "/p/mysql.wasm"
+        )));
+        assert!(is_relevant(&event(
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            "/p/mysql.wasm"
+        )));
+        assert!(!is_relevant(&event(
+            EventKind::Access(AccessKind::Open(AccessMode::Read)),
+            "/p/mysql.wasm"
+        )));
+        assert!(!is_relevant(&event(
+            EventKind::Create(CreateKind::File),
+            "/p/notes.txt"
+        )));
         assert!(is_relevant(&Err(notify::Error::generic("queue overflow"))));
     }
 }
