@@ -155,6 +155,7 @@ impl PluginEngine {
     pub async fn call<R, F, Fut>(
         &self,
         plugin: &CallTarget<'_>,
+        operation: &'static str,
         request_identity: Option<&str>,
         call: F,
     ) -> Result<R, CallError>
@@ -164,8 +165,16 @@ impl PluginEngine {
     {
         let limits = plugin.limits;
         let deadline = Duration::from_millis(limits.call_timeout_ms);
-        let fault = |cause: String| {
-            tracing::warn!(plugin = plugin.name, %cause, "plugin call failed");
+        let started = Instant::now();
+        let fault = |kind: &'static str, cause: String| {
+            tracing::warn!(plugin = plugin.name, operation, %cause, "plugin call failed");
+            metrics::counter!(
+                "plugin_faults_total",
+                "plugin" => plugin.name.to_owned(),
+                "operation" => operation,
+                "kind" => kind
+            )
+            .increment(1);
             CallError::Fault {
                 plugin: plugin.name.to_owned(),
                 cause,
@@ -175,10 +184,10 @@ impl PluginEngine {
         let _slot = match tokio::time::timeout(deadline, self.slots.acquire()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_closed)) => {
-                return Err(fault("the plugin runtime is shutting down".to_owned()));
+                return Err(fault("shutdown", "the plugin runtime is shutting down".to_owned()));
             }
             Err(_elapsed) => {
-                return Err(fault(format!(
+                return Err(fault("no_slot", format!(
                     "found no free instance slot within {} ms; raise [runtime] max_concurrent_instances",
                     limits.call_timeout_ms
                 )));
@@ -218,18 +227,26 @@ impl PluginEngine {
         let outcome = tokio::time::timeout(deadline + WAIT_GRACE, run).await;
         stdout.finish();
         let panic = stderr.finish();
+        metrics::histogram!(
+            "plugin_call_duration_seconds",
+            "plugin" => plugin.name.to_owned(),
+            "operation" => operation
+        )
+        .record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(error)) => Err(fault(failure_cause(
-                &error,
-                &limits,
-                memory_exhausted.load(Ordering::Relaxed),
-                panic,
-            ))),
-            Err(_elapsed) => Err(fault(format!(
-                "did not finish within its deadline of {} ms (it was waiting on a host call)",
-                limits.call_timeout_ms
-            ))),
+            Ok(Err(error)) => {
+                let (kind, cause) =
+                    failure_cause(&error, &limits, memory_exhausted.load(Ordering::Relaxed), panic);
+                Err(fault(kind, cause))
+            }
+            Err(_elapsed) => Err(fault(
+                "deadline",
+                format!(
+                    "did not finish within its deadline of {} ms (it was waiting on a host call)",
+                    limits.call_timeout_ms
+                ),
+            )),
         }
     }
 }
@@ -242,31 +259,27 @@ pub struct CallTarget<'a> {
     pub limits: CallLimits,
 }
 
-/// Why a call failed, in the words the platform and the operator see.
+/// Why a call failed: a metrics label, and the words the platform and the
+/// operator see.
 fn failure_cause(
     error: &wasmtime::Error,
     limits: &CallLimits,
     memory_exhausted: bool,
     panic: Option<String>,
-) -> String {
+) -> (&'static str, String) {
     if memory_exhausted {
-        return format!("ran out of memory (limit {} MiB)", limits.memory_limit_mb);
+        return ("out_of_memory", format!("ran out of memory (limit {} MiB)", limits.memory_limit_mb));
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => {
-            format!("exceeded its CPU deadline of {} ms", limits.call_timeout_ms)
-        }
+        Some(Trap::Interrupt) => ("deadline", format!("exceeded its CPU deadline of {} ms", limits.call_timeout_ms)),
         Some(trap) => match panic {
-            Some(panic) => panic,
+            Some(panic) => ("panic", panic),
             None => {
                 let text = trap.to_string();
-                format!(
-                    "trapped: {}",
-                    text.strip_prefix("wasm trap: ").unwrap_or(&text)
-                )
+                ("trap", format!("trapped: {}", text.strip_prefix("wasm trap: ").unwrap_or(&text)))
             }
         },
-        None => format!("failed: {error:#}"),
+        None => ("error", format!("failed: {error:#}")),
     }
 }
 
@@ -426,12 +439,12 @@ mod tests {
         let interrupt = wasmtime::Error::from(Trap::Interrupt);
         assert_eq!(
             failure_cause(&interrupt, &limits(), false, None),
-            "exceeded its CPU deadline of 10000 ms"
+            ("deadline", "exceeded its CPU deadline of 10000 ms".to_owned())
         );
         let unreachable = wasmtime::Error::from(Trap::UnreachableCodeReached);
         assert_eq!(
             failure_cause(&unreachable, &limits(), true, None),
-            "ran out of memory (limit 64 MiB)"
+            ("out_of_memory", "ran out of memory (limit 64 MiB)".to_owned())
         );
         assert_eq!(
             failure_cause(
@@ -440,16 +453,16 @@ mod tests {
                 false,
                 Some("panicked at src/lib.rs:1:1: boom".to_owned())
             ),
-            "panicked at src/lib.rs:1:1: boom"
+            ("panic", "panicked at src/lib.rs:1:1: boom".to_owned())
         );
         assert_eq!(
             failure_cause(&unreachable, &limits(), false, None),
-            "trapped: wasm `unreachable` instruction executed"
+            ("trap", "trapped: wasm `unreachable` instruction executed".to_owned())
         );
         let host = wasmtime::format_err!("resource table full");
         assert_eq!(
             failure_cause(&host, &limits(), false, None),
-            "failed: resource table full"
+            ("error", "failed: resource table full".to_owned())
         );
     }
 

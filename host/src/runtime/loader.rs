@@ -220,7 +220,7 @@ impl Loader {
         };
         let info = self
             .engine
-            .call(&target, None, |guest, mut store| async move {
+            .call(&target, "describe", None, |guest, mut store| async move {
                 guest
                     .wasm_broker_plugin_broker()
                     .call_describe(&mut store)
@@ -230,7 +230,7 @@ impl Loader {
             .map_err(|error| described(error, "describe"))?;
         let catalog = self
             .engine
-            .call(&target, None, |guest, mut store| async move {
+            .call(&target, "catalog", None, |guest, mut store| async move {
                 guest
                     .wasm_broker_plugin_broker()
                     .call_catalog(&mut store)

@@ -225,7 +225,7 @@ impl PluginRuntime {
         let answer = self
             .engine()
             .call(
-                &plugin.target(),
+                &plugin.target(), "provision",
                 info.request_identity.as_deref(),
                 |guest, mut store| async move {
                     guest
@@ -253,7 +253,7 @@ impl PluginRuntime {
         let answer = self
             .engine()
             .call(
-                &plugin.target(),
+                &plugin.target(), "update",
                 info.request_identity.as_deref(),
                 |guest, mut store| async move {
                     guest
@@ -276,7 +276,7 @@ impl PluginRuntime {
         let answer = self
             .engine()
             .call(
-                &plugin.target(),
+                &plugin.target(), "deprovision",
                 info.request_identity.as_deref(),
                 |guest, mut store| async move {
                     guest
@@ -301,7 +301,7 @@ impl PluginRuntime {
         let answer = self
             .engine()
             .call(
-                &plugin.target(),
+                &plugin.target(), "bind",
                 info.request_identity.as_deref(),
                 |guest, mut store| async move {
                     guest
@@ -326,7 +326,7 @@ impl PluginRuntime {
         let answer = self
             .engine()
             .call(
-                &plugin.target(),
+                &plugin.target(), "unbind",
                 info.request_identity.as_deref(),
                 |guest, mut store| async move {
                     guest
@@ -350,7 +350,7 @@ impl PluginRuntime {
         let operation = operation.map(str::to_owned);
         let answer = self
             .engine()
-            .call(&plugin.target(), None, |guest, mut store| async move {
+            .call(&plugin.target(), "last_operation", None, |guest, mut store| async move {
                 guest
                     .wasm_broker_plugin_broker()
                     .call_last_operation(&mut store, &instance, kind, operation.as_deref())
@@ -374,7 +374,7 @@ impl PluginRuntime {
         let (kind, operation) = (convert::operation_kind(kind), operation.map(str::to_owned));
         let answer = self
             .engine()
-            .call(&plugin.target(), None, |guest, mut store| async move {
+            .call(&plugin.target(), "last_binding_operation", None, |guest, mut store| async move {
                 guest
                     .wasm_broker_plugin_broker()
                     .call_last_binding_operation(
@@ -397,7 +397,7 @@ impl PluginRuntime {
         let instance = convert::instance(instance);
         let answer = self
             .engine()
-            .call(&plugin.target(), None, |guest, mut store| async move {
+            .call(&plugin.target(), "get_instance", None, |guest, mut store| async move {
                 guest
                     .wasm_broker_plugin_broker()
                     .call_get_instance(&mut store, &instance)
@@ -416,7 +416,7 @@ impl PluginRuntime {
         let (instance, binding) = (convert::instance(instance), convert::binding(binding));
         let answer = self
             .engine()
-            .call(&plugin.target(), None, |guest, mut store| async move {
+            .call(&plugin.target(), "get_binding", None, |guest, mut store| async move {
                 guest
                     .wasm_broker_plugin_broker()
                     .call_get_binding(&mut store, &instance, &binding)
