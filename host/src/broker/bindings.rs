@@ -6,7 +6,7 @@ use crate::model::{
     BindOutcome, Binding, BindingResult, BrokerError, DeletionOutcome, OperationKind, OperationState, OperationStatus,
 };
 use crate::runtime::CallError;
-use crate::state::{BindingRecord, InstanceRecord, OperationPhase, ResourceStatus, Transition};
+use crate::state::{BindingRecord, InstanceRecord, OperationPhase, OperationRecord, ResourceStatus, Transition};
 
 use super::operations::{self, is_running};
 use super::{
@@ -123,25 +123,25 @@ impl Broker {
         let outcome = self.runtime.bind(&instance.instance, &record.binding, &request.info).await;
         match outcome {
             Ok(BindOutcome::Done(result)) => {
-                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record| {
+                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record, operation| {
                     record.status = ResourceStatus::Ready;
                     record.result = Some(result.clone());
-                    record.operation.as_mut().map(operations::succeed);
+                    operations::succeed(operation);
                 })
                 .await?;
                 Ok(Created::New(result))
             }
             Ok(BindOutcome::Accepted(accepted)) if accepts_incomplete => {
-                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record| {
-                    record.operation.as_mut().map(|op| operations::accept(op, accepted.operation.clone()));
+                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |_, operation| {
+                    operations::accept(operation, accepted.operation.clone());
                 })
                 .await?;
                 Ok(Created::Accepted(AcceptedReply { operation: operation_id, dashboard_url: None }))
             }
             Err(CallError::Refused(refusal)) => {
-                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record| {
+                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record, operation| {
                     record.status = ResourceStatus::Deleted;
-                    record.operation.as_mut().map(|op| operations::fail(op, refusal.to_string()));
+                    operations::fail(operation, refusal.to_string());
                 })
                 .await?;
                 Err(Failure::Refused(refusal))
@@ -155,9 +155,9 @@ impl Broker {
                 };
                 // Kept as Failed: the platform's orphan-mitigation unbind
                 // must reach the plugin to revoke half-made credentials.
-                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record| {
+                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record, operation| {
                     record.status = ResourceStatus::Failed;
-                    record.operation.as_mut().map(|op| operations::fail(op, failure.to_string()));
+                    operations::fail(operation, failure.to_string());
                 })
                 .await?;
                 Err(failure)
@@ -213,17 +213,17 @@ impl Broker {
         let outcome = self.runtime.unbind(&instance.instance, &record.binding, &request.info).await;
         match outcome {
             Ok(DeletionOutcome::Done) | Err(CallError::Refused(BrokerError::Gone(_))) => {
-                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record| {
+                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record, operation| {
                     record.status = ResourceStatus::Deleted;
                     record.result = None;
-                    record.operation.as_mut().map(operations::succeed);
+                    operations::succeed(operation);
                 })
                 .await?;
                 Ok(Changed::Done(()))
             }
             Ok(DeletionOutcome::Accepted(accepted)) if accepts_incomplete => {
-                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record| {
-                    record.operation.as_mut().map(|op| operations::accept(op, accepted.operation.clone()));
+                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |_, operation| {
+                    operations::accept(operation, accepted.operation.clone());
                 })
                 .await?;
                 Ok(Changed::Accepted(AcceptedReply { operation: operation_id, dashboard_url: None }))
@@ -235,8 +235,8 @@ impl Broker {
                     ),
                     Err(error) => Failure::from(error),
                 };
-                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record| {
-                    record.operation.as_mut().map(|op| operations::fail(op, failure.to_string()));
+                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |_, operation| {
+                    operations::fail(operation, failure.to_string());
                 })
                 .await?;
                 Err(failure)
@@ -307,7 +307,7 @@ impl Broker {
             }
         }
         let kind = operation.kind;
-        self.finish_binding(binding_id, &poll.instance_id, &operation.id, |record| {
+        self.finish_binding(binding_id, &poll.instance_id, &operation.id, |record, operation| {
             let succeeded = reported.state == OperationState::Succeeded;
             match (kind, succeeded) {
                 (OperationKind::Bind, true) => {
@@ -321,7 +321,7 @@ impl Broker {
                 }
                 _ => {}
             }
-            record.operation.as_mut().map(|op| operations::record_status(op, &reported));
+            operations::record_status(operation, &reported);
         })
         .await?;
         Ok(reported)
@@ -346,12 +346,15 @@ impl Broker {
         binding_id: &str,
         instance_id: &str,
         operation_id: &str,
-        change: impl FnOnce(&mut BindingRecord) + Send,
+        change: impl FnOnce(&mut BindingRecord, &mut OperationRecord) + Send,
     ) -> Result<(), Failure> {
         self.store
             .transition_binding(binding_id, instance_id, |_, existing| match existing {
                 Some(mut record) if record.operation.as_ref().is_some_and(|op| op.id == operation_id) => {
-                    change(&mut record);
+                    if let Some(mut operation) = record.operation.take() {
+                        change(&mut record, &mut operation);
+                        record.operation = Some(operation);
+                    }
                     Transition::Write(record, ())
                 }
                 _ => Transition::Keep(()),

@@ -7,7 +7,7 @@ use crate::model::{
     OperationState, OperationStatus, RequestInfo,
 };
 use crate::runtime::CallError;
-use crate::state::{InstanceRecord, OperationPhase, ResourceStatus, StoredChanges, Transition};
+use crate::state::{InstanceRecord, OperationPhase, OperationRecord, ResourceStatus, StoredChanges, Transition};
 
 use super::operations::{self, is_running};
 use super::{
@@ -149,19 +149,19 @@ impl Broker {
         let operation_id = record.operation.as_ref().map(|op| op.id.clone()).unwrap_or_default();
         match outcome {
             Ok(InstanceOutcome::Done(result)) => {
-                self.finish_instance(&request.instance_id, &operation_id, |record| {
+                self.finish_instance(&request.instance_id, &operation_id, |record, operation| {
                     record.status = ResourceStatus::Ready;
                     record.dashboard_url = result.dashboard_url.clone();
                     record.metadata = result.metadata.clone();
-                    record.operation.as_mut().map(operations::succeed);
+                    operations::succeed(operation);
                 })
                 .await?;
                 Ok(Created::New(result))
             }
             Ok(InstanceOutcome::Accepted(accepted)) if accepts_incomplete => {
-                self.finish_instance(&request.instance_id, &operation_id, |record| {
+                self.finish_instance(&request.instance_id, &operation_id, |record, operation| {
                     record.dashboard_url = accepted.dashboard_url.clone();
-                    record.operation.as_mut().map(|op| operations::accept(op, accepted.operation.clone()));
+                    operations::accept(operation, accepted.operation.clone());
                 })
                 .await?;
                 Ok(Created::Accepted(AcceptedReply { operation: operation_id, dashboard_url: accepted.dashboard_url }))
@@ -173,9 +173,9 @@ impl Broker {
             }
             Err(CallError::Refused(refusal)) => {
                 // 4xx: the broker's resources must be as if nothing happened.
-                self.finish_instance(&request.instance_id, &operation_id, |record| {
+                self.finish_instance(&request.instance_id, &operation_id, |record, operation| {
                     record.status = ResourceStatus::Deleted;
-                    record.operation.as_mut().map(|op| operations::fail(op, refusal.to_string()));
+                    operations::fail(operation, refusal.to_string());
                 })
                 .await?;
                 Err(Failure::Refused(refusal))
@@ -261,7 +261,7 @@ impl Broker {
         let outcome = self.runtime.update(&record.instance, &InstanceChanges::from(&changes), &request.info).await;
         match outcome {
             Ok(InstanceOutcome::Done(result)) => {
-                self.finish_instance(&request.instance_id, &operation.id, |record| {
+                self.finish_instance(&request.instance_id, &operation.id, |record, operation| {
                     apply_changes(&mut record.instance, &changes);
                     if result.dashboard_url.is_some() {
                         record.dashboard_url = result.dashboard_url.clone();
@@ -269,17 +269,17 @@ impl Broker {
                     if result.metadata.is_some() {
                         record.metadata = result.metadata.clone();
                     }
-                    record.operation.as_mut().map(operations::succeed);
+                    operations::succeed(operation);
                 })
                 .await?;
                 Ok(Changed::Done(result))
             }
             Ok(InstanceOutcome::Accepted(accepted)) if accepts_incomplete => {
-                self.finish_instance(&request.instance_id, &operation.id, |record| {
+                self.finish_instance(&request.instance_id, &operation.id, |record, operation| {
                     if accepted.dashboard_url.is_some() {
                         record.dashboard_url = accepted.dashboard_url.clone();
                     }
-                    record.operation.as_mut().map(|op| operations::accept(op, accepted.operation.clone()));
+                    operations::accept(operation, accepted.operation.clone());
                 })
                 .await?;
                 Ok(Changed::Accepted(AcceptedReply { operation: operation.id, dashboard_url: accepted.dashboard_url }))
@@ -291,8 +291,8 @@ impl Broker {
                     ),
                     Err(error) => Failure::from(error),
                 };
-                self.finish_instance(&request.instance_id, &operation.id, |record| {
-                    record.operation.as_mut().map(|op| operations::fail(op, failure.to_string()));
+                self.finish_instance(&request.instance_id, &operation.id, |_, operation| {
+                    operations::fail(operation, failure.to_string());
                 })
                 .await?;
                 Err(failure)
@@ -345,16 +345,16 @@ impl Broker {
         };
         match outcome {
             Ok(DeletionOutcome::Done) | Err(Failure::Refused(BrokerError::Gone(_))) => {
-                self.finish_instance(&request.instance_id, &operation_id, |record| {
+                self.finish_instance(&request.instance_id, &operation_id, |record, operation| {
                     record.status = ResourceStatus::Deleted;
-                    record.operation.as_mut().map(operations::succeed);
+                    operations::succeed(operation);
                 })
                 .await?;
                 Ok(Changed::Done(()))
             }
             Ok(DeletionOutcome::Accepted(accepted)) if accepts_incomplete => {
-                self.finish_instance(&request.instance_id, &operation_id, |record| {
-                    record.operation.as_mut().map(|op| operations::accept(op, accepted.operation.clone()));
+                self.finish_instance(&request.instance_id, &operation_id, |_, operation| {
+                    operations::accept(operation, accepted.operation.clone());
                 })
                 .await?;
                 Ok(Changed::Accepted(AcceptedReply { operation: operation_id, dashboard_url: None }))
@@ -366,8 +366,8 @@ impl Broker {
                     ),
                     Err(failure) => failure,
                 };
-                self.finish_instance(&request.instance_id, &operation_id, |record| {
-                    record.operation.as_mut().map(|op| operations::fail(op, failure.to_string()));
+                self.finish_instance(&request.instance_id, &operation_id, |_, operation| {
+                    operations::fail(operation, failure.to_string());
                 })
                 .await?;
                 Err(failure)
@@ -470,20 +470,20 @@ impl Broker {
             return Ok(reported);
         }
         let kind = operation.kind;
-        self.finish_instance(instance_id, &operation.id, |record| {
+        self.finish_instance(instance_id, &operation.id, |record, operation| {
             let succeeded = reported.state == OperationState::Succeeded;
             match (kind, succeeded) {
                 (OperationKind::Provision, true) => record.status = ResourceStatus::Ready,
                 (OperationKind::Provision, false) => record.status = ResourceStatus::Failed,
                 (OperationKind::Update, true) => {
-                    if let Some(changes) = record.operation.as_ref().and_then(|op| op.changes.clone()) {
-                        apply_changes(&mut record.instance, &changes);
+                    if let Some(changes) = &operation.changes {
+                        apply_changes(&mut record.instance, changes);
                     }
                 }
                 (OperationKind::Deprovision, true) => record.status = ResourceStatus::Deleted,
                 _ => {}
             }
-            record.operation.as_mut().map(|op| operations::record_status(op, &reported));
+            operations::record_status(operation, &reported);
         })
         .await?;
         Ok(reported)
@@ -495,12 +495,15 @@ impl Broker {
         &self,
         instance_id: &str,
         operation_id: &str,
-        change: impl FnOnce(&mut InstanceRecord) + Send,
+        change: impl FnOnce(&mut InstanceRecord, &mut OperationRecord) + Send,
     ) -> Result<(), Failure> {
         self.store
             .transition_instance(instance_id, |existing| match existing {
                 Some(mut record) if record.operation.as_ref().is_some_and(|op| op.id == operation_id) => {
-                    change(&mut record);
+                    if let Some(mut operation) = record.operation.take() {
+                        change(&mut record, &mut operation);
+                        record.operation = Some(operation);
+                    }
                     Transition::Write(record, ())
                 }
                 _ => Transition::Keep(()),
@@ -510,9 +513,9 @@ impl Broker {
     }
 
     async fn fail_creation(&self, instance_id: &str, operation_id: &str, description: String) -> Result<(), Failure> {
-        self.finish_instance(instance_id, operation_id, |record| {
+        self.finish_instance(instance_id, operation_id, |record, operation| {
             record.status = ResourceStatus::Failed;
-            record.operation.as_mut().map(|op| operations::fail(op, description));
+            operations::fail(operation, description);
         })
         .await
     }
