@@ -138,7 +138,7 @@ impl Broker {
                 .await?;
                 Ok(Created::Accepted(AcceptedReply { operation: operation_id, dashboard_url: None }))
             }
-            Err(CallError::Refused(refusal)) => {
+            Err(CallError::Refused(refusal)) if !matches!(refusal, BrokerError::Internal(_)) => {
                 self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record, operation| {
                     record.status = ResourceStatus::Deleted;
                     operations::fail(operation, refusal.to_string());

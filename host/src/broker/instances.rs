@@ -171,7 +171,7 @@ impl Broker {
                 self.fail_creation(&request.instance_id, &operation_id, description.clone()).await?;
                 Err(Failure::Plugin(description))
             }
-            Err(CallError::Refused(refusal)) => {
+            Err(CallError::Refused(refusal)) if !matches!(refusal, BrokerError::Internal(_)) => {
                 // 4xx: the broker's resources must be as if nothing happened.
                 self.finish_instance(&request.instance_id, &operation_id, |record, operation| {
                     record.status = ResourceStatus::Deleted;

@@ -33,15 +33,17 @@ pub fn send(connection: &str, request: &Request) -> Result<Response, BrokerError
     host::send(connection, request).map_err(|error| to_broker_error(connection, error))
 }
 
-/// Sends `body` as JSON (if any) and asks for JSON. `path` must already be
-/// encoded: build it with [`encode_segment`].
+/// Sends `body` as JSON (if any) and prefers JSON back. `path` must already
+/// be encoded: build it with [`encode_segment`].
 pub fn send_json(
     connection: &str,
     method: Method,
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<Response, BrokerError> {
-    let mut headers = vec![("accept".to_owned(), "application/json".to_owned())];
+    // Not a bare `application/json`: RabbitMQ's management API answers 406 to
+    // that on endpoints that reply with an empty 204.
+    let mut headers = vec![("accept".to_owned(), "application/json, */*;q=0.5".to_owned())];
     if body.is_some() {
         headers.push(("content-type".to_owned(), "application/json".to_owned()));
     }
