@@ -11,9 +11,13 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;
 
+pub mod faults;
+
 pub const USERNAME: &str = "platform";
 pub const PASSWORD: &str = "platform-secret-3c1f";
 pub const API_VERSION: &str = "2.17";
+/// The key test brokers seal binding credentials with (32 bytes, base64).
+pub const ENCRYPTION_KEY: &str = "ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoM=";
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -34,9 +38,13 @@ pub fn broker_binary() -> PathBuf {
     binary
 }
 
-/// A built plugin or test fixture (`cargo xtask test` builds both).
+/// A built plugin or test fixture (`cargo xtask test` builds both), from
+/// `WASM_BROKER_WASM_DIR` if set (to test plugins built elsewhere).
 pub fn wasm(name: &str) -> PathBuf {
-    let path = repo_root().join(format!("target/wasm/wasm32-wasip2/release/{name}.wasm"));
+    let dir = std::env::var_os("WASM_BROKER_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/wasm/wasm32-wasip2/release"));
+    let path = dir.join(format!("{name}.wasm"));
     assert!(path.exists(), "{} is missing: run `cargo xtask build-plugins` (or `cargo xtask test`)", path.display());
     path
 }
@@ -82,7 +90,8 @@ username = "guest"
 password = "guest"
 "#;
 
-/// How to start a test broker.
+/// How to start a test broker. `Default` is no plugins and no connections.
+#[derive(Default)]
 pub struct BrokerSetup {
     /// (file stem in the plugin directory, built .wasm to copy there).
     pub plugins: Vec<(String, PathBuf)>,
@@ -90,6 +99,12 @@ pub struct BrokerSetup {
     pub extra_config: String,
     /// Replaces the default `[runtime]` limits line.
     pub runtime: String,
+    /// More `[server]` lines (e.g. `max_body_bytes = 4096`): the harness
+    /// writes that table itself, so it cannot go into `extra_config`.
+    pub server: String,
+    /// PEM of the certificate a `[server.tls]` table (in `server`) makes the
+    /// broker present: the harness then talks HTTPS, trusting only it.
+    pub tls_certificate: Option<String>,
 }
 
 impl BrokerSetup {
@@ -113,6 +128,8 @@ impl BrokerSetup {
             plugins: names.iter().map(|name| (name.to_string(), wasm(name))).collect(),
             extra_config: extra,
             runtime: String::new(),
+            server: String::new(),
+            tls_certificate: None,
         }
     }
 }
@@ -124,6 +141,9 @@ pub struct TestBroker {
     pub base_url: String,
     port: u16,
     client: reqwest::Client,
+    /// What the next `spawn` sets WASM_BROKER_ENCRYPTION_KEY to (`None`:
+    /// unset); [`ENCRYPTION_KEY`] unless a test changes it.
+    pub encryption_key: Option<String>,
 }
 
 impl TestBroker {
@@ -141,6 +161,7 @@ impl TestBroker {
             r#"
 [server]
 listen = "127.0.0.1:{port}"
+{server}
 
 [auth]
 username = "{USERNAME}"
@@ -157,15 +178,21 @@ cache_dir = "{cache}"
 "#,
             cache = cache.display(),
             runtime = setup.runtime,
+            server = setup.server,
             extra = setup.extra_config,
         );
         std::fs::write(dir.path().join("broker.toml"), config).expect("write broker.toml");
+        let (scheme, client) = match &setup.tls_certificate {
+            Some(certificate) => ("https", https_client(certificate)),
+            None => ("http", reqwest::Client::new()),
+        };
         let mut broker = Self {
             child: None,
             dir,
-            base_url: format!("http://127.0.0.1:{port}"),
+            base_url: format!("{scheme}://127.0.0.1:{port}"),
             port,
-            client: reqwest::Client::new(),
+            client,
+            encryption_key: Some(ENCRYPTION_KEY.to_owned()),
         };
         broker.spawn().await;
         broker
@@ -198,6 +225,9 @@ cache_dir = "{cache}"
             .env("RUST_LOG", "info,wasm_broker=debug")
             .env_remove("WASM_BROKER_USERNAME")
             .env_remove("WASM_BROKER_PASSWORD")
+            .env_remove("WASM_BROKER_ENCRYPTION_KEY")
+            .envs(self.encryption_key.as_deref().map(|key| ("WASM_BROKER_ENCRYPTION_KEY", key)))
+            .env_remove("WASM_BROKER_PREVIOUS_ENCRYPTION_KEYS")
             .stdout(Stdio::from(log.try_clone().expect("log handle")))
             .stderr(Stdio::from(log))
             .spawn()
@@ -247,6 +277,65 @@ cache_dir = "{cache}"
         self.client.request(method, format!("{}{path}", self.base_url))
     }
 
+    /// An authenticated request without the API version header.
+    pub fn authed(&self, method: Method, path: &str) -> RequestBuilder {
+        self.raw(method, path).basic_auth(USERNAME, Some(PASSWORD))
+    }
+
+    /// The ids of offering `service` and its plan `plan`, from the catalog.
+    pub async fn plan(&self, service: &str, plan: &str) -> PlanIds {
+        let (service_id, plan_id) = offering_plan(&self.catalog().await, service, plan);
+        PlanIds { service_id, plan_id }
+    }
+
+    /// `GET path`: status and JSON body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        send(self.osb(Method::GET, path)).await
+    }
+
+    /// `PUT` an instance with any body (`query` is `""` or `?...`).
+    pub async fn put_instance(&self, instance_id: &str, query: &str, body: &Value) -> (u16, Value) {
+        send(self.osb(Method::PUT, &format!("{}{query}", instance_path(instance_id))).json(body)).await
+    }
+
+    /// A synchronous provision with the mandatory fields.
+    pub async fn provision(&self, instance_id: &str, plan: &PlanIds, parameters: Option<Value>) -> (u16, Value) {
+        self.put_instance(instance_id, "", &provision_body(plan, parameters)).await
+    }
+
+    /// `PATCH` an instance.
+    pub async fn update(&self, instance_id: &str, body: &Value) -> (u16, Value) {
+        send(self.osb(Method::PATCH, &instance_path(instance_id)).json(body)).await
+    }
+
+    /// A synchronous deprovision.
+    pub async fn deprovision(&self, instance_id: &str, plan: &PlanIds) -> (u16, Value) {
+        let path = format!("{}?{}", instance_path(instance_id), plan.query());
+        send(self.osb(Method::DELETE, &path)).await
+    }
+
+    /// `PUT` a binding with any body.
+    pub async fn put_binding(&self, instance_id: &str, binding_id: &str, body: &Value) -> (u16, Value) {
+        send(self.osb(Method::PUT, &binding_path(instance_id, binding_id)).json(body)).await
+    }
+
+    /// A synchronous bind with the mandatory fields.
+    pub async fn bind(
+        &self,
+        instance_id: &str,
+        binding_id: &str,
+        plan: &PlanIds,
+        parameters: Option<Value>,
+    ) -> (u16, Value) {
+        self.put_binding(instance_id, binding_id, &bind_body(plan, parameters)).await
+    }
+
+    /// A synchronous unbind.
+    pub async fn unbind(&self, instance_id: &str, binding_id: &str, plan: &PlanIds) -> (u16, Value) {
+        let path = format!("{}?{}", binding_path(instance_id, binding_id), plan.query());
+        send(self.osb(Method::DELETE, &path)).await
+    }
+
     pub async fn catalog(&self) -> Value {
         json(self.osb(Method::GET, "/v2/catalog").send().await.expect("catalog request")).await.1
     }
@@ -280,4 +369,154 @@ pub fn offering_plan(catalog: &Value, service_name: &str, plan: &str) -> (String
 pub fn unique_id(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{prefix}-{nanos:x}-{}", std::process::id())
+}
+
+/// The ids a request names an offering's plan by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanIds {
+    pub service_id: String,
+    pub plan_id: String,
+}
+
+impl PlanIds {
+    /// `service_id=..&plan_id=..`, as deletes carry them.
+    pub fn query(&self) -> String {
+        format!("service_id={}&plan_id={}", encode_id(&self.service_id), encode_id(&self.plan_id))
+    }
+}
+
+/// Sends a request and returns its status and JSON body.
+pub async fn send(request: RequestBuilder) -> (u16, Value) {
+    json(request.send().await.expect("request reaches the broker")).await
+}
+
+/// A provision body with every mandatory field.
+pub fn provision_body(plan: &PlanIds, parameters: Option<Value>) -> Value {
+    let mut body = serde_json::json!({
+        "service_id": plan.service_id,
+        "plan_id": plan.plan_id,
+        "organization_guid": "org-guid-e2e",
+        "space_guid": "space-guid-e2e",
+    });
+    if let Some(parameters) = parameters {
+        body["parameters"] = parameters;
+    }
+    body
+}
+
+/// A bind body with the mandatory fields (and `bind_resource: {}`, as the
+/// conformance suites send it).
+pub fn bind_body(plan: &PlanIds, parameters: Option<Value>) -> Value {
+    let mut body = serde_json::json!({
+        "service_id": plan.service_id,
+        "plan_id": plan.plan_id,
+        "bind_resource": {},
+    });
+    if let Some(parameters) = parameters {
+        body["parameters"] = parameters;
+    }
+    body
+}
+
+/// RFC 3986 unreserved characters stay, everything else is percent-encoded
+/// (OSB ids may hold any character).
+const ID_ENCODE_SET: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// An id as one URL path segment or query value.
+pub fn encode_id(id: &str) -> String {
+    percent_encoding::utf8_percent_encode(id, ID_ENCODE_SET).to_string()
+}
+
+pub fn instance_path(instance_id: &str) -> String {
+    format!("/v2/service_instances/{}", encode_id(instance_id))
+}
+
+pub fn binding_path(instance_id: &str, binding_id: &str) -> String {
+    format!("{}/service_bindings/{}", instance_path(instance_id), encode_id(binding_id))
+}
+
+/// Fails unless `body` is an OSB error body: `error` and `description`
+/// non-empty strings.
+#[track_caller]
+pub fn assert_error_body(body: &Value, context: &str) {
+    for field in ["error", "description"] {
+        let value = body[field].as_str().unwrap_or_default();
+        assert!(!value.is_empty(), "{context}: `{field}` must be a non-empty string in {body}");
+    }
+}
+
+/// The `credentials` object of a bind or fetch-binding body.
+#[track_caller]
+pub fn credentials(body: &Value) -> &serde_json::Map<String, Value> {
+    body["credentials"].as_object().unwrap_or_else(|| panic!("no credentials object in {body}"))
+}
+
+/// A string field of a credentials object.
+#[track_caller]
+pub fn credential<'a>(credentials: &'a serde_json::Map<String, Value>, field: &str) -> &'a str {
+    credentials
+        .get(field)
+        .and_then(Value::as_str)
+        .filter(|value| !value.is_empty())
+        .unwrap_or_else(|| panic!("credential {field} missing or empty in {credentials:?}"))
+}
+
+/// The backend name the shipped plugins derive from a platform id (the
+/// SDK's `names::derive_name`): `prefix` and the first 16 hex digits of the
+/// id's SHA-256. Lets a test find what a plugin created for an id.
+pub fn derived_name(prefix: &str, id: &str, max_len: usize) -> String {
+    use sha2::Digest as _;
+    let hash: String = sha2::Sha256::digest(id.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect();
+    let hash_len = 16.min(max_len);
+    let mut name: String = prefix
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '_') => c,
+            _ => '_',
+        })
+        .take(max_len - hash_len)
+        .collect();
+    name.push_str(&hash[..hash_len]);
+    name
+}
+
+/// The MariaDB server the shipped broker.toml grants, as root.
+pub const MARIADB_ROOT_URL: &str = "mysql://root@127.0.0.1:3306";
+/// The PostgreSQL server the shipped broker.toml grants, as its superuser.
+pub const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A direct root connection to MariaDB, to check what plugins did.
+pub async fn mariadb_root() -> sqlx::MySqlConnection {
+    use sqlx::Connection as _;
+    sqlx::MySqlConnection::connect(MARIADB_ROOT_URL).await.expect("root connection to MariaDB")
+}
+
+/// Whether MariaDB has a database (schema) named `name`.
+pub async fn mariadb_has_database(name: &str) -> bool {
+    let mut root = mariadb_root().await;
+    let found: Option<(String,)> =
+        sqlx::query_as("SELECT CAST(SCHEMA_NAME AS CHAR) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?")
+            .bind(name)
+            .fetch_optional(&mut root)
+            .await
+            .expect("query information_schema.SCHEMATA");
+    found.is_some()
+}
+
+/// A direct superuser connection to PostgreSQL, to check what plugins did.
+pub async fn postgres_admin() -> sqlx::PgConnection {
+    use sqlx::Connection as _;
+    sqlx::PgConnection::connect(POSTGRES_ADMIN_URL).await.expect("admin connection to PostgreSQL")
+}
+
+/// A client that trusts only `certificate_pem` (a self-signed test
+/// certificate) for HTTPS.
+pub fn https_client(certificate_pem: &str) -> reqwest::Client {
+    let certificate = reqwest::Certificate::from_pem(certificate_pem.as_bytes()).expect("a PEM certificate");
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(certificate)
+        .build()
+        .expect("HTTPS client")
 }

@@ -12,7 +12,7 @@ use crate::broker::{BindRequest, Changed, Created, PollRequest, UnbindRequest};
 
 use super::extract::{OsbJson, OsbPath, OsbQuery, object, optional, parse_flag, required};
 use super::instances::{AsyncQuery, DeleteQuery, PollQuery, accepted, check_poll_hints};
-use super::{ApiError, AppState, empty_object, request_info};
+use super::{ApiError, AppState, detached, empty_object, request_info};
 
 #[derive(Deserialize)]
 pub struct BindBody {
@@ -53,7 +53,10 @@ pub async fn bind(
         predecessor_binding_id: optional(body.predecessor_binding_id),
         info: request_info(&headers, accepts_incomplete)?,
     };
-    Ok(match state.broker.bind(request).await? {
+    Ok(match {
+        let broker = state.broker.clone();
+        detached(async move { broker.bind(request).await }).await?
+    } {
         Created::New(result) => (StatusCode::CREATED, Json(result)).into_response(),
         Created::Existing(result) => (StatusCode::OK, Json(result)).into_response(),
         Created::Accepted(reply) => accepted(reply),
@@ -74,7 +77,10 @@ pub async fn unbind(
         plan_id: required("plan_id", query.plan_id)?,
         info: request_info(&headers, accepts_incomplete)?,
     };
-    Ok(match state.broker.unbind(request).await? {
+    Ok(match {
+        let broker = state.broker.clone();
+        detached(async move { broker.unbind(request).await }).await?
+    } {
         Changed::Done(()) => (StatusCode::OK, Json(empty_object())).into_response(),
         Changed::Accepted(reply) => accepted(reply),
     })
@@ -95,6 +101,9 @@ pub async fn last_operation(
 ) -> Result<Response, ApiError> {
     check_poll_hints(&query)?;
     let poll = PollRequest { instance_id, binding_id: Some(binding_id) };
-    let status = state.broker.binding_last_operation(poll).await?;
+    let status = {
+        let broker = state.broker.clone();
+        detached(async move { broker.binding_last_operation(poll).await }).await?
+    };
     Ok((StatusCode::OK, Json(status)).into_response())
 }

@@ -11,7 +11,7 @@ use crate::broker::{AcceptedReply, Changed, Created, DeleteRequest, PollRequest,
 use crate::model::InstanceResult;
 
 use super::extract::{OsbJson, OsbPath, OsbQuery, object, optional, parse_flag, required};
-use super::{ApiError, AppState, empty_object, request_info};
+use super::{ApiError, AppState, detached, empty_object, request_info};
 
 #[derive(Deserialize)]
 pub struct MaintenanceInfoBody {
@@ -115,7 +115,10 @@ pub async fn provision(
         maintenance_version: maintenance_version(body.maintenance_info),
         info: request_info(&headers, accepts_incomplete)?,
     };
-    Ok(match state.broker.provision(request).await? {
+    Ok(match {
+        let broker = state.broker.clone();
+        detached(async move { broker.provision(request).await }).await?
+    } {
         Created::New(result) => (StatusCode::CREATED, Json(instance_body(result))).into_response(),
         Created::Existing(result) => (StatusCode::OK, Json(instance_body(result))).into_response(),
         Created::Accepted(reply) => accepted(reply),
@@ -139,7 +142,10 @@ pub async fn update(
         maintenance_version: maintenance_version(body.maintenance_info),
         info: request_info(&headers, accepts_incomplete)?,
     };
-    Ok(match state.broker.update(request).await? {
+    Ok(match {
+        let broker = state.broker.clone();
+        detached(async move { broker.update(request).await }).await?
+    } {
         Changed::Done(result) => (StatusCode::OK, Json(instance_body(result))).into_response(),
         Changed::Accepted(reply) => accepted(reply),
     })
@@ -158,7 +164,10 @@ pub async fn deprovision(
         plan_id: required("plan_id", query.plan_id)?,
         info: request_info(&headers, accepts_incomplete)?,
     };
-    Ok(match state.broker.deprovision(request).await? {
+    Ok(match {
+        let broker = state.broker.clone();
+        detached(async move { broker.deprovision(request).await }).await?
+    } {
         Changed::Done(()) => (StatusCode::OK, Json(empty_object())).into_response(),
         Changed::Accepted(reply) => accepted(reply),
     })
@@ -178,6 +187,9 @@ pub async fn last_operation(
     OsbQuery(query): OsbQuery<PollQuery>,
 ) -> Result<Response, ApiError> {
     check_poll_hints(&query)?;
-    let status = state.broker.instance_last_operation(PollRequest { instance_id, binding_id: None }).await?;
+    let status = {
+        let broker = state.broker.clone();
+        detached(async move { broker.instance_last_operation(PollRequest { instance_id, binding_id: None }).await }).await?
+    };
     Ok((StatusCode::OK, Json(status)).into_response())
 }

@@ -126,6 +126,22 @@ fn request_info(headers: &HeaderMap, accepts_incomplete: bool) -> Result<Request
     })
 }
 
+/// Runs a broker operation to completion even if the platform hangs up:
+/// axum drops a handler's future when the client disconnects, and an
+/// operation cut short between its plugin call and its final state write
+/// would leave the resource locked as "in progress".
+async fn detached<T: Send + 'static>(
+    operation: impl std::future::Future<Output = Result<T, crate::broker::Failure>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(operation).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(error) => {
+            tracing::error!(%error, "a broker operation panicked");
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "the broker failed unexpectedly"))
+        }
+    }
+}
+
 /// `{}`: OSB's body for a 200 with nothing to say (clients decode JSON).
 fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(serde_json::Map::new())

@@ -1,0 +1,325 @@
+//! The postgres plugin end to end: the real broker, the real plugin, a real
+//! PostgreSQL; what the credentials it hands out can and cannot do.
+
+use serde_json::json;
+use sqlx::{Connection as _, PgConnection};
+use wasm_broker_tests::{
+    BrokerSetup, TestBroker, bind_body, binding_path, credential, credentials, instance_path,
+    postgres_admin, service_available, unique_id,
+};
+
+async fn connect(uri: &str) -> Result<PgConnection, sqlx::Error> {
+    PgConnection::connect(uri).await
+}
+
+async fn postgres_broker() -> TestBroker {
+    TestBroker::start(BrokerSetup::shipped(&["postgres"])).await
+}
+
+#[track_caller]
+fn assert_refused(
+    result: Result<impl std::fmt::Debug, sqlx::Error>,
+    what: &str,
+    expected: &[&str],
+) {
+    match result {
+        Ok(value) => panic!("{what} should have been refused, got {value:?}"),
+        Err(error) => {
+            let text = error.to_string();
+            assert!(
+                expected.iter().any(|e| text.contains(e)),
+                "{what}: expected one of {expected:?}, got {text}"
+            );
+        }
+    }
+}
+
+async fn database_exists(name: &str) -> bool {
+    let mut admin = postgres_admin().await;
+    sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&mut admin)
+        .await
+        .expect("pg_database")
+        .is_some()
+}
+
+async fn role_exists(name: &str) -> bool {
+    let mut admin = postgres_admin().await;
+    sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
+        .bind(name)
+        .fetch_optional(&mut admin)
+        .await
+        .expect("pg_roles")
+        .is_some()
+}
+
+async fn connection_limit(database: &str) -> i32 {
+    let mut admin = postgres_admin().await;
+    let (limit,): (i32,) =
+        sqlx::query_as("SELECT datconnlimit FROM pg_database WHERE datname = $1")
+            .bind(database)
+            .fetch_one(&mut admin)
+            .await
+            .expect("the database exists");
+    limit
+}
+
+/// `uri` with its database replaced by `database`.
+fn uri_for_database(uri: &str, database: &str) -> String {
+    let (base, _) = uri.rsplit_once('/').expect("a uri with a path");
+    format!("{base}/{database}")
+}
+
+#[tokio::test]
+async fn postgres_lifecycle_isolation_and_revocation() {
+    if !service_available("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    let broker = postgres_broker().await;
+    let plan = broker.plan("postgres", "small").await;
+
+    let instance_a = unique_id("pg-a");
+    let (status, body) = broker
+        .provision(&instance_a, &plan, Some(json!({"connection_limit": 5})))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let binding_a = unique_id("pg-a-binding");
+    let (status, bound) = broker.bind(&instance_a, &binding_a, &plan, None).await;
+    assert_eq!(status, 201, "{bound}");
+    let creds = credentials(&bound).clone();
+    for field in ["uri", "jdbcUrl", "hostname", "name", "username", "password"] {
+        credential(&creds, field);
+    }
+    assert_eq!(creds.get("port"), Some(&json!(5432)), "{creds:?}");
+    let uri = credential(&creds, "uri").to_owned();
+    let database = credential(&creds, "name").to_owned();
+    let role = credential(&creds, "username").to_owned();
+    let password = credential(&creds, "password").to_owned();
+    assert!(
+        uri.starts_with("postgresql://") || uri.starts_with("postgres://"),
+        "{uri}"
+    );
+    assert!(
+        credential(&creds, "jdbcUrl").starts_with("jdbc:postgresql://"),
+        "{creds:?}"
+    );
+    assert_eq!(
+        connection_limit(&database).await,
+        5,
+        "the connection_limit parameter"
+    );
+
+    let mut app_a = connect(&uri).await.expect("the binding's uri logs in");
+    sqlx::query("CREATE TABLE notes (id INT PRIMARY KEY, body TEXT)")
+        .execute(&mut app_a)
+        .await
+        .expect("create table");
+    sqlx::query("INSERT INTO notes VALUES (1, 'hello from the e2e test')")
+        .execute(&mut app_a)
+        .await
+        .expect("insert");
+    let (text,): (String,) = sqlx::query_as("SELECT body FROM notes WHERE id = 1")
+        .fetch_one(&mut app_a)
+        .await
+        .expect("select");
+    assert_eq!(text, "hello from the e2e test");
+
+    let logs = broker.logs();
+    assert!(
+        !logs.contains(&password),
+        "the binding's password is in the broker log"
+    );
+
+    let (status, fetched) = broker.get(&binding_path(&instance_a, &binding_a)).await;
+    assert_eq!(status, 200, "{fetched}");
+    assert_eq!(fetched["credentials"], bound["credentials"]);
+
+    // Instance B's binding cannot reach A's database.
+    let instance_b = unique_id("pg-b");
+    let (status, body) = broker.provision(&instance_b, &plan, None).await;
+    assert_eq!(status, 201, "{body}");
+    let binding_b = unique_id("pg-b-binding");
+    let (status, bound_b) = broker.bind(&instance_b, &binding_b, &plan, None).await;
+    assert_eq!(status, 201, "{bound_b}");
+    let creds_b = credentials(&bound_b).clone();
+    let uri_b = credential(&creds_b, "uri").to_owned();
+    let database_b = credential(&creds_b, "name").to_owned();
+    let role_b = credential(&creds_b, "username").to_owned();
+    assert_ne!(database_b, database);
+    assert_refused(
+        connect(&uri_for_database(&uri_b, &database))
+            .await
+            .map(|_| ()),
+        "B connecting to A's database",
+        &["permission denied"],
+    );
+    let mut app_b = connect(&uri_b).await.expect("B's uri logs in");
+    assert_refused(
+        sqlx::query(&format!("SET ROLE \"{database}_owner\""))
+            .execute(&mut app_b)
+            .await,
+        "B taking A's owner role",
+        &["permission denied"],
+    );
+    drop(app_b);
+
+    // A plan change (plan_updateable) moves B to the large plan's limit.
+    let large = broker.plan("postgres", "large").await;
+    assert_eq!(connection_limit(&database_b).await, 20);
+    let (status, body) = broker
+        .update(
+            &instance_b,
+            &json!({"service_id": plan.service_id, "plan_id": large.plan_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(connection_limit(&database_b).await, 100);
+    let (status, fetched) = broker.get(&instance_path(&instance_b)).await;
+    assert_eq!(status, 200, "{fetched}");
+    assert_eq!(fetched["plan_id"], large.plan_id.as_str(), "{fetched}");
+
+    // Unbind revokes: the role is dropped, logins fail, sessions end.
+    let (status, body) = broker.unbind(&instance_a, &binding_a, &plan).await;
+    assert_eq!((status, body), (200, json!({})));
+    assert!(!role_exists(&role).await, "unbind left role {role}");
+    assert_refused(
+        connect(&uri).await.map(|_| ()),
+        "logging in after unbind",
+        &["does not exist", "not permitted"],
+    );
+    assert!(
+        sqlx::query("SELECT 1").execute(&mut app_a).await.is_err(),
+        "a session outlived the unbind"
+    );
+    let (status, _) = broker.get(&binding_path(&instance_a, &binding_a)).await;
+    assert_eq!(status, 404);
+
+    // Deprovision deletes the database and its owner role.
+    let (status, body) = broker.deprovision(&instance_a, &plan).await;
+    assert_eq!((status, body), (200, json!({})));
+    assert!(
+        !database_exists(&database).await,
+        "deprovision left database {database}"
+    );
+    assert!(
+        !role_exists(&format!("{database}_owner")).await,
+        "deprovision left the owner role"
+    );
+    let (status, operation) = broker
+        .get(&format!("{}/last_operation", instance_path(&instance_a)))
+        .await;
+    assert_eq!(
+        (status, &operation["state"]),
+        (200, &json!("succeeded")),
+        "{operation}"
+    );
+
+    // B is deleted with its binding still there: the binding's role goes too.
+    let (status, body) = broker.deprovision(&instance_b, &large).await;
+    assert_eq!((status, body), (200, json!({})));
+    assert!(!database_exists(&database_b).await);
+    assert!(
+        !role_exists(&role_b).await,
+        "deprovision left the role of a binding never unbound: {role_b}"
+    );
+
+    let logs = broker.logs();
+    for secret in [password.as_str(), credential(&creds_b, "password")] {
+        assert!(
+            !logs.contains(secret),
+            "a binding's password is in the broker log after unbind/deprovision"
+        );
+    }
+}
+
+#[tokio::test]
+async fn postgres_parameters_are_checked_against_the_plan() {
+    if !service_available("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    let broker = postgres_broker().await;
+    let plan = broker.plan("postgres", "small").await;
+    let instance = unique_id("pg-params");
+    let (status, body) = broker
+        .provision(&instance, &plan, Some(json!({"connection_limit": 21})))
+        .await;
+    assert_eq!(status, 400, "above the small plan's maximum: {body}");
+    assert!(
+        body["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("connection_limit"),
+        "{body}"
+    );
+    let (status, body) = broker
+        .provision(&instance, &plan, Some(json!({"extensions": ["pgcrypto"]})))
+        .await;
+    assert_eq!(status, 400, "an unknown parameter: {body}");
+    let (status, _) = broker.get(&instance_path(&instance)).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn postgres_binding_rotation_keeps_both_credentials_until_unbound() {
+    if !service_available("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    let broker = postgres_broker().await;
+    let plan = broker.plan("postgres", "small").await;
+    let instance = unique_id("pg-rotate");
+    let (status, body) = broker.provision(&instance, &plan, None).await;
+    assert_eq!(status, 201, "{body}");
+    let old = unique_id("pg-rotate-old");
+    let (status, old_bound) = broker.bind(&instance, &old, &plan, None).await;
+    assert_eq!(status, 201, "{old_bound}");
+    let old_uri = credential(credentials(&old_bound), "uri").to_owned();
+    let mut app = connect(&old_uri).await.expect("old credentials log in");
+    sqlx::query("CREATE TABLE rotated (v INT)")
+        .execute(&mut app)
+        .await
+        .expect("create");
+    sqlx::query("INSERT INTO rotated VALUES (42)")
+        .execute(&mut app)
+        .await
+        .expect("insert");
+    drop(app);
+
+    let new = unique_id("pg-rotate-new");
+    let mut rotation = bind_body(&plan, None);
+    rotation["predecessor_binding_id"] = json!(old);
+    let (status, new_bound) = broker.put_binding(&instance, &new, &rotation).await;
+    assert_eq!(status, 201, "{new_bound}");
+    let new_uri = credential(credentials(&new_bound), "uri").to_owned();
+    assert_ne!(new_uri, old_uri);
+    for uri in [&old_uri, &new_uri] {
+        let mut app = connect(uri)
+            .await
+            .expect("both credentials log in during a rotation");
+        let (value,): (i32,) = sqlx::query_as("SELECT v FROM rotated")
+            .fetch_one(&mut app)
+            .await
+            .expect("select");
+        assert_eq!(value, 42, "the new binding sees the old one's table");
+    }
+
+    let (status, body) = broker.unbind(&instance, &old, &plan).await;
+    assert_eq!((status, body), (200, json!({})));
+    assert!(
+        connect(&old_uri).await.is_err(),
+        "old credentials still log in after their unbind"
+    );
+    let mut app = connect(&new_uri)
+        .await
+        .expect("new credentials outlive the old binding");
+    sqlx::query("INSERT INTO rotated VALUES (43)")
+        .execute(&mut app)
+        .await
+        .expect("the new binding writes");
+    drop(app);
+
+    let (status, body) = broker.unbind(&instance, &new, &plan).await;
+    assert_eq!((status, body), (200, json!({})));
+    let (status, body) = broker.deprovision(&instance, &plan).await;
+    assert_eq!((status, body), (200, json!({})));
+}
