@@ -48,13 +48,6 @@ pub struct PluginEngine {
     /// One permit per pooling-allocator slot: a burst of calls beyond the
     /// pool waits for a slot instead of failing to instantiate.
     slots: Arc<Semaphore>,
-    ticker: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for PluginEngine {
-    fn drop(&mut self) {
-        self.ticker.abort();
-    }
 }
 
 /// The largest linear memory any plugin may have: the pool's slots must fit it.
@@ -115,7 +108,7 @@ fn engine_config(config: &Config) -> wasmtime::Config {
 }
 
 impl PluginEngine {
-    /// Must run inside a Tokio runtime: it spawns the epoch ticker.
+    /// Starts the epoch ticker thread, which stops when the engine is dropped.
     pub fn new(config: &Config, backends: SharedBackends) -> Result<Self, RuntimeError> {
         let engine = Engine::new(&engine_config(config))
             .map_err(|error| RuntimeError::Engine(format!("{error:#}")))?;
@@ -125,7 +118,7 @@ impl PluginEngine {
             .map_err(|error| {
                 RuntimeError::Engine(format!("cannot link host capabilities: {error:#}"))
             })?;
-        let ticker = spawn_epoch_ticker(&engine);
+        spawn_epoch_ticker(&engine).map_err(|error| RuntimeError::Engine(format!("cannot start the epoch ticker: {error}")))?;
         let slots =
             usize::try_from(config.runtime.max_concurrent_instances.max(1)).unwrap_or(usize::MAX);
         Ok(Self {
@@ -134,7 +127,6 @@ impl PluginEngine {
             cache_dir: config.runtime.cache_dir.clone(),
             backends,
             slots: Arc::new(Semaphore::new(slots)),
-            ticker,
         })
     }
 
@@ -295,20 +287,21 @@ fn sandbox_wasi(stdout: GuestOutput, stderr: GuestOutput) -> WasiCtx {
         .build()
 }
 
-fn spawn_epoch_ticker(engine: &Engine) -> tokio::task::JoinHandle<()> {
+/// The epoch advances on its own OS thread, not a tokio task: plugins run
+/// on the tokio workers, and when every worker is busy in a looping plugin a
+/// ticker task would never be polled, so no deadline would ever fire (seen
+/// with two looping calls on a two-core machine).
+fn spawn_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
     // A weak reference, so the ticker never keeps a dropped engine alive.
     let engine = engine.weak();
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(EPOCH_TICK);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let Some(engine) = engine.upgrade() else {
-                break;
-            };
+    std::thread::Builder::new().name("wasm-epoch".to_owned()).spawn(move || {
+        while let Some(engine) = engine.upgrade() {
             engine.increment_epoch();
+            drop(engine);
+            std::thread::sleep(EPOCH_TICK);
         }
-    })
+    })?;
+    Ok(())
 }
 
 /// [`StoreLimits`] that also remembers whether it refused memory, so an
