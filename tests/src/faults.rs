@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::{PlanIds, TestBroker, binding_path, bind_body, instance_path, provision_body, send};
+use crate::{PlanIds, TestBroker, bind_body, binding_path, instance_path, provision_body, send};
 
 /// The offering and plan ids a fixture declares (tests/fixtures/README.md),
 /// for requests that must name them when the catalog no longer does.
@@ -26,7 +26,10 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn plan(&self) -> PlanIds {
-        PlanIds { service_id: self.service_id.to_owned(), plan_id: self.plan_id.to_owned() }
+        PlanIds {
+            service_id: self.service_id.to_owned(),
+            plan_id: self.plan_id.to_owned(),
+        }
     }
 
     /// `(stem, built .wasm)`, as [`crate::BrokerSetup::plugins`] lists plugins.
@@ -105,7 +108,11 @@ pub fn write_garbage(path: &Path, len: usize) {
             state.to_le_bytes()[0]
         })
         .collect();
-    assert_ne!(bytes.get(..4), Some(&b"\0asm"[..]), "garbage must not look like wasm");
+    assert_ne!(
+        bytes.get(..4),
+        Some(&b"\0asm"[..]),
+        "garbage must not look like wasm"
+    );
     std::fs::write(path, bytes).expect("write garbage file");
 }
 
@@ -195,24 +202,42 @@ where
 
 /// The catalog offering named `name`, if it is there.
 pub fn offering<'a>(catalog: &'a Value, name: &str) -> Option<&'a Value> {
-    catalog["services"].as_array()?.iter().find(|service| service["name"] == name)
+    catalog["services"]
+        .as_array()?
+        .iter()
+        .find(|service| service["name"] == name)
 }
 
 /// How many catalog offerings have the id `service_id`.
 pub fn offerings_with_id(catalog: &Value, service_id: &str) -> usize {
-    catalog["services"].as_array().map_or(0, |services| services.iter().filter(|s| s["id"] == service_id).count())
+    catalog["services"].as_array().map_or(0, |services| {
+        services.iter().filter(|s| s["id"] == service_id).count()
+    })
 }
 
 /// `maintenance_info.version` of plan `plan` of offering `service`.
 pub fn plan_maintenance_version(catalog: &Value, service: &str, plan: &str) -> Option<String> {
     let plans = offering(catalog, service)?["plans"].as_array()?;
     let plan = plans.iter().find(|p| p["name"] == plan)?;
-    plan["maintenance_info"]["version"].as_str().map(str::to_owned)
+    plan["maintenance_info"]["version"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// `PUT ...?accepts_incomplete=true` of a provision.
-pub async fn provision_async(broker: &TestBroker, instance_id: &str, plan: &PlanIds, parameters: Option<Value>) -> (u16, Value) {
-    broker.put_instance(instance_id, "?accepts_incomplete=true", &provision_body(plan, parameters)).await
+pub async fn provision_async(
+    broker: &TestBroker,
+    instance_id: &str,
+    plan: &PlanIds,
+    parameters: Option<Value>,
+) -> (u16, Value) {
+    broker
+        .put_instance(
+            instance_id,
+            "?accepts_incomplete=true",
+            &provision_body(plan, parameters),
+        )
+        .await
 }
 
 /// `PUT ...?accepts_incomplete=true` of a binding.
@@ -223,30 +248,66 @@ pub async fn bind_async(
     plan: &PlanIds,
     parameters: Option<Value>,
 ) -> (u16, Value) {
-    let path = format!("{}?accepts_incomplete=true", binding_path(instance_id, binding_id));
-    send(broker.osb(Method::PUT, &path).json(&bind_body(plan, parameters))).await
+    let path = format!(
+        "{}?accepts_incomplete=true",
+        binding_path(instance_id, binding_id)
+    );
+    send(
+        broker
+            .osb(Method::PUT, &path)
+            .json(&bind_body(plan, parameters)),
+    )
+    .await
 }
 
 /// `DELETE ...?accepts_incomplete=true` of an instance.
-pub async fn deprovision_async(broker: &TestBroker, instance_id: &str, plan: &PlanIds) -> (u16, Value) {
-    let path = format!("{}?{}&accepts_incomplete=true", instance_path(instance_id), plan.query());
+pub async fn deprovision_async(
+    broker: &TestBroker,
+    instance_id: &str,
+    plan: &PlanIds,
+) -> (u16, Value) {
+    let path = format!(
+        "{}?{}&accepts_incomplete=true",
+        instance_path(instance_id),
+        plan.query()
+    );
     send(broker.osb(Method::DELETE, &path)).await
 }
 
 /// `DELETE ...?accepts_incomplete=true` of a binding.
-pub async fn unbind_async(broker: &TestBroker, instance_id: &str, binding_id: &str, plan: &PlanIds) -> (u16, Value) {
-    let path = format!("{}?{}&accepts_incomplete=true", binding_path(instance_id, binding_id), plan.query());
+pub async fn unbind_async(
+    broker: &TestBroker,
+    instance_id: &str,
+    binding_id: &str,
+    plan: &PlanIds,
+) -> (u16, Value) {
+    let path = format!(
+        "{}?{}&accepts_incomplete=true",
+        binding_path(instance_id, binding_id),
+        plan.query()
+    );
     send(broker.osb(Method::DELETE, &path)).await
 }
 
 /// `GET .../last_operation` of an instance.
 pub async fn instance_last_operation(broker: &TestBroker, instance_id: &str) -> (u16, Value) {
-    broker.get(&format!("{}/last_operation", instance_path(instance_id))).await
+    broker
+        .get(&format!("{}/last_operation", instance_path(instance_id)))
+        .await
 }
 
 /// `GET .../last_operation` of a binding.
-pub async fn binding_last_operation(broker: &TestBroker, instance_id: &str, binding_id: &str) -> (u16, Value) {
-    broker.get(&format!("{}/last_operation", binding_path(instance_id, binding_id))).await
+pub async fn binding_last_operation(
+    broker: &TestBroker,
+    instance_id: &str,
+    binding_id: &str,
+) -> (u16, Value) {
+    broker
+        .get(&format!(
+            "{}/last_operation",
+            binding_path(instance_id, binding_id)
+        ))
+        .await
 }
 
 /// Polls a `last_operation` endpoint (`path`) until its state is not
@@ -278,7 +339,11 @@ pub fn binding_poll_path(instance_id: &str, binding_id: &str) -> String {
 /// Fails unless `body` is a 422 `ConcurrencyError` answer.
 #[track_caller]
 pub fn assert_concurrency_error(status: u16, body: &Value, context: &str) {
-    assert_eq!((status, body["error"].as_str()), (422, Some("ConcurrencyError")), "{context}: {body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("ConcurrencyError")),
+        "{context}: {body}"
+    );
 }
 
 /// Provisions, binds, unbinds and deprovisions an echo instance, each
@@ -287,20 +352,30 @@ pub async fn assert_echo_serves(broker: &TestBroker, context: &str) {
     let plan = ECHO.plan();
     let instance_id = crate::unique_id("echo-alive");
     let binding_id = crate::unique_id("echo-alive-binding");
-    let (status, body) = broker.provision(&instance_id, &plan, Some(json!({"probe": context}))).await;
+    let (status, body) = broker
+        .provision(&instance_id, &plan, Some(json!({"probe": context})))
+        .await;
     assert_eq!(status, 201, "{context}: echo provision: {body}");
     let (status, body) = broker.bind(&instance_id, &binding_id, &plan, None).await;
     assert_eq!(status, 201, "{context}: echo bind: {body}");
-    assert_eq!(body["credentials"]["binding"]["id"], binding_id.as_str(), "{context}: echo bind credentials: {body}");
+    assert_eq!(
+        body["credentials"]["binding"]["id"],
+        binding_id.as_str(),
+        "{context}: echo bind credentials: {body}"
+    );
     let (status, body) = broker.unbind(&instance_id, &binding_id, &plan).await;
     assert_eq!(status, 200, "{context}: echo unbind: {body}");
     let (status, body) = broker.deprovision(&instance_id, &plan).await;
     assert_eq!(status, 200, "{context}: echo deprovision: {body}");
 }
 
-/// Runs `requests` at once against `broker` and returns their answers in
-/// request order.
-pub async fn all_at_once<F, Fut>(broker: &Arc<TestBroker>, count: usize, request: F) -> Vec<(u16, Value)>
+/// Runs `count` requests made by `request` at once against `broker` and
+/// returns their answers in request order.
+pub async fn all_at_once<F, Fut>(
+    broker: &Arc<TestBroker>,
+    count: usize,
+    request: F,
+) -> Vec<(u16, Value)>
 where
     F: Fn(Arc<TestBroker>, usize) -> Fut,
     Fut: std::future::Future<Output = (u16, Value)> + Send + 'static,
@@ -322,7 +397,10 @@ where
         let (index, answer) = joined.expect("request task");
         answers[index] = Some(answer);
     }
-    answers.into_iter().map(|answer| answer.expect("every request answered")).collect()
+    answers
+        .into_iter()
+        .map(|answer| answer.expect("every request answered"))
+        .collect()
 }
 
 #[cfg(test)]

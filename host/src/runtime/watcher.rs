@@ -1,7 +1,6 @@
 //! Hot reload: the plugin directory is watched, and after a burst of changes
 //! settles the directory is scanned again and the new plugin set swapped in.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,17 +67,15 @@ fn is_relevant(event: &notify::Result<Event>) -> bool {
     if event.need_rescan() {
         return true;
     }
-    let writes = match event.kind {
+    // Any change in the directory counts, not only to `*.wasm` paths: a
+    // Kubernetes volume update swaps a `..data` symlink and never touches a
+    // `.wasm` name. A needless scan costs a hash per file (unchanged files
+    // are kept); reads are ignored so the scan cannot trigger itself.
+    match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) => false,
         _ => true,
-    };
-    writes && event.paths.iter().any(|path| is_plugin_file(path))
-}
-
-fn is_plugin_file(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|extension| extension == "wasm")
+    }
 }
 
 #[cfg(test)]
@@ -92,7 +89,7 @@ mod tests {
     }
 
     #[test]
-    fn only_changes_to_plugin_files_trigger_a_scan() {
+    fn changes_trigger_a_scan_and_reads_do_not() {
         assert!(is_relevant(&event(
             EventKind::Create(CreateKind::File),
             "/p/mysql.wasm"
@@ -113,9 +110,9 @@ mod tests {
             EventKind::Access(AccessKind::Open(AccessMode::Read)),
             "/p/mysql.wasm"
         )));
-        assert!(!is_relevant(&event(
-            EventKind::Create(CreateKind::File),
-            "/p/notes.txt"
+        assert!(is_relevant(&event(
+            EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::To)),
+            "/p/..data"
         )));
         assert!(is_relevant(&Err(notify::Error::generic("queue overflow"))));
     }
