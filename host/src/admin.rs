@@ -19,14 +19,19 @@ pub enum AdminError {
     Input(String),
 }
 
-/// Loads the configured plugin directory as `serve` would.
-pub async fn load_plugins(config: &Config) -> Result<Arc<PluginRuntime>, AdminError> {
-    let store = StateStore::open(&config.state).await?;
-    Ok(PluginRuntime::start(config, store).await?)
+/// Loads a plugin directory as `serve` would, with a scratch state store so
+/// inspecting never touches (or needs the key of) the real one.
+pub async fn load_plugins(config: &Config, plugin_dir: &Path) -> Result<Arc<PluginRuntime>, AdminError> {
+    let scratch = tempfile::tempdir().map_err(|error| AdminError::Input(format!("cannot make a scratch dir: {error}")))?;
+    let mut scratch_config = config.clone();
+    scratch_config.runtime.plugin_dir = plugin_dir.to_owned();
+    scratch_config.state = StateConfig { path: scratch.path().join("state.db"), ..config.state.clone() };
+    let store = StateStore::open(&scratch_config.state).await?;
+    Ok(PluginRuntime::start(&scratch_config, store).await?)
 }
 
-/// Validates one `.wasm` against the contract and the catalog rules, in a
-/// scratch plugin directory and state store, without touching the real ones.
+/// Validates one `.wasm` against the contract and the catalog rules, alone
+/// in a scratch plugin directory.
 pub async fn check_plugin(config: &Config, file: &Path) -> Result<PluginStatus, AdminError> {
     let stem = file
         .file_stem()
@@ -34,20 +39,14 @@ pub async fn check_plugin(config: &Config, file: &Path) -> Result<PluginStatus, 
         .filter(|_| file.extension().is_some_and(|ext| ext == "wasm"))
         .ok_or_else(|| AdminError::Input(format!("{} is not a .wasm file", file.display())))?;
     let scratch = tempfile::tempdir().map_err(|error| AdminError::Input(format!("cannot make a scratch dir: {error}")))?;
-    let plugin_dir = scratch.path().join("plugins");
-    std::fs::create_dir_all(&plugin_dir)
-        .and_then(|()| std::fs::copy(file, plugin_dir.join(format!("{stem}.wasm"))))
+    std::fs::copy(file, scratch.path().join(format!("{stem}.wasm")))
         .map_err(|error| AdminError::Input(format!("cannot read {}: {error}", file.display())))?;
-    let mut scratch_config = config.clone();
-    scratch_config.runtime.plugin_dir = plugin_dir;
-    scratch_config.state = StateConfig { path: scratch.path().join("state.db"), ..config.state.clone() };
-    let runtime = load_plugins(&scratch_config).await?;
-    let status = runtime
+    let runtime = load_plugins(config, scratch.path()).await?;
+    runtime
         .plugins()
         .into_iter()
         .next()
-        .ok_or_else(|| AdminError::Input(format!("{} was not picked up as a plugin", file.display())))?;
-    Ok(status)
+        .ok_or_else(|| AdminError::Input(format!("{} was not picked up as a plugin", file.display())))
 }
 
 /// One line per plugin for `plugins list`.

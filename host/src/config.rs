@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use secrecy::SecretString;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,18 @@ pub struct ServerConfig {
     pub missing_version_status: MissingVersionStatus,
     /// Request bodies larger than this get 413.
     pub max_body_bytes: usize,
+    /// `[server.tls]`: serve HTTPS instead of plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The certificate (chain) and private key the HTTPS listener presents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file: the server certificate, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM file: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +76,7 @@ impl Default for ServerConfig {
             min_api_version: "2.13".to_owned(),
             missing_version_status: MissingVersionStatus::default(),
             max_body_bytes: 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -90,11 +104,28 @@ pub struct StateConfig {
     pub backend: StateBackend,
     /// SQLite database file.
     pub path: PathBuf,
+    /// Encrypts service binding credentials at rest: 32 bytes in base64
+    /// (`wasm-broker generate-key`). The variable named by
+    /// `encryption_key_env` overrides it, so the key can stay out of the file.
+    pub encryption_key: Option<SecretString>,
+    pub encryption_key_env: String,
+    /// Keys that only decrypt: during a rotation, the keys credentials may
+    /// still be encrypted with. The variable named by
+    /// `previous_encryption_keys_env` (comma-separated) overrides them.
+    pub previous_encryption_keys: Vec<SecretString>,
+    pub previous_encryption_keys_env: String,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self { backend: StateBackend::Sqlite, path: PathBuf::from("state/broker.db") }
+        Self {
+            backend: StateBackend::Sqlite,
+            path: PathBuf::from("state/broker.db"),
+            encryption_key: None,
+            encryption_key_env: "WASM_BROKER_ENCRYPTION_KEY".to_owned(),
+            previous_encryption_keys: Vec::new(),
+            previous_encryption_keys_env: "WASM_BROKER_PREVIOUS_ENCRYPTION_KEYS".to_owned(),
+        }
     }
 }
 
@@ -248,7 +279,11 @@ impl Config {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        for path in [&mut self.state.path, &mut self.runtime.plugin_dir, &mut self.runtime.cache_dir] {
+        let tls_paths = self.server.tls.iter_mut().flat_map(|tls| [&mut tls.cert, &mut tls.key]);
+        for path in [&mut self.state.path, &mut self.runtime.plugin_dir, &mut self.runtime.cache_dir]
+            .into_iter()
+            .chain(tls_paths)
+        {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
@@ -261,6 +296,16 @@ impl Config {
         }
         if let Ok(password) = std::env::var("WASM_BROKER_PASSWORD") {
             self.auth.password = password;
+        }
+        // Empty counts as unset: an unfilled secret in a deployment template
+        // must not replace a key with nothing.
+        let non_empty_env = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+        if let Some(key) = non_empty_env(&self.state.encryption_key_env) {
+            self.state.encryption_key = Some(key.into());
+        }
+        if let Some(keys) = non_empty_env(&self.state.previous_encryption_keys_env) {
+            self.state.previous_encryption_keys =
+                keys.split(',').map(str::trim).filter(|key| !key.is_empty()).map(SecretString::from).collect();
         }
     }
 

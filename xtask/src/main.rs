@@ -22,8 +22,10 @@ fn main() -> anyhow::Result<()> {
         "build-plugins" => build_plugins(&root).map(|_| ()),
         "serve" => {
             build_plugins(&root)?;
+            let key = dev_encryption_key(&root)?;
             run(Command::new(cargo())
                 .current_dir(&root)
+                .env("WASM_BROKER_ENCRYPTION_KEY", key)
                 .args(["run", "--release", "--package", "wasm-broker", "--", "serve", "--config", "broker.toml"])
                 .args(&rest))
         }
@@ -85,6 +87,40 @@ fn build_plugins(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
     println!("plugins installed in {}", dist.display());
     Ok(installed)
+}
+
+/// The key that encrypts stored credentials, for a local broker: the
+/// environment's if set, else one generated once and kept in
+/// `state/dev-encryption.key` (mode 0600). Production keys belong in a
+/// secret store, never in a generated file.
+fn dev_encryption_key(root: &Path) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Ok(key) = std::env::var("WASM_BROKER_ENCRYPTION_KEY")
+        && !key.is_empty()
+    {
+        return Ok(key);
+    }
+    let path = root.join("state/dev-encryption.key");
+    if let Ok(key) = std::fs::read_to_string(&path) {
+        return Ok(key.trim().to_owned());
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    let key = base64::engine::general_purpose::STANDARD.encode(bytes);
+    std::fs::create_dir_all(root.join("state")).context("creating state/")?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, key.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    println!("generated a development encryption key in {}", path.display());
+    Ok(key)
 }
 
 /// The fault-injection plugins the tests load (tests/fixtures).

@@ -1,6 +1,10 @@
 //! Durable broker state: instances, bindings (with their credentials) and
 //! the operations on them, in embedded SQLite. Every state change the
 //! broker acknowledges to the platform is committed here first.
+//!
+//! Credentials are stored encrypted (see [`crate::secrets`]) and never
+//! without a key: with none configured, the store opens only if it holds no
+//! credentials, and refuses to create bindings.
 
 mod tables;
 #[cfg(test)]
@@ -19,6 +23,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::StateConfig;
 use crate::model::{Binding, BindingResult, Instance, InstanceChanges, OperationKind};
+use crate::secrets::{EncryptionKey, KeyId, Keyring, SecretsError};
 
 use tables::ResourceKind;
 
@@ -31,6 +36,10 @@ const MAX_CONNECTIONS: u32 = 8;
 /// How long a writer waits for another process holding the write lock (an
 /// operator's `sqlite3` shell, a backup) before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Credentials re-encrypted per transaction by a key rotation: small enough
+/// that a broker serving meanwhile waits only briefly for the write lock.
+const ROTATION_BATCH: i64 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -50,6 +59,23 @@ pub enum StateError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// A key in the configuration is malformed, or a binding was to be
+    /// created without a key to protect its credentials.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    // The causes below are part of the message, not a `source`, so that
+    // error reports print them once.
+    #[error(
+        "the state store holds service binding credentials ({count}), but no encryption key is \
+         configured: set {key_env} (or [state] encryption_key) to the key they were stored with"
+    )]
+    CredentialsWithoutKey { count: i64, key_env: String },
+    #[error(
+        "the state store holds service binding credentials ({count}) that it cannot decrypt: {cause}"
+    )]
+    CredentialsUnreadable { count: i64, cause: SecretsError },
+    #[error("cannot use the credentials of service binding {id}: {cause}")]
+    Credentials { id: String, cause: SecretsError },
 }
 
 /// Where a resource (instance or binding) is in its life.
@@ -163,6 +189,7 @@ pub enum Transition<T, R> {
 #[derive(Clone)]
 pub struct StateStore {
     pool: SqlitePool,
+    keyring: Arc<Keyring>,
     /// Writers of this process queue here, in order, instead of in SQLite's
     /// busy handler, which polls with sleeps of up to 100 ms and lets an
     /// unlucky writer starve past the busy timeout under load. `BEGIN
@@ -178,8 +205,38 @@ struct WriteTransaction<'a> {
 }
 
 impl StateStore {
-    /// Opens (creating if needed) the store and runs migrations.
+    /// Opens (creating if needed) the store and runs migrations, with the
+    /// encryption keys of `config`. Fails if the store holds credentials
+    /// those keys cannot decrypt.
     pub async fn open(config: &StateConfig) -> Result<Self, StateError> {
+        let keyring = Keyring::from_config(config)?;
+        match keyring.current_key_id() {
+            Some(key_id) => tracing::info!(%key_id, "credentials are encrypted at rest"),
+            None => tracing::warn!(
+                "no encryption key is configured ({} or [state] encryption_key): binds are refused, \
+                 since credentials are never stored unencrypted",
+                keyring.key_env()
+            ),
+        }
+        Self::open_with_keys(config, keyring).await
+    }
+
+    /// Re-encrypts every stored credential not yet encrypted with `new_key`,
+    /// reading with the keys of `config`. Each batch commits on its own, so
+    /// a rotation cut short resumes when run again, and a broker serving
+    /// meanwhile is held up only briefly. Returns how many were re-encrypted.
+    pub async fn rotate_encryption_key(
+        config: &StateConfig,
+        new_key: EncryptionKey,
+    ) -> Result<u64, StateError> {
+        let keyring = Keyring::from_config(config)?.rotating_to(new_key);
+        let store = Self::open_with_keys(config, keyring).await?;
+        let rotated = store.reencrypt_credentials().await;
+        store.close().await;
+        rotated
+    }
+
+    async fn open_with_keys(config: &StateConfig, keyring: Keyring) -> Result<Self, StateError> {
         if let Some(directory) = config
             .path
             .parent()
@@ -210,10 +267,60 @@ impl StateStore {
             .connect_with(options)
             .await?;
         MIGRATIONS.run(&pool).await?;
-        Ok(Self {
+        let store = Self {
             pool,
+            keyring: Arc::new(keyring),
             write_gate: Arc::new(Mutex::new(())),
-        })
+        };
+        store.check_credentials_readable().await?;
+        Ok(store)
+    }
+
+    /// Refuses a store holding credentials that no configured key decrypts:
+    /// serving it would fail every fetch and unbind of those bindings.
+    /// Damaged values are left to be reported when their binding is read.
+    async fn check_credentials_readable(&self) -> Result<(), StateError> {
+        let mut connection = self.pool.acquire().await?;
+        let headers = tables::count_results_by_header(&mut connection).await?;
+        let count: i64 = headers.iter().map(|(_, count)| count).sum();
+        if count > 0 && self.keyring.is_empty() {
+            return Err(StateError::CredentialsWithoutKey {
+                count,
+                key_env: self.keyring.key_env().to_owned(),
+            });
+        }
+        for (header, count) in headers {
+            let Ok(key_id) = crate::secrets::sealed_key_id(&header) else {
+                continue;
+            };
+            if let Err(cause) = self.keyring.key_for(key_id) {
+                return Err(StateError::CredentialsUnreadable { count, cause });
+            }
+        }
+        Ok(())
+    }
+
+    async fn reencrypt_credentials(&self) -> Result<u64, StateError> {
+        let target: KeyId = self.keyring.require_current()?.id();
+        let mut rotated = 0;
+        loop {
+            let mut write = self.begin_write().await?;
+            let batch = tables::read_results_not_sealed_with(
+                &mut write.transaction,
+                target,
+                ROTATION_BATCH,
+            )
+            .await?;
+            if batch.is_empty() {
+                return Ok(rotated);
+            }
+            for (id, sealed) in &batch {
+                let resealed = tables::reseal_result(&self.keyring, id, sealed)?;
+                tables::replace_result(&mut write.transaction, id, &resealed).await?;
+            }
+            write.transaction.commit().await?;
+            rotated += batch.len() as u64;
+        }
     }
 
     /// Waits for the connections to finish and closes them, so the WAL is
@@ -269,7 +376,7 @@ impl StateStore {
 
     pub async fn binding(&self, id: &str) -> Result<Option<BindingRecord>, StateError> {
         let mut connection = self.pool.acquire().await?;
-        tables::read_binding(&mut connection, id).await
+        tables::read_binding(&mut connection, &self.keyring, id).await
     }
 
     /// Like `transition_instance` for a binding; `decide` also sees the
@@ -286,7 +393,7 @@ impl StateStore {
     ) -> Result<R, StateError> {
         let mut write = self.begin_write().await?;
         let instance = tables::read_instance(&mut write.transaction, instance_id).await?;
-        let current = tables::read_binding(&mut write.transaction, id).await?;
+        let current = tables::read_binding(&mut write.transaction, &self.keyring, id).await?;
         let before = tables::OperationMark::of(
             current
                 .as_ref()
@@ -302,7 +409,13 @@ impl StateStore {
                     record.binding.id, id,
                     "a transition must not move a record to another id"
                 );
-                tables::write_binding(&mut write.transaction, &record).await?;
+                // Refused before the plugin runs: it would answer with
+                // credentials the store cannot keep, leaving a user in the
+                // backend that no record knows of.
+                if record.status == ResourceStatus::Creating {
+                    self.keyring.require_current()?;
+                }
+                tables::write_binding(&mut write.transaction, &self.keyring, &record).await?;
                 tables::append_history(
                     &mut write.transaction,
                     ResourceKind::Binding,
@@ -320,7 +433,7 @@ impl StateStore {
     /// Bindings of an instance that are not deleted, oldest first.
     pub async fn live_bindings(&self, instance_id: &str) -> Result<Vec<BindingRecord>, StateError> {
         let mut connection = self.pool.acquire().await?;
-        tables::read_live_bindings(&mut connection, instance_id).await
+        tables::read_live_bindings(&mut connection, &self.keyring, instance_id).await
     }
 
     /// At startup: every operation still `Calling` was cut short by a crash;
@@ -349,13 +462,17 @@ impl StateStore {
                 marked += 1;
             }
         }
-        for mut record in
-            tables::read_bindings_in_phase(&mut write.transaction, OperationPhase::Calling).await?
+        for mut record in tables::read_bindings_in_phase(
+            &mut write.transaction,
+            &self.keyring,
+            OperationPhase::Calling,
+        )
+        .await?
         {
             let before = tables::OperationMark::of(record.operation.as_ref());
             if let Some(operation) = record.operation.as_mut() {
                 fail_interrupted(operation, &mut record.status, description);
-                tables::write_binding(&mut write.transaction, &record).await?;
+                tables::write_binding(&mut write.transaction, &self.keyring, &record).await?;
                 let id = &record.binding.id;
                 tables::append_history(
                     &mut write.transaction,

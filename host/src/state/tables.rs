@@ -7,6 +7,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
 use crate::model::{Binding, BindingResult, Instance};
+use crate::secrets::{self, KeyId, Keyring, SecretsError};
 
 use super::{
     BindingRecord, InstanceRecord, OperationPhase, OperationRecord, ResourceStatus, StateError,
@@ -52,6 +53,19 @@ const UPSERT_BINDING: &str = "\
 const INSERT_HISTORY: &str = "\
     INSERT INTO operations (resource_kind, resource_id, operation_id, kind, phase, description) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// The header of each stored credential, counted: which keys the store
+/// needs. Headers hold no secret.
+const COUNT_RESULTS_BY_HEADER: &str = "\
+    SELECT substr(result, 1, ?1) AS header, count(*) FROM bindings \
+    WHERE result IS NOT NULL GROUP BY header";
+
+/// Credentials whose key id (bytes 2..9 of the header) is not `?1`.
+const SELECT_RESULTS_NOT_SEALED_WITH: &str = "\
+    SELECT id, result FROM bindings \
+    WHERE result IS NOT NULL AND substr(result, 2, ?2) IS NOT ?1 LIMIT ?3";
+
+const UPDATE_RESULT: &str = "UPDATE bindings SET result = ?2 WHERE id = ?1";
 
 pub(super) const KV_KEYS_IN_RANGE: &str =
     "SELECT key FROM plugin_kv WHERE plugin = ?1 AND key >= ?2 AND key < ?3 ORDER BY key";
@@ -148,17 +162,21 @@ pub(super) async fn write_instance(
 
 pub(super) async fn read_binding(
     connection: &mut SqliteConnection,
+    keyring: &Keyring,
     id: &str,
 ) -> Result<Option<BindingRecord>, StateError> {
     let row = sqlx::query(SELECT_BINDING)
         .bind(id)
         .fetch_optional(connection)
         .await?;
-    row.as_ref().map(decode_binding).transpose()
+    row.as_ref()
+        .map(|row| decode_binding(row, keyring))
+        .transpose()
 }
 
 pub(super) async fn read_live_bindings(
     connection: &mut SqliteConnection,
+    keyring: &Keyring,
     instance_id: &str,
 ) -> Result<Vec<BindingRecord>, StateError> {
     let rows = sqlx::query(SELECT_LIVE_BINDINGS)
@@ -166,35 +184,42 @@ pub(super) async fn read_live_bindings(
         .bind(ResourceStatus::Deleted)
         .fetch_all(connection)
         .await?;
-    rows.iter().map(decode_binding).collect()
+    rows.iter()
+        .map(|row| decode_binding(row, keyring))
+        .collect()
 }
 
 pub(super) async fn read_bindings_in_phase(
     connection: &mut SqliteConnection,
+    keyring: &Keyring,
     phase: OperationPhase,
 ) -> Result<Vec<BindingRecord>, StateError> {
     let rows = sqlx::query(SELECT_BINDINGS_IN_PHASE)
         .bind(phase)
         .fetch_all(connection)
         .await?;
-    rows.iter().map(decode_binding).collect()
+    rows.iter()
+        .map(|row| decode_binding(row, keyring))
+        .collect()
 }
 
 pub(super) async fn write_binding(
     connection: &mut SqliteConnection,
+    keyring: &Keyring,
     record: &BindingRecord,
 ) -> Result<(), StateError> {
     let id = &record.binding.id;
-    let result = record.result.as_ref().map(serde_json::to_vec).transpose();
+    let result = record
+        .result
+        .as_ref()
+        .map(|result| seal_result(keyring, id, result))
+        .transpose()?;
     sqlx::query(UPSERT_BINDING)
         .bind(id)
         .bind(&record.binding.instance_id)
         .bind(record.status)
         .bind(encode(id, &record.binding)?)
-        .bind(result.map_err(|source| StateError::Encode {
-            id: id.clone(),
-            source,
-        })?)
+        .bind(result)
         .bind(
             record
                 .operation
@@ -207,6 +232,113 @@ pub(super) async fn write_binding(
         .execute(connection)
         .await?;
     Ok(())
+}
+
+/// (header, how many credentials have it).
+pub(super) async fn count_results_by_header(
+    connection: &mut SqliteConnection,
+) -> Result<Vec<(Vec<u8>, i64)>, StateError> {
+    let header_len = i64::try_from(secrets::HEADER_LEN).unwrap_or(i64::MAX);
+    Ok(sqlx::query_as(COUNT_RESULTS_BY_HEADER)
+        .bind(header_len)
+        .fetch_all(connection)
+        .await?)
+}
+
+/// Up to `limit` (binding id, sealed credentials) not sealed with `key`.
+pub(super) async fn read_results_not_sealed_with(
+    connection: &mut SqliteConnection,
+    key: KeyId,
+    limit: i64,
+) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+    let key_id = key.as_bytes();
+    Ok(sqlx::query_as(SELECT_RESULTS_NOT_SEALED_WITH)
+        .bind(key_id)
+        .bind(i64::try_from(key_id.len()).unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(connection)
+        .await?)
+}
+
+pub(super) async fn replace_result(
+    connection: &mut SqliteConnection,
+    id: &str,
+    sealed: &[u8],
+) -> Result<(), StateError> {
+    sqlx::query(UPDATE_RESULT)
+        .bind(id)
+        .bind(sealed)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Stored credentials decrypted with any key of `keyring` and encrypted
+/// again with its current one.
+pub(super) fn reseal_result(
+    keyring: &Keyring,
+    id: &str,
+    sealed: &[u8],
+) -> Result<Vec<u8>, StateError> {
+    let context = result_context(id);
+    let plaintext = keyring
+        .open(sealed, &context)
+        .map_err(|source| credentials_error(id, source))?;
+    keyring
+        .seal(&plaintext, &context)
+        .map_err(|source| credentials_error(id, source))
+}
+
+/// What a `result` value is bound to: its binding, and this column (should
+/// another column ever be encrypted with the same key).
+fn result_context(id: &str) -> Vec<u8> {
+    [b"bindings.result:".as_slice(), id.as_bytes()].concat()
+}
+
+fn seal_result(keyring: &Keyring, id: &str, result: &BindingResult) -> Result<Vec<u8>, StateError> {
+    let plaintext = serde_json::to_vec(result)
+        .map(secrecy::zeroize::Zeroizing::new)
+        .map_err(|source| StateError::Encode {
+            id: id.to_owned(),
+            source,
+        })?;
+    keyring
+        .seal(&plaintext, &result_context(id))
+        .map_err(|source| credentials_error(id, source))
+}
+
+fn open_result(keyring: &Keyring, id: &str, sealed: &[u8]) -> Result<BindingResult, StateError> {
+    let plaintext = keyring
+        .open(sealed, &result_context(id))
+        .map_err(|source| credentials_error(id, source))?;
+    // serde's messages can quote the offending value: only its kind and
+    // place go into the error, which is logged and shown to the platform.
+    serde_json::from_slice(&plaintext).map_err(|error| {
+        corrupt(
+            id,
+            "result",
+            format!(
+                "{:?} error at line {} column {}",
+                error.classify(),
+                error.line(),
+                error.column()
+            ),
+        )
+    })
+}
+
+/// A damaged value is corrupt; one this broker has no key for, or that was
+/// altered or moved, is a credentials problem the operator must act on.
+fn credentials_error(id: &str, source: SecretsError) -> StateError {
+    match source {
+        SecretsError::UnknownFormat { .. } | SecretsError::Truncated { .. } => {
+            corrupt(id, "result", source)
+        }
+        cause => StateError::Credentials {
+            id: id.to_owned(),
+            cause,
+        },
+    }
 }
 
 /// Appends `after` to the history if it is a new step compared to `before`.
@@ -257,7 +389,7 @@ fn decode_instance(row: &SqliteRow) -> Result<InstanceRecord, StateError> {
     })
 }
 
-fn decode_binding(row: &SqliteRow) -> Result<BindingRecord, StateError> {
+fn decode_binding(row: &SqliteRow, keyring: &Keyring) -> Result<BindingRecord, StateError> {
     let id: String = row.try_get("id")?;
     let status = row
         .try_get("status")
@@ -273,10 +405,9 @@ fn decode_binding(row: &SqliteRow) -> Result<BindingRecord, StateError> {
     let result = row
         .try_get::<Option<Vec<u8>>, _>("result")
         .map_err(|error| corrupt(&id, "result", error))?;
-    let result: Option<BindingResult> = result
-        .map(|bytes| serde_json::from_slice(&bytes))
-        .transpose()
-        .map_err(|error| corrupt(&id, "result", error))?;
+    let result = result
+        .map(|sealed| open_result(keyring, &id, &sealed))
+        .transpose()?;
     Ok(BindingRecord {
         binding,
         status,

@@ -3,21 +3,41 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use tokio::task::JoinSet;
 
+use secrecy::SecretString;
+
 use super::*;
-use crate::config::StateBackend;
 use crate::model::{BindingMetadata, Endpoint, EndpointProtocol};
+use crate::secrets::generate_key;
 
 fn database_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("not/yet/there/broker.db")
 }
 
-async fn open_at(path: &Path) -> StateStore {
-    StateStore::open(&StateConfig {
-        backend: StateBackend::Sqlite,
+/// The store at `path` with `key` as its current encryption key, or none.
+fn config_with_key(path: &Path, key: Option<&SecretString>) -> StateConfig {
+    StateConfig {
         path: path.to_owned(),
-    })
-    .await
-    .expect("store opens")
+        encryption_key: key.cloned(),
+        ..StateConfig::default()
+    }
+}
+
+fn new_key() -> SecretString {
+    generate_key().expect("random key")
+}
+
+async fn open_at(path: &Path) -> StateStore {
+    open_with_key(path, Some(&new_key())).await
+}
+
+async fn open_with_key(path: &Path, key: Option<&SecretString>) -> StateStore {
+    StateStore::open(&config_with_key(path, key))
+        .await
+        .expect("store opens")
+}
+
+fn encryption_key(text: &SecretString) -> EncryptionKey {
+    EncryptionKey::from_base64(text, "test key").expect("valid key")
 }
 
 fn instance(id: &str) -> Instance {
@@ -194,7 +214,237 @@ async fn binding_round_trips_with_credentials_in_their_own_column() {
         !stored_record.contains("s3cret"),
         "credentials leaked into the record column: {stored_record}"
     );
-    assert!(String::from_utf8_lossy(&stored_result).contains("s3cret-password"));
+    assert_encrypted(&store, &stored_result);
+}
+
+/// `sealed` is encrypted with the store's current key and shows nothing of
+/// the test credentials.
+#[track_caller]
+fn assert_encrypted(store: &StateStore, sealed: &[u8]) {
+    let text = String::from_utf8_lossy(sealed);
+    for plain in ["s3cret", "password", "u-1", "credentials", "3306"] {
+        assert!(
+            !text.contains(plain),
+            "{plain:?} stored unencrypted: {text}"
+        );
+    }
+    assert_eq!(
+        crate::secrets::sealed_key_id(sealed).ok(),
+        store.keyring.current_key_id()
+    );
+}
+
+/// (binding id, raw `result` column) of every binding with credentials.
+async fn raw_results(store: &StateStore) -> Vec<(String, Vec<u8>)> {
+    sqlx::query_as("SELECT id, result FROM bindings WHERE result IS NOT NULL ORDER BY id")
+        .fetch_all(&store.pool)
+        .await
+        .expect("rows")
+}
+
+#[tokio::test]
+async fn credentials_are_encrypted_on_disk_including_the_wal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = database_path(&dir);
+    let store = open_at(&path).await;
+    put_instance(&store, instance_record("i-1", ResourceStatus::Ready, None)).await;
+    put_binding(
+        &store,
+        binding_record("b-1", "i-1", ResourceStatus::Ready, None),
+    )
+    .await;
+    let (id, sealed) = raw_results(&store).await.remove(0);
+    assert_eq!(id, "b-1");
+    assert_encrypted(&store, &sealed);
+
+    let mut files = vec![path.clone()];
+    files.push(path.with_extension("db-wal"));
+    let mut bytes = Vec::new();
+    for file in &files {
+        bytes.extend(std::fs::read(file).unwrap_or_default());
+    }
+    assert!(bytes.len() > 4096, "the database files were read");
+    assert!(
+        !bytes
+            .windows(b"s3cret-password".len())
+            .any(|w| w == b"s3cret-password"),
+        "the password is in the database files in clear"
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn credentials_moved_to_another_binding_do_not_decrypt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_at(&database_path(&dir)).await;
+    put_instance(&store, instance_record("i-1", ResourceStatus::Ready, None)).await;
+    put_binding(
+        &store,
+        binding_record("b-1", "i-1", ResourceStatus::Ready, None),
+    )
+    .await;
+    let mut other = binding_record("b-2", "i-1", ResourceStatus::Ready, None);
+    other.result = None;
+    put_binding(&store, other).await;
+    sqlx::query("UPDATE bindings SET result = (SELECT result FROM bindings WHERE id = 'b-1') WHERE id = 'b-2'")
+        .execute(&store.pool)
+        .await
+        .expect("moved");
+
+    match store.binding("b-2").await {
+        Err(StateError::Credentials { id, cause }) => {
+            assert_eq!(id, "b-2");
+            assert!(matches!(cause, SecretsError::Tampered { .. }), "{cause:?}");
+        }
+        other => panic!("expected a credentials error, got {other:?}"),
+    }
+    assert!(store.binding("b-1").await.expect("readable").is_some());
+}
+
+#[tokio::test]
+async fn a_store_with_credentials_needs_their_key_to_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = database_path(&dir);
+    let key = new_key();
+    let store = open_with_key(&path, Some(&key)).await;
+    put_instance(&store, instance_record("i-1", ResourceStatus::Ready, None)).await;
+    put_binding(
+        &store,
+        binding_record("b-1", "i-1", ResourceStatus::Ready, None),
+    )
+    .await;
+    put_binding(
+        &store,
+        binding_record("b-2", "i-1", ResourceStatus::Ready, None),
+    )
+    .await;
+    store.close().await;
+
+    let refused = StateStore::open(&config_with_key(&path, None)).await;
+    match refused {
+        Err(error @ StateError::CredentialsWithoutKey { count: 2, .. }) => {
+            assert!(
+                error.to_string().contains("WASM_BROKER_ENCRYPTION_KEY"),
+                "{error}"
+            );
+        }
+        other => panic!("expected CredentialsWithoutKey, got {:?}", other.err()),
+    }
+    let wrong = StateStore::open(&config_with_key(&path, Some(&new_key()))).await;
+    match wrong {
+        Err(error @ StateError::CredentialsUnreadable { count: 2, .. }) => {
+            let id = encryption_key(&key).id().to_string();
+            assert!(
+                error.to_string().contains(&id),
+                "the missing key is named: {error}"
+            );
+        }
+        other => panic!("expected CredentialsUnreadable, got {:?}", other.err()),
+    }
+    let store = open_with_key(&path, Some(&key)).await;
+    assert!(store.binding("b-1").await.expect("readable").is_some());
+}
+
+#[tokio::test]
+async fn without_a_key_a_store_opens_empty_but_creates_no_binding() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_with_key(&database_path(&dir), None).await;
+    put_instance(&store, instance_record("i-1", ResourceStatus::Ready, None)).await;
+    store
+        .kv_set("mysql", "k", b"v")
+        .await
+        .expect("kv works without a key");
+
+    let mut creating = binding_record("b-1", "i-1", ResourceStatus::Creating, None);
+    creating.result = None;
+    let refused = store
+        .transition_binding("b-1", "i-1", |_, _| Transition::Write(creating, ()))
+        .await;
+    match refused {
+        Err(StateError::Secrets(error @ SecretsError::NoKey { .. })) => {
+            assert!(
+                error.to_string().contains("WASM_BROKER_ENCRYPTION_KEY"),
+                "{error}"
+            );
+        }
+        other => panic!("expected NoKey, got {other:?}"),
+    }
+    let ready = binding_record("b-1", "i-1", ResourceStatus::Ready, None);
+    let refused = store
+        .transition_binding("b-1", "i-1", |_, _| Transition::Write(ready, ()))
+        .await;
+    assert!(
+        matches!(refused, Err(StateError::Credentials { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(store.binding("b-1").await.expect("readable"), None);
+    assert!(history(&store, "b-1").await.is_empty());
+}
+
+#[tokio::test]
+async fn rotation_reencrypts_everything_and_resumes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = database_path(&dir);
+    let (old, new) = (new_key(), new_key());
+    let store = open_with_key(&path, Some(&old)).await;
+    put_instance(&store, instance_record("i-1", ResourceStatus::Ready, None)).await;
+    let total = usize::try_from(ROTATION_BATCH).expect("small") * 2 + 5;
+    let mut expected = Vec::new();
+    for n in 0..total {
+        let record = binding_record(&format!("b-{n:03}"), "i-1", ResourceStatus::Ready, None);
+        put_binding(&store, record.clone()).await;
+        expected.push(record);
+    }
+    let mut without_credentials = binding_record("b-none", "i-1", ResourceStatus::Failed, None);
+    without_credentials.result = None;
+    put_binding(&store, without_credentials).await;
+    // A rotation cut short: one row already has the new key.
+    let halfway = StateStore::open_with_keys(
+        &config_with_key(&path, Some(&old)),
+        Keyring::from_config(&config_with_key(&path, Some(&old)))
+            .expect("keys")
+            .rotating_to(encryption_key(&new)),
+    )
+    .await
+    .expect("opens");
+    put_binding(&halfway, expected[0].clone()).await;
+    halfway.close().await;
+    store.close().await;
+
+    let rotated = StateStore::rotate_encryption_key(
+        &config_with_key(&path, Some(&old)),
+        encryption_key(&new),
+    )
+    .await
+    .expect("rotated");
+    assert_eq!(rotated, total as u64 - 1);
+
+    let store = open_with_key(&path, Some(&new)).await;
+    for (_, sealed) in raw_results(&store).await {
+        assert_encrypted(&store, &sealed);
+    }
+    for record in &expected {
+        assert_eq!(
+            store
+                .binding(&record.binding.id)
+                .await
+                .expect("readable")
+                .as_ref(),
+            Some(record)
+        );
+    }
+    store.close().await;
+    assert!(matches!(
+        StateStore::open(&config_with_key(&path, Some(&old))).await,
+        Err(StateError::CredentialsUnreadable { .. })
+    ));
+    let again = StateStore::rotate_encryption_key(
+        &config_with_key(&path, Some(&new)),
+        encryption_key(&new),
+    )
+    .await
+    .expect("nothing left to rotate");
+    assert_eq!(again, 0);
 }
 
 #[tokio::test]
@@ -416,7 +666,8 @@ async fn concurrent_creates_of_one_id_insert_exactly_once() {
 async fn reopening_keeps_everything() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = database_path(&dir);
-    let store = open_at(&path).await;
+    let key = new_key();
+    let store = open_with_key(&path, Some(&key)).await;
     let instance = instance_record(
         "i-1",
         ResourceStatus::Creating,
@@ -433,7 +684,7 @@ async fn reopening_keeps_everything() {
     // No close(): the process may die without one.
     drop(store);
 
-    let store = open_at(&path).await;
+    let store = open_with_key(&path, Some(&key)).await;
     assert_eq!(
         store.instance("i-1").await.expect("readable"),
         Some(instance)
