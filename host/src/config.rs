@@ -342,8 +342,10 @@ impl Config {
 
 /// `MAJOR.MINOR` -> (major, minor).
 pub fn parse_api_version(text: &str) -> Option<(u32, u32)> {
+    // Digits only: `u32::from_str` would also take "+17".
+    let number = |part: &str| part.bytes().all(|b| b.is_ascii_digit()).then(|| part.parse().ok()).flatten();
     let (major, minor) = text.trim().split_once('.')?;
-    Some((major.parse().ok()?, minor.parse().ok()?))
+    Some((number(major)?, number(minor)?))
 }
 
 #[cfg(test)]
@@ -384,5 +386,7 @@ mod tests {
         assert_eq!(parse_api_version("2.17"), Some((2, 17)));
         assert_eq!(parse_api_version("2"), None);
         assert_eq!(parse_api_version("a.b"), None);
+        assert_eq!(parse_api_version("2.+17"), None);
+        assert_eq!(parse_api_version("+2.17"), None);
     }
 }

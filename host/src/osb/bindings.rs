@@ -34,13 +34,12 @@ pub async fn bind(
 ) -> Result<Response, ApiError> {
     let accepts_incomplete = parse_flag("accepts_incomplete", query.accepts_incomplete.as_deref())?;
     let bind_resource = object("bind_resource", body.bind_resource)?;
-    let app_guid = bind_resource
-        .as_ref()
-        .and_then(|resource| resource.get("app_guid"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .or(body.app_guid)
-        .filter(|guid| !guid.is_empty());
+    let resource_app_guid = match bind_resource.as_ref().and_then(|resource| resource.get("app_guid")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(guid)) => Some(guid.clone()),
+        Some(_) => return Err(ApiError::bad_request("bind_resource.app_guid must be a string")),
+    };
+    let app_guid = resource_app_guid.or(body.app_guid).filter(|guid| !guid.is_empty());
     let request = BindRequest {
         instance_id,
         binding_id,

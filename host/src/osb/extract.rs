@@ -34,9 +34,14 @@ where
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::bad_request("a JSON request body is required"));
         }
-        serde_json::from_slice(&bytes)
-            .map(OsbJson)
-            .map_err(|error| ApiError::bad_request(format!("the request body is not valid: {error}")))
+        let invalid = |error: serde_json::Error| ApiError::bad_request(format!("the request body is not valid: {error}"));
+        // Through a Value first: serde would fill a struct from a JSON array
+        // by position, and OSB bodies are objects.
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(invalid)?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request("the request body must be a JSON object"));
+        }
+        serde_json::from_value(value).map(OsbJson).map_err(invalid)
     }
 }
 

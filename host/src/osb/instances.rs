@@ -32,6 +32,8 @@ pub struct ProvisionBody {
 #[derive(Deserialize)]
 pub struct UpdateBody {
     service_id: Option<String>,
+    /// Only checked for shape: the broker knows the previous values itself.
+    previous_values: Option<Value>,
     plan_id: Option<String>,
     context: Option<Value>,
     parameters: Option<Value>,
@@ -133,6 +135,7 @@ pub async fn update(
     OsbJson(body): OsbJson<UpdateBody>,
 ) -> Result<Response, ApiError> {
     let accepts_incomplete = parse_flag("accepts_incomplete", query.accepts_incomplete.as_deref())?;
+    object("previous_values", body.previous_values)?;
     let request = UpdateRequest {
         instance_id,
         service_id: required("service_id", body.service_id)?,
