@@ -21,11 +21,18 @@ pub enum AdminError {
 
 /// Loads a plugin directory as `serve` would, with a scratch state store so
 /// inspecting never touches (or needs the key of) the real one.
-pub async fn load_plugins(config: &Config, plugin_dir: &Path) -> Result<Arc<PluginRuntime>, AdminError> {
-    let scratch = tempfile::tempdir().map_err(|error| AdminError::Input(format!("cannot make a scratch dir: {error}")))?;
+pub async fn load_plugins(
+    config: &Config,
+    plugin_dir: &Path,
+) -> Result<Arc<PluginRuntime>, AdminError> {
+    let scratch = tempfile::tempdir()
+        .map_err(|error| AdminError::Input(format!("cannot make a scratch dir: {error}")))?;
     let mut scratch_config = config.clone();
     scratch_config.runtime.plugin_dir = plugin_dir.to_owned();
-    scratch_config.state = StateConfig { path: scratch.path().join("state.db"), ..config.state.clone() };
+    scratch_config.state = StateConfig {
+        path: scratch.path().join("state.db"),
+        ..config.state.clone()
+    };
     let store = StateStore::open(&scratch_config.state).await?;
     Ok(PluginRuntime::start(&scratch_config, store).await?)
 }
@@ -38,15 +45,14 @@ pub async fn check_plugin(config: &Config, file: &Path) -> Result<PluginStatus, 
         .and_then(|stem| stem.to_str())
         .filter(|_| file.extension().is_some_and(|ext| ext == "wasm"))
         .ok_or_else(|| AdminError::Input(format!("{} is not a .wasm file", file.display())))?;
-    let scratch = tempfile::tempdir().map_err(|error| AdminError::Input(format!("cannot make a scratch dir: {error}")))?;
+    let scratch = tempfile::tempdir()
+        .map_err(|error| AdminError::Input(format!("cannot make a scratch dir: {error}")))?;
     std::fs::copy(file, scratch.path().join(format!("{stem}.wasm")))
         .map_err(|error| AdminError::Input(format!("cannot read {}: {error}", file.display())))?;
     let runtime = load_plugins(config, scratch.path()).await?;
-    runtime
-        .plugins()
-        .into_iter()
-        .next()
-        .ok_or_else(|| AdminError::Input(format!("{} was not picked up as a plugin", file.display())))
+    runtime.plugins().into_iter().next().ok_or_else(|| {
+        AdminError::Input(format!("{} was not picked up as a plugin", file.display()))
+    })
 }
 
 /// One line per plugin for `plugins list`.

@@ -12,9 +12,15 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not valid broker.toml: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -184,7 +190,9 @@ impl RuntimeConfig {
         CallLimits {
             memory_limit_mb: overrides.memory_limit_mb.unwrap_or(self.memory_limit_mb),
             call_timeout_ms: overrides.call_timeout_ms.unwrap_or(self.call_timeout_ms),
-            max_host_call_bytes: overrides.max_host_call_bytes.unwrap_or(self.max_host_call_bytes),
+            max_host_call_bytes: overrides
+                .max_host_call_bytes
+                .unwrap_or(self.max_host_call_bytes),
         }
     }
 }
@@ -267,10 +275,14 @@ impl Config {
     /// Reads and validates a config file; relative paths become relative to
     /// the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let mut config: Config = toml::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         config.apply_env();
@@ -279,10 +291,18 @@ impl Config {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        let tls_paths = self.server.tls.iter_mut().flat_map(|tls| [&mut tls.cert, &mut tls.key]);
-        for path in [&mut self.state.path, &mut self.runtime.plugin_dir, &mut self.runtime.cache_dir]
-            .into_iter()
-            .chain(tls_paths)
+        let tls_paths = self
+            .server
+            .tls
+            .iter_mut()
+            .flat_map(|tls| [&mut tls.cert, &mut tls.key]);
+        for path in [
+            &mut self.state.path,
+            &mut self.runtime.plugin_dir,
+            &mut self.runtime.cache_dir,
+        ]
+        .into_iter()
+        .chain(tls_paths)
         {
             if path.is_relative() {
                 *path = base.join(&*path);
@@ -299,13 +319,21 @@ impl Config {
         }
         // Empty counts as unset: an unfilled secret in a deployment template
         // must not replace a key with nothing.
-        let non_empty_env = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+        let non_empty_env = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|value| !value.trim().is_empty())
+        };
         if let Some(key) = non_empty_env(&self.state.encryption_key_env) {
             self.state.encryption_key = Some(key.into());
         }
         if let Some(keys) = non_empty_env(&self.state.previous_encryption_keys_env) {
-            self.state.previous_encryption_keys =
-                keys.split(',').map(str::trim).filter(|key| !key.is_empty()).map(SecretString::from).collect();
+            self.state.previous_encryption_keys = keys
+                .split(',')
+                .map(str::trim)
+                .filter(|key| !key.is_empty())
+                .map(SecretString::from)
+                .collect();
         }
     }
 
@@ -343,7 +371,12 @@ impl Config {
 /// `MAJOR.MINOR` -> (major, minor).
 pub fn parse_api_version(text: &str) -> Option<(u32, u32)> {
     // Digits only: `u32::from_str` would also take "+17".
-    let number = |part: &str| part.bytes().all(|b| b.is_ascii_digit()).then(|| part.parse().ok()).flatten();
+    let number = |part: &str| {
+        part.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| part.parse().ok())
+            .flatten()
+    };
     let (major, minor) = text.trim().split_once('.')?;
     Some((number(major)?, number(minor)?))
 }
@@ -356,7 +389,10 @@ mod tests {
     fn empty_file_needs_only_auth() {
         let config: Config = toml::from_str("[auth]\nusername='u'\npassword='p'").expect("parses");
         config.validate().expect("valid");
-        assert_eq!(config.server.missing_version_status, MissingVersionStatus::PreconditionFailed);
+        assert_eq!(
+            config.server.missing_version_status,
+            MissingVersionStatus::PreconditionFailed
+        );
     }
 
     #[test]
@@ -378,7 +414,10 @@ mod tests {
         let limits = config.runtime.limits_for(&config.plugin("a").limits);
         assert_eq!(limits.memory_limit_mb, 8);
         assert_eq!(limits.call_timeout_ms, config.runtime.call_timeout_ms);
-        assert_eq!(config.plugin("a").config.get("x").and_then(|v| v.as_str()), Some("y"));
+        assert_eq!(
+            config.plugin("a").config.get("x").and_then(|v| v.as_str()),
+            Some("y")
+        );
     }
 
     #[test]

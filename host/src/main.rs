@@ -26,7 +26,13 @@ const NEW_KEY_ENV: &str = "WASM_BROKER_NEW_ENCRYPTION_KEY";
 #[command(version, about)]
 struct Cli {
     /// The broker configuration file.
-    #[arg(long, short, global = true, env = "WASM_BROKER_CONFIG", default_value = "broker.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "WASM_BROKER_CONFIG",
+        default_value = "broker.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -73,9 +79,12 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         // Logs on stderr, so commands that print results keep stdout clean.
         .with_writer(std::io::stderr)
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
-    let config = || Config::load(&cli.config).with_context(|| format!("loading {}", cli.config.display()));
+    let config =
+        || Config::load(&cli.config).with_context(|| format!("loading {}", cli.config.display()));
     match cli.command {
         Command::Serve { listen } => serve(config()?, listen).await,
         Command::Catalog => {
@@ -112,18 +121,24 @@ async fn main() -> anyhow::Result<()> {
 async fn rotate_key(config: Config, new_key_file: Option<&Path>) -> anyhow::Result<()> {
     let (text, source) = match new_key_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             (SecretString::from(text), path.display().to_string())
         }
         None => {
-            let text = std::env::var(NEW_KEY_ENV)
-                .with_context(|| format!("the new key goes in {NEW_KEY_ENV} or a file named by --new-key-file"))?;
+            let text = std::env::var(NEW_KEY_ENV).with_context(|| {
+                format!("the new key goes in {NEW_KEY_ENV} or a file named by --new-key-file")
+            })?;
             (SecretString::from(text), NEW_KEY_ENV.to_owned())
         }
     };
     let new_key = EncryptionKey::from_base64(&text, &source)?;
     let path = &config.state.path;
-    anyhow::ensure!(path.exists(), "there is no state store at {}: is --config right?", path.display());
+    anyhow::ensure!(
+        path.exists(),
+        "there is no state store at {}: is --config right?",
+        path.display()
+    );
     let key_id = new_key.id();
     let rotated = StateStore::rotate_encryption_key(&config.state, new_key)
         .await
@@ -133,18 +148,28 @@ async fn rotate_key(config: Config, new_key_file: Option<&Path>) -> anyhow::Resu
 }
 
 async fn serve(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    let store = StateStore::open(&config.state).await.context("opening the state store")?;
+    let store = StateStore::open(&config.state)
+        .await
+        .context("opening the state store")?;
     let interrupted = store
-        .fail_interrupted_operations("the broker stopped while this operation was running; it did not finish")
+        .fail_interrupted_operations(
+            "the broker stopped while this operation was running; it did not finish",
+        )
         .await
         .context("recovering operations interrupted by the last shutdown")?;
     if interrupted > 0 {
-        tracing::warn!(interrupted, "marked operations cut short by the last shutdown as failed");
+        tracing::warn!(
+            interrupted,
+            "marked operations cut short by the last shutdown as failed"
+        );
     }
-    let runtime = PluginRuntime::start(&config, store.clone()).await.context("starting the plugin runtime")?;
+    let runtime = PluginRuntime::start(&config, store.clone())
+        .await
+        .context("starting the plugin runtime")?;
     let broker = Arc::new(Broker::new(runtime, store));
 
-    let min_version = parse_api_version(&config.server.min_api_version).context("[server] min_api_version")?;
+    let min_version =
+        parse_api_version(&config.server.min_api_version).context("[server] min_api_version")?;
     let guard = GuardConfig::new(
         &config.auth.username,
         &config.auth.password,
@@ -156,20 +181,35 @@ async fn serve(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()>
         .context("installing the Prometheus recorder")?;
     let app = osb::router(broker, guard, config.server.max_body_bytes, Some(metrics));
     let address = listen.unwrap_or(config.server.listen);
-    let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding {address}"))?;
     if let Some(tls) = &config.server.tls {
         return serve_https(listener, app, tls).await;
     }
     tracing::info!(address = %listener.local_addr()?, "serving the Open Service Broker API v2.17");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
     Ok(())
 }
 
 /// `[server.tls]`: HTTPS only (rustls); plain HTTP to the port fails the handshake.
-async fn serve_https(listener: tokio::net::TcpListener, app: axum::Router, tls: &TlsConfig) -> anyhow::Result<()> {
-    let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key).await.with_context(|| {
-        format!("loading the TLS certificate {} and key {}", tls.cert.display(), tls.key.display())
-    })?;
+async fn serve_https(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: &TlsConfig,
+) -> anyhow::Result<()> {
+    let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+        .await
+        .with_context(|| {
+            format!(
+                "loading the TLS certificate {} and key {}",
+                tls.cert.display(),
+                tls.key.display()
+            )
+        })?;
     let address = listener.local_addr()?;
     let handle = axum_server::Handle::new();
     let stopping = handle.clone();

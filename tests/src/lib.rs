@@ -21,7 +21,10 @@ pub const ENCRYPTION_KEY: &str = "ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoM=";
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// The `wasm-broker` binary cargo built for this test run (the host package's
@@ -32,9 +35,16 @@ pub fn broker_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory");
     let binary = profile_dir.join("wasm-broker");
-    assert!(binary.exists(), "{} is missing: run `cargo build -p wasm-broker` (or `cargo xtask test`)", binary.display());
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p wasm-broker` (or `cargo xtask test`)",
+        binary.display()
+    );
     binary
 }
 
@@ -45,17 +55,20 @@ pub fn wasm(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/wasm/wasm32-wasip2/release"));
     let path = dir.join(format!("{name}.wasm"));
-    assert!(path.exists(), "{} is missing: run `cargo xtask build-plugins` (or `cargo xtask test`)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask build-plugins` (or `cargo xtask test`)",
+        path.display()
+    );
     path
 }
 
 /// Whether a backing service answers on `address`. Outside CI a missing
 /// service skips the test with a message; under CI=true it fails it.
 pub fn service_available(name: &str, address: &str) -> bool {
-    let reachable = address
-        .parse()
-        .ok()
-        .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    let reachable = address.parse().ok().is_some_and(|addr| {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+    });
     if !reachable {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("{name} is not reachable at {address}; CI must start it (.ci/run)");
@@ -66,7 +79,10 @@ pub fn service_available(name: &str, address: &str) -> bool {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).map(|addr| addr.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
 }
 
 /// The connections and grants of the shipped broker.toml, for test configs.
@@ -119,13 +135,20 @@ impl BrokerSetup {
                 "rabbitmq" => "rabbitmq-management",
                 other => panic!("no shipped plugin {other}"),
             };
-            extra.push_str(&format!("\n[plugins.{name}.connections]\nadmin = \"{connection}\"\n"));
+            extra.push_str(&format!(
+                "\n[plugins.{name}.connections]\nadmin = \"{connection}\"\n"
+            ));
         }
         if names.contains(&"rabbitmq") {
-            extra.push_str("\n[plugins.rabbitmq.config]\namqp_host = \"127.0.0.1\"\namqp_port = 5672\n");
+            extra.push_str(
+                "\n[plugins.rabbitmq.config]\namqp_host = \"127.0.0.1\"\namqp_port = 5672\n",
+            );
         }
         Self {
-            plugins: names.iter().map(|name| (name.to_string(), wasm(name))).collect(),
+            plugins: names
+                .iter()
+                .map(|name| (name.to_string(), wasm(name)))
+                .collect(),
             extra_config: extra,
             runtime: String::new(),
             server: String::new(),
@@ -218,7 +241,11 @@ cache_dir = "{cache}"
     /// Starts the process (again) on the same directory and port, and waits
     /// until it serves.
     pub async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
         let child = Command::new(broker_binary())
             .args(["serve", "--config"])
             .arg(self.dir.path().join("broker.toml"))
@@ -226,7 +253,11 @@ cache_dir = "{cache}"
             .env_remove("WASM_BROKER_USERNAME")
             .env_remove("WASM_BROKER_PASSWORD")
             .env_remove("WASM_BROKER_ENCRYPTION_KEY")
-            .envs(self.encryption_key.as_deref().map(|key| ("WASM_BROKER_ENCRYPTION_KEY", key)))
+            .envs(
+                self.encryption_key
+                    .as_deref()
+                    .map(|key| ("WASM_BROKER_ENCRYPTION_KEY", key)),
+            )
             .env_remove("WASM_BROKER_PREVIOUS_ENCRYPTION_KEYS")
             .stdout(Stdio::from(log.try_clone().expect("log handle")))
             .stderr(Stdio::from(log))
@@ -238,13 +269,24 @@ cache_dir = "{cache}"
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("wasm-broker exited with {status} before serving:\n{}", self.logs());
+                panic!(
+                    "wasm-broker exited with {status} before serving:\n{}",
+                    self.logs()
+                );
             }
-            let ready = self.client.get(format!("{}/healthz", self.base_url)).send().await;
+            let ready = self
+                .client
+                .get(format!("{}/healthz", self.base_url))
+                .send()
+                .await;
             if ready.is_ok_and(|response| response.status().is_success()) {
                 return;
             }
-            assert!(Instant::now() < deadline, "wasm-broker did not serve within 120 s:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "wasm-broker did not serve within 120 s:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -259,7 +301,10 @@ cache_dir = "{cache}"
 
     /// Appends a line to the log (to mark test phases).
     pub fn note(&self, text: &str) {
-        if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(self.log_path()) {
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.log_path())
+        {
             let _ = writeln!(file, "---- test: {text}");
         }
     }
@@ -274,7 +319,8 @@ cache_dir = "{cache}"
 
     /// A request with nothing added (for auth and header tests).
     pub fn raw(&self, method: Method, path: &str) -> RequestBuilder {
-        self.client.request(method, format!("{}{path}", self.base_url))
+        self.client
+            .request(method, format!("{}{path}", self.base_url))
     }
 
     /// An authenticated request without the API version header.
@@ -285,7 +331,10 @@ cache_dir = "{cache}"
     /// The ids of offering `service` and its plan `plan`, from the catalog.
     pub async fn plan(&self, service: &str, plan: &str) -> PlanIds {
         let (service_id, plan_id) = offering_plan(&self.catalog().await, service, plan);
-        PlanIds { service_id, plan_id }
+        PlanIds {
+            service_id,
+            plan_id,
+        }
     }
 
     /// `GET path`: status and JSON body.
@@ -295,17 +344,34 @@ cache_dir = "{cache}"
 
     /// `PUT` an instance with any body (`query` is `""` or `?...`).
     pub async fn put_instance(&self, instance_id: &str, query: &str, body: &Value) -> (u16, Value) {
-        send(self.osb(Method::PUT, &format!("{}{query}", instance_path(instance_id))).json(body)).await
+        send(
+            self.osb(
+                Method::PUT,
+                &format!("{}{query}", instance_path(instance_id)),
+            )
+            .json(body),
+        )
+        .await
     }
 
     /// A synchronous provision with the mandatory fields.
-    pub async fn provision(&self, instance_id: &str, plan: &PlanIds, parameters: Option<Value>) -> (u16, Value) {
-        self.put_instance(instance_id, "", &provision_body(plan, parameters)).await
+    pub async fn provision(
+        &self,
+        instance_id: &str,
+        plan: &PlanIds,
+        parameters: Option<Value>,
+    ) -> (u16, Value) {
+        self.put_instance(instance_id, "", &provision_body(plan, parameters))
+            .await
     }
 
     /// `PATCH` an instance.
     pub async fn update(&self, instance_id: &str, body: &Value) -> (u16, Value) {
-        send(self.osb(Method::PATCH, &instance_path(instance_id)).json(body)).await
+        send(
+            self.osb(Method::PATCH, &instance_path(instance_id))
+                .json(body),
+        )
+        .await
     }
 
     /// A synchronous deprovision.
@@ -315,8 +381,17 @@ cache_dir = "{cache}"
     }
 
     /// `PUT` a binding with any body.
-    pub async fn put_binding(&self, instance_id: &str, binding_id: &str, body: &Value) -> (u16, Value) {
-        send(self.osb(Method::PUT, &binding_path(instance_id, binding_id)).json(body)).await
+    pub async fn put_binding(
+        &self,
+        instance_id: &str,
+        binding_id: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        send(
+            self.osb(Method::PUT, &binding_path(instance_id, binding_id))
+                .json(body),
+        )
+        .await
     }
 
     /// A synchronous bind with the mandatory fields.
@@ -327,17 +402,30 @@ cache_dir = "{cache}"
         plan: &PlanIds,
         parameters: Option<Value>,
     ) -> (u16, Value) {
-        self.put_binding(instance_id, binding_id, &bind_body(plan, parameters)).await
+        self.put_binding(instance_id, binding_id, &bind_body(plan, parameters))
+            .await
     }
 
     /// A synchronous unbind.
-    pub async fn unbind(&self, instance_id: &str, binding_id: &str, plan: &PlanIds) -> (u16, Value) {
+    pub async fn unbind(
+        &self,
+        instance_id: &str,
+        binding_id: &str,
+        plan: &PlanIds,
+    ) -> (u16, Value) {
         let path = format!("{}?{}", binding_path(instance_id, binding_id), plan.query());
         send(self.osb(Method::DELETE, &path)).await
     }
 
     pub async fn catalog(&self) -> Value {
-        json(self.osb(Method::GET, "/v2/catalog").send().await.expect("catalog request")).await.1
+        json(
+            self.osb(Method::GET, "/v2/catalog")
+                .send()
+                .await
+                .expect("catalog request"),
+        )
+        .await
+        .1
     }
 }
 
@@ -357,17 +445,29 @@ pub async fn json(response: Response) -> (u16, Value) {
 /// The first offering and its plan named `plan` in a catalog.
 pub fn offering_plan(catalog: &Value, service_name: &str, plan: &str) -> (String, String) {
     let services = catalog["services"].as_array().expect("services array");
-    let offering = services.iter().find(|s| s["name"] == service_name).unwrap_or_else(|| {
-        panic!("no offering {service_name} in {catalog}");
-    });
+    let offering = services
+        .iter()
+        .find(|s| s["name"] == service_name)
+        .unwrap_or_else(|| {
+            panic!("no offering {service_name} in {catalog}");
+        });
     let plans = offering["plans"].as_array().expect("plans array");
-    let plan = plans.iter().find(|p| p["name"] == plan).unwrap_or_else(|| panic!("no plan {plan} in {offering}"));
-    (offering["id"].as_str().expect("id").to_owned(), plan["id"].as_str().expect("plan id").to_owned())
+    let plan = plans
+        .iter()
+        .find(|p| p["name"] == plan)
+        .unwrap_or_else(|| panic!("no plan {plan} in {offering}"));
+    (
+        offering["id"].as_str().expect("id").to_owned(),
+        plan["id"].as_str().expect("plan id").to_owned(),
+    )
 }
 
 /// A fresh id, unique per test run.
 pub fn unique_id(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("{prefix}-{nanos:x}-{}", std::process::id())
 }
 
@@ -381,7 +481,11 @@ pub struct PlanIds {
 impl PlanIds {
     /// `service_id=..&plan_id=..`, as deletes carry them.
     pub fn query(&self) -> String {
-        format!("service_id={}&plan_id={}", encode_id(&self.service_id), encode_id(&self.plan_id))
+        format!(
+            "service_id={}&plan_id={}",
+            encode_id(&self.service_id),
+            encode_id(&self.plan_id)
+        )
     }
 }
 
@@ -420,8 +524,11 @@ pub fn bind_body(plan: &PlanIds, parameters: Option<Value>) -> Value {
 
 /// RFC 3986 unreserved characters stay, everything else is percent-encoded
 /// (OSB ids may hold any character).
-const ID_ENCODE_SET: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const ID_ENCODE_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// An id as one URL path segment or query value.
 pub fn encode_id(id: &str) -> String {
@@ -433,7 +540,11 @@ pub fn instance_path(instance_id: &str) -> String {
 }
 
 pub fn binding_path(instance_id: &str, binding_id: &str) -> String {
-    format!("{}/service_bindings/{}", instance_path(instance_id), encode_id(binding_id))
+    format!(
+        "{}/service_bindings/{}",
+        instance_path(instance_id),
+        encode_id(binding_id)
+    )
 }
 
 /// Fails unless `body` is an OSB error body: `error` and `description`
@@ -442,14 +553,19 @@ pub fn binding_path(instance_id: &str, binding_id: &str) -> String {
 pub fn assert_error_body(body: &Value, context: &str) {
     for field in ["error", "description"] {
         let value = body[field].as_str().unwrap_or_default();
-        assert!(!value.is_empty(), "{context}: `{field}` must be a non-empty string in {body}");
+        assert!(
+            !value.is_empty(),
+            "{context}: `{field}` must be a non-empty string in {body}"
+        );
     }
 }
 
 /// The `credentials` object of a bind or fetch-binding body.
 #[track_caller]
 pub fn credentials(body: &Value) -> &serde_json::Map<String, Value> {
-    body["credentials"].as_object().unwrap_or_else(|| panic!("no credentials object in {body}"))
+    body["credentials"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no credentials object in {body}"))
 }
 
 /// A string field of a credentials object.
@@ -467,7 +583,10 @@ pub fn credential<'a>(credentials: &'a serde_json::Map<String, Value>, field: &s
 /// id's SHA-256. Lets a test find what a plugin created for an id.
 pub fn derived_name(prefix: &str, id: &str, max_len: usize) -> String {
     use sha2::Digest as _;
-    let hash: String = sha2::Sha256::digest(id.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect();
+    let hash: String = sha2::Sha256::digest(id.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
     let hash_len = 16.min(max_len);
     let mut name: String = prefix
         .chars()
@@ -489,31 +608,37 @@ pub const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgre
 /// A direct root connection to MariaDB, to check what plugins did.
 pub async fn mariadb_root() -> sqlx::MySqlConnection {
     use sqlx::Connection as _;
-    sqlx::MySqlConnection::connect(MARIADB_ROOT_URL).await.expect("root connection to MariaDB")
+    sqlx::MySqlConnection::connect(MARIADB_ROOT_URL)
+        .await
+        .expect("root connection to MariaDB")
 }
 
 /// Whether MariaDB has a database (schema) named `name`.
 pub async fn mariadb_has_database(name: &str) -> bool {
     let mut root = mariadb_root().await;
-    let found: Option<(String,)> =
-        sqlx::query_as("SELECT CAST(SCHEMA_NAME AS CHAR) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?")
-            .bind(name)
-            .fetch_optional(&mut root)
-            .await
-            .expect("query information_schema.SCHEMATA");
+    let found: Option<(String,)> = sqlx::query_as(
+        "SELECT CAST(SCHEMA_NAME AS CHAR) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+    )
+    .bind(name)
+    .fetch_optional(&mut root)
+    .await
+    .expect("query information_schema.SCHEMATA");
     found.is_some()
 }
 
 /// A direct superuser connection to PostgreSQL, to check what plugins did.
 pub async fn postgres_admin() -> sqlx::PgConnection {
     use sqlx::Connection as _;
-    sqlx::PgConnection::connect(POSTGRES_ADMIN_URL).await.expect("admin connection to PostgreSQL")
+    sqlx::PgConnection::connect(POSTGRES_ADMIN_URL)
+        .await
+        .expect("admin connection to PostgreSQL")
 }
 
 /// A client that trusts only `certificate_pem` (a self-signed test
 /// certificate) for HTTPS.
 pub fn https_client(certificate_pem: &str) -> reqwest::Client {
-    let certificate = reqwest::Certificate::from_pem(certificate_pem.as_bytes()).expect("a PEM certificate");
+    let certificate =
+        reqwest::Certificate::from_pem(certificate_pem.as_bytes()).expect("a PEM certificate");
     reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .add_root_certificate(certificate)

@@ -16,7 +16,10 @@ async fn looping_calls_on_every_core_are_all_interrupted() {
     })
     .await;
     let plan = FAULT_LOOP.plan();
-    let loops = std::thread::available_parallelism().map(usize::from).unwrap_or(2) * 2;
+    let loops = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(2)
+        * 2;
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..loops {
         let request = broker
@@ -25,7 +28,9 @@ async fn looping_calls_on_every_core_are_all_interrupted() {
             // Far beyond the deadline: only a broker that never interrupts
             // the plugins lets this expire.
             .timeout(Duration::from_secs(30));
-        calls.spawn(async move { json(request.send().await.expect("the broker answers in time")).await });
+        calls.spawn(async move {
+            json(request.send().await.expect("the broker answers in time")).await
+        });
     }
     for (status, body) in calls.join_all().await {
         assert_eq!(status, 500, "{body}");

@@ -24,12 +24,17 @@ async fn an_operation_outlives_the_client_that_gave_up() {
         .timeout(Duration::from_millis(300))
         .send()
         .await;
-    assert!(gave_up.is_err(), "the client should have timed out while the plugin loops");
+    assert!(
+        gave_up.is_err(),
+        "the client should have timed out while the plugin loops"
+    );
 
     // The plugin call ends at its deadline; afterwards the instance is a
     // failed provision the platform may delete, not a stuck "in progress".
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (status, body) = broker.get(&format!("{}/last_operation", instance_path(&id))).await;
+    let (status, body) = broker
+        .get(&format!("{}/last_operation", instance_path(&id)))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "failed", "{body}");
     let (status, body) = broker.deprovision(&id, &plan).await;

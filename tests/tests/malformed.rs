@@ -6,17 +6,31 @@
 use reqwest::Method;
 use serde_json::json;
 use wasm_broker_tests::faults::ECHO;
-use wasm_broker_tests::{BrokerSetup, TestBroker, assert_error_body, binding_path, instance_path, send, unique_id};
+use wasm_broker_tests::{
+    BrokerSetup, TestBroker, assert_error_body, binding_path, instance_path, send, unique_id,
+};
 
 async fn echo_broker() -> TestBroker {
-    TestBroker::start(BrokerSetup { plugins: vec![ECHO.plugin()], ..BrokerSetup::default() }).await
+    TestBroker::start(BrokerSetup {
+        plugins: vec![ECHO.plugin()],
+        ..BrokerSetup::default()
+    })
+    .await
 }
 
 #[tokio::test]
 async fn json_arrays_are_not_request_bodies() {
     let broker = echo_broker().await;
     let id = unique_id("array");
-    let body = json!([ECHO.service_id, ECHO.plan_id, "org", "space", null, null, null]);
+    let body = json!([
+        ECHO.service_id,
+        ECHO.plan_id,
+        "org",
+        "space",
+        null,
+        null,
+        null
+    ]);
     let (status, error) = send(broker.osb(Method::PUT, &instance_path(&id)).json(&body)).await;
     assert_eq!(status, 400, "{error}");
     assert_error_body(&error, "array provision body");
@@ -35,7 +49,13 @@ async fn wrongly_typed_nested_fields_are_refused() {
     let update = json!({"service_id": ECHO.service_id, "previous_values": [null, null]});
     let (status, error) = broker.update(&id, &update).await;
     assert_eq!(status, 400, "{error}");
-    assert!(error["description"].as_str().unwrap_or_default().contains("previous_values"), "{error}");
+    assert!(
+        error["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("previous_values"),
+        "{error}"
+    );
 
     let bind = json!({
         "service_id": ECHO.service_id,
@@ -55,7 +75,10 @@ async fn loosely_written_versions_are_not_accepted() {
     for version in ["2.+17", "+2.17", "2.17.0"] {
         let response = broker
             .raw(Method::GET, "/v2/catalog")
-            .basic_auth(wasm_broker_tests::USERNAME, Some(wasm_broker_tests::PASSWORD))
+            .basic_auth(
+                wasm_broker_tests::USERNAME,
+                Some(wasm_broker_tests::PASSWORD),
+            )
             .header("X-Broker-API-Version", version)
             .send()
             .await

@@ -26,13 +26,25 @@ fn main() -> anyhow::Result<()> {
             run(Command::new(cargo())
                 .current_dir(&root)
                 .env("WASM_BROKER_ENCRYPTION_KEY", key)
-                .args(["run", "--release", "--package", "wasm-broker", "--", "serve", "--config", "broker.toml"])
+                .args([
+                    "run",
+                    "--release",
+                    "--package",
+                    "wasm-broker",
+                    "--",
+                    "serve",
+                    "--config",
+                    "broker.toml",
+                ])
                 .args(&rest))
         }
         "test" => {
             build_plugins(&root)?;
             build_fixtures(&root)?;
-            run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace"]).args(&rest))
+            run(Command::new(cargo())
+                .current_dir(&root)
+                .args(["test", "--workspace"])
+                .args(&rest))
         }
         _ => {
             eprintln!("{USAGE}");
@@ -42,7 +54,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn cargo() -> String {
@@ -50,7 +65,9 @@ fn cargo() -> String {
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
-    let status = command.status().with_context(|| format!("running {command:?}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed with {status}");
     }
@@ -61,7 +78,9 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
 /// the target and target dir) and returns the directory holding the .wasm files.
 fn build_wasm_workspace(root: &Path, workspace: &str) -> anyhow::Result<PathBuf> {
     let dir = root.join(workspace);
-    run(Command::new(cargo()).current_dir(&dir).args(["build", "--release"]))?;
+    run(Command::new(cargo())
+        .current_dir(&dir)
+        .args(["build", "--release"]))?;
     Ok(root.join("target/wasm/wasm32-wasip2/release"))
 }
 
@@ -76,12 +95,15 @@ fn build_plugins(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut installed = Vec::new();
     for name in ["mysql", "postgres", "redis", "rabbitmq"] {
         let source = built.join(format!("{name}.wasm"));
-        let bytes = std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
+        let bytes =
+            std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
         let target = dist.join(format!("{name}.wasm"));
         if std::fs::read(&target).ok().as_deref() != Some(bytes.as_slice()) {
             let partial = dist.join(format!(".{name}.wasm.partial"));
-            std::fs::write(&partial, &bytes).with_context(|| format!("writing {}", partial.display()))?;
-            std::fs::rename(&partial, &target).with_context(|| format!("installing {}", target.display()))?;
+            std::fs::write(&partial, &bytes)
+                .with_context(|| format!("writing {}", partial.display()))?;
+            std::fs::rename(&partial, &target)
+                .with_context(|| format!("installing {}", target.display()))?;
         }
         installed.push(target);
     }
@@ -118,8 +140,12 @@ fn dev_encryption_key(root: &Path) -> anyhow::Result<String> {
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut file, key.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-    println!("generated a development encryption key in {}", path.display());
+    std::io::Write::write_all(&mut file, key.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "generated a development encryption key in {}",
+        path.display()
+    );
     Ok(key)
 }
 

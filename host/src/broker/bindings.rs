@@ -3,15 +3,18 @@
 use serde_json::json;
 
 use crate::model::{
-    BindOutcome, Binding, BindingResult, BrokerError, DeletionOutcome, OperationKind, OperationState, OperationStatus,
+    BindOutcome, Binding, BindingResult, BrokerError, DeletionOutcome, OperationKind,
+    OperationState, OperationStatus,
 };
 use crate::runtime::CallError;
-use crate::state::{BindingRecord, InstanceRecord, OperationPhase, OperationRecord, ResourceStatus, Transition};
+use crate::state::{
+    BindingRecord, InstanceRecord, OperationPhase, OperationRecord, ResourceStatus, Transition,
+};
 
 use super::operations::{self, is_running};
 use super::{
-    AcceptedReply, BindRequest, Broker, Changed, Created, Failure, FetchedBinding, PollRequest, UnbindRequest,
-    fingerprint, resolve_plan, validate_parameters,
+    AcceptedReply, BindRequest, Broker, Changed, Created, Failure, FetchedBinding, PollRequest,
+    UnbindRequest, fingerprint, resolve_plan, validate_parameters,
 };
 
 enum Next<T> {
@@ -20,7 +23,9 @@ enum Next<T> {
 }
 
 fn concurrency_error() -> BrokerError {
-    BrokerError::ConcurrencyError("Another operation for this service binding is in progress.".to_owned())
+    BrokerError::ConcurrencyError(
+        "Another operation for this service binding is in progress.".to_owned(),
+    )
 }
 
 fn binding_not_found(binding_id: &str) -> BrokerError {
@@ -32,9 +37,15 @@ impl Broker {
         let catalog = self.catalog();
         let (offering, plan) = resolve_plan(&catalog, &request.service_id, &request.plan_id)?;
         if !plan.bindable.unwrap_or(offering.bindable) {
-            return Err(BrokerError::BadRequest(format!("plan {:?} is not bindable", plan.name)).into());
+            return Err(
+                BrokerError::BadRequest(format!("plan {:?} is not bindable", plan.name)).into(),
+            );
         }
-        let schema = plan.schemas.as_ref().and_then(|s| s.service_binding.as_ref()).and_then(|s| s.create.as_ref());
+        let schema = plan
+            .schemas
+            .as_ref()
+            .and_then(|s| s.service_binding.as_ref())
+            .and_then(|s| s.create.as_ref());
         validate_parameters(schema.map(|s| &s.parameters), request.parameters.as_ref())?;
         if let Some(predecessor) = &request.predecessor_binding_id {
             if !plan.binding_rotatable {
@@ -44,9 +55,14 @@ impl Broker {
                 ))
                 .into());
             }
-            let usable = self.store.binding(predecessor).await?.is_some_and(|record| {
-                record.status == ResourceStatus::Ready && record.binding.instance_id == request.instance_id
-            });
+            let usable = self
+                .store
+                .binding(predecessor)
+                .await?
+                .is_some_and(|record| {
+                    record.status == ResourceStatus::Ready
+                        && record.binding.instance_id == request.instance_id
+                });
             if !usable {
                 return Err(BrokerError::BadRequest(format!(
                     "predecessor_binding_id {predecessor:?} is not a binding of service instance {}",
@@ -78,71 +94,113 @@ impl Broker {
         let accepts_incomplete = request.info.accepts_incomplete;
         let next = self
             .store
-            .transition_binding(&request.binding_id, &request.instance_id, |instance, existing| {
-                let Some(instance) = instance.filter(|r| r.status != ResourceStatus::Deleted) else {
-                    return Transition::Keep(Err(BrokerError::NotFound(format!(
-                        "service instance {} does not exist",
-                        request.instance_id
-                    ))));
-                };
-                if instance.instance.service_id != request.service_id || instance.instance.plan_id != request.plan_id {
-                    return Transition::Keep(Err(BrokerError::BadRequest(format!(
-                        "service_id and plan_id must be those of service instance {}",
-                        request.instance_id
-                    ))));
-                }
-                if let Some(record) = existing.filter(|r| r.status != ResourceStatus::Deleted) {
-                    return Transition::Keep(existing_binding(&record, &binding, accepts_incomplete));
-                }
-                if instance.status == ResourceStatus::Failed {
-                    return Transition::Keep(Err(BrokerError::Unprocessable(format!(
-                        "service instance {} failed to provision and cannot be bound",
-                        request.instance_id
-                    ))));
-                }
-                if instance.status != ResourceStatus::Ready || is_running(instance.operation.as_ref()) {
-                    return Transition::Keep(Err(BrokerError::ConcurrencyError(
-                        "The service instance is being provisioned, updated or deleted.".to_owned(),
-                    )));
-                }
-                let record = BindingRecord {
-                    binding,
-                    status: ResourceStatus::Creating,
-                    result: None,
-                    operation: Some(operations::start(OperationKind::Bind, fingerprint(&attributes))),
-                };
-                Transition::Write(record.clone(), Ok(Next::Call(Box::new((instance, record)))))
-            })
+            .transition_binding(
+                &request.binding_id,
+                &request.instance_id,
+                |instance, existing| {
+                    let Some(instance) = instance.filter(|r| r.status != ResourceStatus::Deleted)
+                    else {
+                        return Transition::Keep(Err(BrokerError::NotFound(format!(
+                            "service instance {} does not exist",
+                            request.instance_id
+                        ))));
+                    };
+                    if instance.instance.service_id != request.service_id
+                        || instance.instance.plan_id != request.plan_id
+                    {
+                        return Transition::Keep(Err(BrokerError::BadRequest(format!(
+                            "service_id and plan_id must be those of service instance {}",
+                            request.instance_id
+                        ))));
+                    }
+                    if let Some(record) = existing.filter(|r| r.status != ResourceStatus::Deleted) {
+                        return Transition::Keep(existing_binding(
+                            &record,
+                            &binding,
+                            accepts_incomplete,
+                        ));
+                    }
+                    if instance.status == ResourceStatus::Failed {
+                        return Transition::Keep(Err(BrokerError::Unprocessable(format!(
+                            "service instance {} failed to provision and cannot be bound",
+                            request.instance_id
+                        ))));
+                    }
+                    if instance.status != ResourceStatus::Ready
+                        || is_running(instance.operation.as_ref())
+                    {
+                        return Transition::Keep(Err(BrokerError::ConcurrencyError(
+                            "The service instance is being provisioned, updated or deleted."
+                                .to_owned(),
+                        )));
+                    }
+                    let record = BindingRecord {
+                        binding,
+                        status: ResourceStatus::Creating,
+                        result: None,
+                        operation: Some(operations::start(
+                            OperationKind::Bind,
+                            fingerprint(&attributes),
+                        )),
+                    };
+                    Transition::Write(record.clone(), Ok(Next::Call(Box::new((instance, record)))))
+                },
+            )
             .await??;
         let (instance, record) = match next {
             Next::Answer(answer) => return Ok(answer),
             Next::Call(call) => *call,
         };
-        let operation_id = record.operation.as_ref().map(|op| op.id.clone()).unwrap_or_default();
+        let operation_id = record
+            .operation
+            .as_ref()
+            .map(|op| op.id.clone())
+            .unwrap_or_default();
 
-        let outcome = self.runtime.bind(&instance.instance, &record.binding, &request.info).await;
+        let outcome = self
+            .runtime
+            .bind(&instance.instance, &record.binding, &request.info)
+            .await;
         match outcome {
             Ok(BindOutcome::Done(result)) => {
-                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record, operation| {
-                    record.status = ResourceStatus::Ready;
-                    record.result = Some(result.clone());
-                    operations::succeed(operation);
-                })
+                self.finish_binding(
+                    &request.binding_id,
+                    &request.instance_id,
+                    &operation_id,
+                    |record, operation| {
+                        record.status = ResourceStatus::Ready;
+                        record.result = Some(result.clone());
+                        operations::succeed(operation);
+                    },
+                )
                 .await?;
                 Ok(Created::New(result))
             }
             Ok(BindOutcome::Accepted(accepted)) if accepts_incomplete => {
-                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |_, operation| {
-                    operations::accept(operation, accepted.operation.clone());
-                })
+                self.finish_binding(
+                    &request.binding_id,
+                    &request.instance_id,
+                    &operation_id,
+                    |_, operation| {
+                        operations::accept(operation, accepted.operation.clone());
+                    },
+                )
                 .await?;
-                Ok(Created::Accepted(AcceptedReply { operation: operation_id, dashboard_url: None }))
+                Ok(Created::Accepted(AcceptedReply {
+                    operation: operation_id,
+                    dashboard_url: None,
+                }))
             }
             Err(CallError::Refused(refusal)) if !matches!(refusal, BrokerError::Internal(_)) => {
-                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record, operation| {
-                    record.status = ResourceStatus::Deleted;
-                    operations::fail(operation, refusal.to_string());
-                })
+                self.finish_binding(
+                    &request.binding_id,
+                    &request.instance_id,
+                    &operation_id,
+                    |record, operation| {
+                        record.status = ResourceStatus::Deleted;
+                        operations::fail(operation, refusal.to_string());
+                    },
+                )
                 .await?;
                 Err(Failure::Refused(refusal))
             }
@@ -155,10 +213,15 @@ impl Broker {
                 };
                 // Kept as Failed: the platform's orphan-mitigation unbind
                 // must reach the plugin to revoke half-made credentials.
-                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record, operation| {
-                    record.status = ResourceStatus::Failed;
-                    operations::fail(operation, failure.to_string());
-                })
+                self.finish_binding(
+                    &request.binding_id,
+                    &request.instance_id,
+                    &operation_id,
+                    |record, operation| {
+                        record.status = ResourceStatus::Failed;
+                        operations::fail(operation, failure.to_string());
+                    },
+                )
                 .await?;
                 Err(failure)
             }
@@ -170,63 +233,94 @@ impl Broker {
         let attributes = json!({ "service_id": request.service_id, "plan_id": request.plan_id });
         let next = self
             .store
-            .transition_binding(&request.binding_id, &request.instance_id, |instance, existing| {
-                let gone = || {
-                    Transition::Keep(Err(BrokerError::Gone(format!(
-                        "service binding {} does not exist",
-                        request.binding_id
-                    ))))
-                };
-                let Some(mut record) = existing
-                    .filter(|r| r.status != ResourceStatus::Deleted && r.binding.instance_id == request.instance_id)
-                else {
-                    return gone();
-                };
-                let Some(instance) = instance else { return gone() };
-                if record.binding.service_id != request.service_id {
-                    return Transition::Keep(Err(BrokerError::BadRequest(format!(
-                        "service_id {:?} does not match the binding's service {:?}",
-                        request.service_id, record.binding.service_id
-                    ))));
-                }
-                if let Some(op) = record.operation.as_ref().filter(|op| is_running(Some(op))) {
-                    let unbinding = op.kind == OperationKind::Unbind && op.phase == OperationPhase::InProgress;
-                    return Transition::Keep(if unbinding && accepts_incomplete {
-                        Ok(Next::Answer(Changed::Accepted(AcceptedReply {
-                            operation: op.id.clone(),
-                            dashboard_url: None,
-                        })))
-                    } else {
-                        Err(concurrency_error())
-                    });
-                }
-                record.operation = Some(operations::start(OperationKind::Unbind, fingerprint(&attributes)));
-                Transition::Write(record.clone(), Ok(Next::Call(Box::new((instance, record)))))
-            })
+            .transition_binding(
+                &request.binding_id,
+                &request.instance_id,
+                |instance, existing| {
+                    let gone = || {
+                        Transition::Keep(Err(BrokerError::Gone(format!(
+                            "service binding {} does not exist",
+                            request.binding_id
+                        ))))
+                    };
+                    let Some(mut record) = existing.filter(|r| {
+                        r.status != ResourceStatus::Deleted
+                            && r.binding.instance_id == request.instance_id
+                    }) else {
+                        return gone();
+                    };
+                    let Some(instance) = instance else {
+                        return gone();
+                    };
+                    if record.binding.service_id != request.service_id {
+                        return Transition::Keep(Err(BrokerError::BadRequest(format!(
+                            "service_id {:?} does not match the binding's service {:?}",
+                            request.service_id, record.binding.service_id
+                        ))));
+                    }
+                    if let Some(op) = record.operation.as_ref().filter(|op| is_running(Some(op))) {
+                        let unbinding = op.kind == OperationKind::Unbind
+                            && op.phase == OperationPhase::InProgress;
+                        return Transition::Keep(if unbinding && accepts_incomplete {
+                            Ok(Next::Answer(Changed::Accepted(AcceptedReply {
+                                operation: op.id.clone(),
+                                dashboard_url: None,
+                            })))
+                        } else {
+                            Err(concurrency_error())
+                        });
+                    }
+                    record.operation = Some(operations::start(
+                        OperationKind::Unbind,
+                        fingerprint(&attributes),
+                    ));
+                    Transition::Write(record.clone(), Ok(Next::Call(Box::new((instance, record)))))
+                },
+            )
             .await??;
         let (instance, record) = match next {
             Next::Answer(answer) => return Ok(answer),
             Next::Call(call) => *call,
         };
-        let operation_id = record.operation.as_ref().map(|op| op.id.clone()).unwrap_or_default();
+        let operation_id = record
+            .operation
+            .as_ref()
+            .map(|op| op.id.clone())
+            .unwrap_or_default();
 
-        let outcome = self.runtime.unbind(&instance.instance, &record.binding, &request.info).await;
+        let outcome = self
+            .runtime
+            .unbind(&instance.instance, &record.binding, &request.info)
+            .await;
         match outcome {
             Ok(DeletionOutcome::Done) | Err(CallError::Refused(BrokerError::Gone(_))) => {
-                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |record, operation| {
-                    record.status = ResourceStatus::Deleted;
-                    record.result = None;
-                    operations::succeed(operation);
-                })
+                self.finish_binding(
+                    &request.binding_id,
+                    &request.instance_id,
+                    &operation_id,
+                    |record, operation| {
+                        record.status = ResourceStatus::Deleted;
+                        record.result = None;
+                        operations::succeed(operation);
+                    },
+                )
                 .await?;
                 Ok(Changed::Done(()))
             }
             Ok(DeletionOutcome::Accepted(accepted)) if accepts_incomplete => {
-                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |_, operation| {
-                    operations::accept(operation, accepted.operation.clone());
-                })
+                self.finish_binding(
+                    &request.binding_id,
+                    &request.instance_id,
+                    &operation_id,
+                    |_, operation| {
+                        operations::accept(operation, accepted.operation.clone());
+                    },
+                )
                 .await?;
-                Ok(Changed::Accepted(AcceptedReply { operation: operation_id, dashboard_url: None }))
+                Ok(Changed::Accepted(AcceptedReply {
+                    operation: operation_id,
+                    dashboard_url: None,
+                }))
             }
             other => {
                 let failure = match other {
@@ -235,26 +329,41 @@ impl Broker {
                     ),
                     Err(error) => Failure::from(error),
                 };
-                self.finish_binding(&request.binding_id, &request.instance_id, &operation_id, |_, operation| {
-                    operations::fail(operation, failure.to_string());
-                })
+                self.finish_binding(
+                    &request.binding_id,
+                    &request.instance_id,
+                    &operation_id,
+                    |_, operation| {
+                        operations::fail(operation, failure.to_string());
+                    },
+                )
                 .await?;
                 Err(failure)
             }
         }
     }
 
-    pub async fn fetch_binding(&self, instance_id: &str, binding_id: &str) -> Result<FetchedBinding, Failure> {
+    pub async fn fetch_binding(
+        &self,
+        instance_id: &str,
+        binding_id: &str,
+    ) -> Result<FetchedBinding, Failure> {
         let record = self
             .store
             .binding(binding_id)
             .await?
             .filter(|r| r.status == ResourceStatus::Ready && r.binding.instance_id == instance_id)
             .ok_or_else(|| binding_not_found(binding_id))?;
-        Ok(FetchedBinding { result: record.result.unwrap_or_default(), parameters: record.binding.parameters })
+        Ok(FetchedBinding {
+            result: record.result.unwrap_or_default(),
+            parameters: record.binding.parameters,
+        })
     }
 
-    pub async fn binding_last_operation(&self, poll: PollRequest) -> Result<OperationStatus, Failure> {
+    pub async fn binding_last_operation(
+        &self,
+        poll: PollRequest,
+    ) -> Result<OperationStatus, Failure> {
         let binding_id = poll.binding_id.as_deref().unwrap_or_default();
         let record = self
             .store
@@ -275,15 +384,32 @@ impl Broker {
             .store
             .instance(&poll.instance_id)
             .await?
-            .ok_or_else(|| BrokerError::NotFound(format!("service instance {} does not exist", poll.instance_id)))?;
+            .ok_or_else(|| {
+                BrokerError::NotFound(format!(
+                    "service instance {} does not exist",
+                    poll.instance_id
+                ))
+            })?;
         let polled = self
             .runtime
-            .last_binding_operation(&instance.instance, &record.binding, operation.kind, operation.plugin_operation.as_deref())
+            .last_binding_operation(
+                &instance.instance,
+                &record.binding,
+                operation.kind,
+                operation.plugin_operation.as_deref(),
+            )
             .await;
         let mut reported = match polled {
             Ok(status) => status,
-            Err(CallError::Refused(BrokerError::Gone(_))) if operation.kind == OperationKind::Unbind => {
-                OperationStatus { state: OperationState::Succeeded, description: None, instance_usable: None, update_repeatable: None }
+            Err(CallError::Refused(BrokerError::Gone(_)))
+                if operation.kind == OperationKind::Unbind =>
+            {
+                OperationStatus {
+                    state: OperationState::Succeeded,
+                    description: None,
+                    instance_usable: None,
+                    update_repeatable: None,
+                }
             }
             Err(error) => return Err(error.into()),
         };
@@ -294,12 +420,18 @@ impl Broker {
         // get them from the plugin before telling the platform it succeeded.
         let mut result = None;
         if operation.kind == OperationKind::Bind && reported.state == OperationState::Succeeded {
-            match self.runtime.get_binding(&instance.instance, &record.binding).await {
+            match self
+                .runtime
+                .get_binding(&instance.instance, &record.binding)
+                .await
+            {
                 Ok(fetched) => result = Some(fetched),
                 Err(error) => {
                     reported = OperationStatus {
                         state: OperationState::Failed,
-                        description: Some(format!("the binding was created but its credentials could not be read: {error}")),
+                        description: Some(format!(
+                            "the binding was created but its credentials could not be read: {error}"
+                        )),
                         instance_usable: None,
                         update_repeatable: None,
                     };
@@ -307,27 +439,36 @@ impl Broker {
             }
         }
         let kind = operation.kind;
-        self.finish_binding(binding_id, &poll.instance_id, &operation.id, |record, operation| {
-            let succeeded = reported.state == OperationState::Succeeded;
-            match (kind, succeeded) {
-                (OperationKind::Bind, true) => {
-                    record.status = ResourceStatus::Ready;
-                    record.result = result;
+        self.finish_binding(
+            binding_id,
+            &poll.instance_id,
+            &operation.id,
+            |record, operation| {
+                let succeeded = reported.state == OperationState::Succeeded;
+                match (kind, succeeded) {
+                    (OperationKind::Bind, true) => {
+                        record.status = ResourceStatus::Ready;
+                        record.result = result;
+                    }
+                    (OperationKind::Bind, false) => record.status = ResourceStatus::Failed,
+                    (OperationKind::Unbind, true) => {
+                        record.status = ResourceStatus::Deleted;
+                        record.result = None;
+                    }
+                    _ => {}
                 }
-                (OperationKind::Bind, false) => record.status = ResourceStatus::Failed,
-                (OperationKind::Unbind, true) => {
-                    record.status = ResourceStatus::Deleted;
-                    record.result = None;
-                }
-                _ => {}
-            }
-            operations::record_status(operation, &reported);
-        })
+                operations::record_status(operation, &reported);
+            },
+        )
         .await?;
         Ok(reported)
     }
 
-    pub(super) async fn mark_binding_deleted(&self, binding_id: &str, instance_id: &str) -> Result<(), Failure> {
+    pub(super) async fn mark_binding_deleted(
+        &self,
+        binding_id: &str,
+        instance_id: &str,
+    ) -> Result<(), Failure> {
         self.store
             .transition_binding(binding_id, instance_id, |_, existing| match existing {
                 Some(mut record) => {
@@ -350,7 +491,12 @@ impl Broker {
     ) -> Result<(), Failure> {
         self.store
             .transition_binding(binding_id, instance_id, |_, existing| match existing {
-                Some(mut record) if record.operation.as_ref().is_some_and(|op| op.id == operation_id) => {
+                Some(mut record)
+                    if record
+                        .operation
+                        .as_ref()
+                        .is_some_and(|op| op.id == operation_id) =>
+                {
                     if let Some(mut operation) = record.operation.take() {
                         change(&mut record, &mut operation);
                         record.operation = Some(operation);
@@ -385,11 +531,16 @@ fn existing_binding(
         )));
     }
     match (record.status, record.operation.as_ref()) {
-        (ResourceStatus::Ready, operation) if !is_running(operation) => {
-            Ok(Next::Answer(Created::Existing(record.result.clone().unwrap_or_default())))
-        }
-        (ResourceStatus::Creating, Some(op)) if op.phase == OperationPhase::InProgress && accepts_incomplete => {
-            Ok(Next::Answer(Created::Accepted(AcceptedReply { operation: op.id.clone(), dashboard_url: None })))
+        (ResourceStatus::Ready, operation) if !is_running(operation) => Ok(Next::Answer(
+            Created::Existing(record.result.clone().unwrap_or_default()),
+        )),
+        (ResourceStatus::Creating, Some(op))
+            if op.phase == OperationPhase::InProgress && accepts_incomplete =>
+        {
+            Ok(Next::Answer(Created::Accepted(AcceptedReply {
+                operation: op.id.clone(),
+                dashboard_url: None,
+            })))
         }
         (ResourceStatus::Failed, _) => Err(BrokerError::Conflict(format!(
             "binding {} failed earlier; unbind it before binding again",

@@ -3,16 +3,19 @@
 use serde_json::{Value, json};
 
 use crate::model::{
-    BrokerError, DeletionOutcome, Instance, InstanceChanges, InstanceOutcome, InstanceResult, OperationKind,
-    OperationState, OperationStatus, RequestInfo,
+    BrokerError, DeletionOutcome, Instance, InstanceChanges, InstanceOutcome, InstanceResult,
+    OperationKind, OperationState, OperationStatus, RequestInfo,
 };
 use crate::runtime::CallError;
-use crate::state::{InstanceRecord, OperationPhase, OperationRecord, ResourceStatus, StoredChanges, Transition};
+use crate::state::{
+    InstanceRecord, OperationPhase, OperationRecord, ResourceStatus, StoredChanges, Transition,
+};
 
 use super::operations::{self, is_running};
 use super::{
-    AcceptedReply, Broker, Changed, Created, Failure, FetchedInstance, PollRequest, ProvisionRequest, UpdateRequest,
-    DeleteRequest, check_maintenance_version, fingerprint, resolve_plan, same_fingerprint, validate_parameters,
+    AcceptedReply, Broker, Changed, Created, DeleteRequest, Failure, FetchedInstance, PollRequest,
+    ProvisionRequest, UpdateRequest, check_maintenance_version, fingerprint, resolve_plan,
+    same_fingerprint, validate_parameters,
 };
 
 /// What a transition decided to do next.
@@ -24,16 +27,24 @@ enum Next<T> {
 }
 
 fn concurrency_error() -> BrokerError {
-    BrokerError::ConcurrencyError("Another operation for this service instance is in progress.".to_owned())
+    BrokerError::ConcurrencyError(
+        "Another operation for this service instance is in progress.".to_owned(),
+    )
 }
 
 fn accepted_reply(record: &InstanceRecord) -> Option<AcceptedReply> {
     let operation = record.operation.as_ref()?;
-    Some(AcceptedReply { operation: operation.id.clone(), dashboard_url: record.dashboard_url.clone() })
+    Some(AcceptedReply {
+        operation: operation.id.clone(),
+        dashboard_url: record.dashboard_url.clone(),
+    })
 }
 
 fn existing_result(record: &InstanceRecord) -> InstanceResult {
-    InstanceResult { dashboard_url: record.dashboard_url.clone(), metadata: record.metadata.clone() }
+    InstanceResult {
+        dashboard_url: record.dashboard_url.clone(),
+        metadata: record.metadata.clone(),
+    }
 }
 
 /// Parameters after an update: new top-level keys replace old ones, the rest
@@ -42,7 +53,11 @@ fn merge_parameters(current: Option<&Value>, changes: Option<&Value>) -> Option<
     match (current, changes) {
         (Some(Value::Object(current)), Some(Value::Object(changes))) => {
             let mut merged = current.clone();
-            merged.extend(changes.iter().map(|(key, value)| (key.clone(), value.clone())));
+            merged.extend(
+                changes
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.clone())),
+            );
             Some(Value::Object(merged))
         }
         (current, None) => current.cloned(),
@@ -55,7 +70,8 @@ fn apply_changes(instance: &mut Instance, changes: &StoredChanges) {
         instance.plan_id = plan_id.clone();
     }
     if changes.parameters.is_some() {
-        instance.parameters = merge_parameters(instance.parameters.as_ref(), changes.parameters.as_ref());
+        instance.parameters =
+            merge_parameters(instance.parameters.as_ref(), changes.parameters.as_ref());
     }
     if let Some(context) = &changes.context {
         instance.context = Some(context.clone());
@@ -66,16 +82,25 @@ fn apply_changes(instance: &mut Instance, changes: &StoredChanges) {
 }
 
 impl Broker {
-    pub async fn provision(&self, request: ProvisionRequest) -> Result<Created<InstanceResult>, Failure> {
+    pub async fn provision(
+        &self,
+        request: ProvisionRequest,
+    ) -> Result<Created<InstanceResult>, Failure> {
         let catalog = self.catalog();
         let (_, plan) = resolve_plan(&catalog, &request.service_id, &request.plan_id)?;
         check_maintenance_version(plan, request.maintenance_version.as_deref())?;
-        let schema = plan.schemas.as_ref().and_then(|s| s.service_instance.as_ref()).and_then(|s| s.create.as_ref());
+        let schema = plan
+            .schemas
+            .as_ref()
+            .and_then(|s| s.service_instance.as_ref())
+            .and_then(|s| s.create.as_ref());
         validate_parameters(schema.map(|s| &s.parameters), request.parameters.as_ref())?;
         let plugin_version = catalog
             .plugin_of(&request.service_id)
             .map(|(_, info)| info.version.clone())
-            .ok_or_else(|| Failure::Plugin(format!("no plugin serves service {}", request.service_id)))?;
+            .ok_or_else(|| {
+                Failure::Plugin(format!("no plugin serves service {}", request.service_id))
+            })?;
 
         let attributes = json!({
             "service_id": request.service_id,
@@ -92,7 +117,10 @@ impl Broker {
             context: request.context.clone(),
             organization_guid: request.organization_guid.clone(),
             space_guid: request.space_guid.clone(),
-            maintenance_version: plan.maintenance_info.as_ref().map(|info| info.version.clone()),
+            maintenance_version: plan
+                .maintenance_info
+                .as_ref()
+                .map(|info| info.version.clone()),
             plugin_version,
         };
         let accepts_incomplete = request.info.accepts_incomplete;
@@ -145,8 +173,15 @@ impl Broker {
             Next::Call(record) => record,
         };
 
-        let outcome = self.runtime.provision(&record.instance, &request.info).await;
-        let operation_id = record.operation.as_ref().map(|op| op.id.clone()).unwrap_or_default();
+        let outcome = self
+            .runtime
+            .provision(&record.instance, &request.info)
+            .await;
+        let operation_id = record
+            .operation
+            .as_ref()
+            .map(|op| op.id.clone())
+            .unwrap_or_default();
         match outcome {
             Ok(InstanceOutcome::Done(result)) => {
                 self.finish_instance(&request.instance_id, &operation_id, |record, operation| {
@@ -164,11 +199,17 @@ impl Broker {
                     operations::accept(operation, accepted.operation.clone());
                 })
                 .await?;
-                Ok(Created::Accepted(AcceptedReply { operation: operation_id, dashboard_url: accepted.dashboard_url }))
+                Ok(Created::Accepted(AcceptedReply {
+                    operation: operation_id,
+                    dashboard_url: accepted.dashboard_url,
+                }))
             }
             Ok(InstanceOutcome::Accepted(_)) => {
-                let description = "the plugin answered asynchronously to a request without accepts_incomplete".to_owned();
-                self.fail_creation(&request.instance_id, &operation_id, description.clone()).await?;
+                let description =
+                    "the plugin answered asynchronously to a request without accepts_incomplete"
+                        .to_owned();
+                self.fail_creation(&request.instance_id, &operation_id, description.clone())
+                    .await?;
                 Err(Failure::Plugin(description))
             }
             Err(CallError::Refused(refusal)) if !matches!(refusal, BrokerError::Internal(_)) => {
@@ -184,7 +225,8 @@ impl Broker {
                 // Keep the record: the platform's orphan-mitigation delete
                 // must reach the plugin to clean up what it half created.
                 let failure = Failure::from(fault);
-                self.fail_creation(&request.instance_id, &operation_id, failure.to_string()).await?;
+                self.fail_creation(&request.instance_id, &operation_id, failure.to_string())
+                    .await?;
                 Err(failure)
             }
         }
@@ -193,7 +235,10 @@ impl Broker {
     pub async fn update(&self, request: UpdateRequest) -> Result<Changed<InstanceResult>, Failure> {
         let catalog = self.catalog();
         let offering = catalog.service(&request.service_id).ok_or_else(|| {
-            BrokerError::BadRequest(format!("service_id {:?} is not in the catalog", request.service_id))
+            BrokerError::BadRequest(format!(
+                "service_id {:?} is not in the catalog",
+                request.service_id
+            ))
         })?;
         let accepts_incomplete = request.info.accepts_incomplete;
         let attributes = json!({
@@ -205,7 +250,8 @@ impl Broker {
         let next = self
             .store
             .transition_instance(&request.instance_id, |existing| {
-                let Some(mut record) = existing.filter(|r| r.status != ResourceStatus::Deleted) else {
+                let Some(mut record) = existing.filter(|r| r.status != ResourceStatus::Deleted)
+                else {
                     return Transition::Keep(Err(BrokerError::NotFound(format!(
                         "service instance {} does not exist",
                         request.instance_id
@@ -241,9 +287,12 @@ impl Broker {
                     Err(refusal) => return Transition::Keep(Err(refusal)),
                 };
                 if changes == StoredChanges::default() {
-                    return Transition::Keep(Ok(Next::Answer(Changed::Done(InstanceResult::default()))));
+                    return Transition::Keep(Ok(Next::Answer(Changed::Done(
+                        InstanceResult::default(),
+                    ))));
                 }
-                let mut operation = operations::start(OperationKind::Update, fingerprint(&attributes));
+                let mut operation =
+                    operations::start(OperationKind::Update, fingerprint(&attributes));
                 operation.changes = Some(changes);
                 record.operation = Some(operation);
                 Transition::Write(record.clone(), Ok(Next::Call(Box::new(record))))
@@ -254,11 +303,20 @@ impl Broker {
             Next::Call(record) => record,
         };
         let Some(operation) = record.operation.clone() else {
-            return Err(Failure::Plugin("update started without an operation record".to_owned()));
+            return Err(Failure::Plugin(
+                "update started without an operation record".to_owned(),
+            ));
         };
         let changes = operation.changes.clone().unwrap_or_default();
 
-        let outcome = self.runtime.update(&record.instance, &InstanceChanges::from(&changes), &request.info).await;
+        let outcome = self
+            .runtime
+            .update(
+                &record.instance,
+                &InstanceChanges::from(&changes),
+                &request.info,
+            )
+            .await;
         match outcome {
             Ok(InstanceOutcome::Done(result)) => {
                 self.finish_instance(&request.instance_id, &operation.id, |record, operation| {
@@ -282,7 +340,10 @@ impl Broker {
                     operations::accept(operation, accepted.operation.clone());
                 })
                 .await?;
-                Ok(Changed::Accepted(AcceptedReply { operation: operation.id, dashboard_url: accepted.dashboard_url }))
+                Ok(Changed::Accepted(AcceptedReply {
+                    operation: operation.id,
+                    dashboard_url: accepted.dashboard_url,
+                }))
             }
             other => {
                 let failure = match other {
@@ -306,7 +367,8 @@ impl Broker {
         let next = self
             .store
             .transition_instance(&request.instance_id, |existing| {
-                let Some(mut record) = existing.filter(|r| r.status != ResourceStatus::Deleted) else {
+                let Some(mut record) = existing.filter(|r| r.status != ResourceStatus::Deleted)
+                else {
                     return Transition::Keep(Err(BrokerError::Gone(format!(
                         "service instance {} does not exist",
                         request.instance_id
@@ -319,7 +381,8 @@ impl Broker {
                     ))));
                 }
                 if let Some(op) = record.operation.as_ref().filter(|op| is_running(Some(op))) {
-                    let deleting = op.kind == OperationKind::Deprovision && op.phase == OperationPhase::InProgress;
+                    let deleting = op.kind == OperationKind::Deprovision
+                        && op.phase == OperationPhase::InProgress;
                     return Transition::Keep(if deleting && accepts_incomplete {
                         Ok(Next::Answer(Changed::Accepted(AcceptedReply {
                             operation: op.id.clone(),
@@ -329,7 +392,10 @@ impl Broker {
                         Err(concurrency_error())
                     });
                 }
-                record.operation = Some(operations::start(OperationKind::Deprovision, fingerprint(&attributes)));
+                record.operation = Some(operations::start(
+                    OperationKind::Deprovision,
+                    fingerprint(&attributes),
+                ));
                 Transition::Write(record.clone(), Ok(Next::Call(Box::new(record))))
             })
             .await??;
@@ -337,10 +403,18 @@ impl Broker {
             Next::Answer(answer) => return Ok(answer),
             Next::Call(record) => record,
         };
-        let operation_id = record.operation.as_ref().map(|op| op.id.clone()).unwrap_or_default();
+        let operation_id = record
+            .operation
+            .as_ref()
+            .map(|op| op.id.clone())
+            .unwrap_or_default();
 
         let outcome = match self.unbind_leftovers(&record.instance, &request.info).await {
-            Ok(()) => self.runtime.deprovision(&record.instance, &request.info).await.map_err(Failure::from),
+            Ok(()) => self
+                .runtime
+                .deprovision(&record.instance, &request.info)
+                .await
+                .map_err(Failure::from),
             Err(failure) => Err(failure),
         };
         match outcome {
@@ -357,7 +431,10 @@ impl Broker {
                     operations::accept(operation, accepted.operation.clone());
                 })
                 .await?;
-                Ok(Changed::Accepted(AcceptedReply { operation: operation_id, dashboard_url: None }))
+                Ok(Changed::Accepted(AcceptedReply {
+                    operation: operation_id,
+                    dashboard_url: None,
+                }))
             }
             other => {
                 let failure = match other {
@@ -378,8 +455,15 @@ impl Broker {
     /// OSB says the platform deletes bindings before their instance; when it
     /// did not (or its unbind got lost), revoke them now so no credentials
     /// outlive the instance.
-    async fn unbind_leftovers(&self, instance: &Instance, info: &RequestInfo) -> Result<(), Failure> {
-        let sync_info = RequestInfo { accepts_incomplete: false, ..info.clone() };
+    async fn unbind_leftovers(
+        &self,
+        instance: &Instance,
+        info: &RequestInfo,
+    ) -> Result<(), Failure> {
+        let sync_info = RequestInfo {
+            accepts_incomplete: false,
+            ..info.clone()
+        };
         for leftover in self.store.live_bindings(&instance.id).await? {
             if is_running(leftover.operation.as_ref()) {
                 return Err(BrokerError::ConcurrencyError(format!(
@@ -388,7 +472,11 @@ impl Broker {
                 ))
                 .into());
             }
-            match self.runtime.unbind(instance, &leftover.binding, &sync_info).await {
+            match self
+                .runtime
+                .unbind(instance, &leftover.binding, &sync_info)
+                .await
+            {
                 Ok(DeletionOutcome::Done) | Err(CallError::Refused(BrokerError::Gone(_))) => {}
                 Ok(DeletionOutcome::Accepted(_)) => {
                     return Err(Failure::Plugin(format!(
@@ -398,23 +486,42 @@ impl Broker {
                 }
                 Err(error) => return Err(error.into()),
             }
-            self.mark_binding_deleted(&leftover.binding.id, &instance.id).await?;
+            self.mark_binding_deleted(&leftover.binding.id, &instance.id)
+                .await?;
         }
         Ok(())
     }
 
     pub async fn fetch_instance(&self, instance_id: &str) -> Result<FetchedInstance, Failure> {
-        let not_found = || BrokerError::NotFound(format!("service instance {instance_id} does not exist"));
-        let record = self.store.instance(instance_id).await?.ok_or_else(not_found)?;
+        let not_found =
+            || BrokerError::NotFound(format!("service instance {instance_id} does not exist"));
+        let record = self
+            .store
+            .instance(instance_id)
+            .await?
+            .ok_or_else(not_found)?;
         if record.status != ResourceStatus::Ready {
             return Err(not_found().into());
         }
-        if record.operation.as_ref().is_some_and(|op| op.kind == OperationKind::Update && is_running(Some(op))) {
-            return Err(BrokerError::ConcurrencyError("The service instance is being updated.".to_owned()).into());
+        if record
+            .operation
+            .as_ref()
+            .is_some_and(|op| op.kind == OperationKind::Update && is_running(Some(op)))
+        {
+            return Err(BrokerError::ConcurrencyError(
+                "The service instance is being updated.".to_owned(),
+            )
+            .into());
         }
         let catalog = self.catalog();
-        let retrievable = catalog.service(&record.instance.service_id).is_some_and(|s| s.instances_retrievable);
-        let details = if retrievable { Some(self.runtime.get_instance(&record.instance).await?) } else { None };
+        let retrievable = catalog
+            .service(&record.instance.service_id)
+            .is_some_and(|s| s.instances_retrievable);
+        let details = if retrievable {
+            Some(self.runtime.get_instance(&record.instance).await?)
+        } else {
+            None
+        };
         let maintenance_info = catalog
             .plan(&record.instance.service_id, &record.instance.plan_id)
             .and_then(|plan| plan.maintenance_info.clone())
@@ -430,7 +537,11 @@ impl Broker {
                 details.parameters,
                 details.metadata.or(record.metadata),
             ),
-            None => (record.dashboard_url, record.instance.parameters.clone(), record.metadata),
+            None => (
+                record.dashboard_url,
+                record.instance.parameters.clone(),
+                record.metadata,
+            ),
         };
         Ok(FetchedInstance {
             service_id: record.instance.service_id,
@@ -442,14 +553,23 @@ impl Broker {
         })
     }
 
-    pub async fn instance_last_operation(&self, poll: PollRequest) -> Result<OperationStatus, Failure> {
+    pub async fn instance_last_operation(
+        &self,
+        poll: PollRequest,
+    ) -> Result<OperationStatus, Failure> {
         let instance_id = &poll.instance_id;
-        let not_found = || BrokerError::NotFound(format!("service instance {instance_id} does not exist"));
-        let record = self.store.instance(instance_id).await?.ok_or_else(not_found)?;
+        let not_found =
+            || BrokerError::NotFound(format!("service instance {instance_id} does not exist"));
+        let record = self
+            .store
+            .instance(instance_id)
+            .await?
+            .ok_or_else(not_found)?;
         let Some(operation) = record.operation.clone() else {
             return Err(not_found().into());
         };
-        if record.status == ResourceStatus::Deleted && operation.kind != OperationKind::Deprovision {
+        if record.status == ResourceStatus::Deleted && operation.kind != OperationKind::Deprovision
+        {
             return Err(not_found().into());
         }
         if operation.phase != OperationPhase::InProgress {
@@ -457,12 +577,23 @@ impl Broker {
         }
         let reported = match self
             .runtime
-            .last_operation(&record.instance, operation.kind, operation.plugin_operation.as_deref())
+            .last_operation(
+                &record.instance,
+                operation.kind,
+                operation.plugin_operation.as_deref(),
+            )
             .await
         {
             Ok(status) => status,
-            Err(CallError::Refused(BrokerError::Gone(_))) if operation.kind == OperationKind::Deprovision => {
-                OperationStatus { state: OperationState::Succeeded, description: None, instance_usable: None, update_repeatable: None }
+            Err(CallError::Refused(BrokerError::Gone(_)))
+                if operation.kind == OperationKind::Deprovision =>
+            {
+                OperationStatus {
+                    state: OperationState::Succeeded,
+                    description: None,
+                    instance_usable: None,
+                    update_repeatable: None,
+                }
             }
             Err(error) => return Err(error.into()),
         };
@@ -499,7 +630,12 @@ impl Broker {
     ) -> Result<(), Failure> {
         self.store
             .transition_instance(instance_id, |existing| match existing {
-                Some(mut record) if record.operation.as_ref().is_some_and(|op| op.id == operation_id) => {
+                Some(mut record)
+                    if record
+                        .operation
+                        .as_ref()
+                        .is_some_and(|op| op.id == operation_id) =>
+                {
                     if let Some(mut operation) = record.operation.take() {
                         change(&mut record, &mut operation);
                         record.operation = Some(operation);
@@ -512,7 +648,12 @@ impl Broker {
         Ok(())
     }
 
-    async fn fail_creation(&self, instance_id: &str, operation_id: &str, description: String) -> Result<(), Failure> {
+    async fn fail_creation(
+        &self,
+        instance_id: &str,
+        operation_id: &str,
+        description: String,
+    ) -> Result<(), Failure> {
         self.finish_instance(instance_id, operation_id, |record, operation| {
             record.status = ResourceStatus::Failed;
             operations::fail(operation, description);
@@ -528,13 +669,17 @@ fn plan_changes(
     instance: &Instance,
     request: &UpdateRequest,
 ) -> Result<StoredChanges, BrokerError> {
-    let new_plan_id = request.plan_id.as_ref().filter(|plan| **plan != instance.plan_id);
+    let new_plan_id = request
+        .plan_id
+        .as_ref()
+        .filter(|plan| **plan != instance.plan_id);
     let current_plan = catalog.plan(&instance.service_id, &instance.plan_id);
     let target_plan = match new_plan_id {
         Some(plan_id) => {
             let (_, target) = resolve_plan(catalog, &instance.service_id, plan_id)?;
-            let updateable =
-                current_plan.and_then(|plan| plan.plan_updateable).unwrap_or(offering.plan_updateable);
+            let updateable = current_plan
+                .and_then(|plan| plan.plan_updateable)
+                .unwrap_or(offering.plan_updateable);
             if !updateable {
                 return Err(BrokerError::Unprocessable(format!(
                     "plan changes are not supported for service {:?}",
@@ -558,10 +703,21 @@ fn plan_changes(
         }
         None => None,
     };
-    let schema = target_plan.schemas.as_ref().and_then(|s| s.service_instance.as_ref()).and_then(|s| s.update.as_ref());
+    let schema = target_plan
+        .schemas
+        .as_ref()
+        .and_then(|s| s.service_instance.as_ref())
+        .and_then(|s| s.update.as_ref());
     validate_parameters(schema.map(|s| &s.parameters), request.parameters.as_ref())?;
-    let context = request.context.clone().filter(|context| instance.context.as_ref() != Some(context));
-    if context.is_some() && new_plan_id.is_none() && request.parameters.is_none() && !offering.allow_context_updates {
+    let context = request
+        .context
+        .clone()
+        .filter(|context| instance.context.as_ref() != Some(context));
+    if context.is_some()
+        && new_plan_id.is_none()
+        && request.parameters.is_none()
+        && !offering.allow_context_updates
+    {
         // The platform may not send context-only updates to this offering;
         // accept and record nothing rather than fail an instance rename.
         return Ok(StoredChanges::default());
@@ -580,9 +736,18 @@ mod tests {
 
     #[test]
     fn parameters_merge_key_by_key() {
-        let merged = merge_parameters(Some(&json!({"a": 1, "b": 2})), Some(&json!({"b": 3, "c": 4})));
+        let merged = merge_parameters(
+            Some(&json!({"a": 1, "b": 2})),
+            Some(&json!({"b": 3, "c": 4})),
+        );
         assert_eq!(merged, Some(json!({"a": 1, "b": 3, "c": 4})));
-        assert_eq!(merge_parameters(Some(&json!({"a": 1})), None), Some(json!({"a": 1})));
-        assert_eq!(merge_parameters(None, Some(&json!({"a": 1}))), Some(json!({"a": 1})));
+        assert_eq!(
+            merge_parameters(Some(&json!({"a": 1})), None),
+            Some(json!({"a": 1}))
+        );
+        assert_eq!(
+            merge_parameters(None, Some(&json!({"a": 1}))),
+            Some(json!({"a": 1}))
+        );
     }
 }

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 pub use requests::{
-    BindRequest, DeleteRequest, FetchedInstance, FetchedBinding, PollRequest, ProvisionRequest, UnbindRequest,
-    UpdateRequest,
+    BindRequest, DeleteRequest, FetchedBinding, FetchedInstance, PollRequest, ProvisionRequest,
+    UnbindRequest, UpdateRequest,
 };
 
 use crate::catalog::CatalogSnapshot;
@@ -108,18 +108,25 @@ fn resolve_plan<'c>(
     service_id: &str,
     plan_id: &str,
 ) -> Result<(&'c ServiceOffering, &'c ServicePlan), BrokerError> {
-    let offering = catalog
-        .service(service_id)
-        .ok_or_else(|| BrokerError::BadRequest(format!("service_id {service_id:?} is not in the catalog")))?;
+    let offering = catalog.service(service_id).ok_or_else(|| {
+        BrokerError::BadRequest(format!("service_id {service_id:?} is not in the catalog"))
+    })?;
     let plan = catalog.plan(service_id, plan_id).ok_or_else(|| {
-        BrokerError::BadRequest(format!("plan_id {plan_id:?} is not a plan of service {service_id:?}"))
+        BrokerError::BadRequest(format!(
+            "plan_id {plan_id:?} is not a plan of service {service_id:?}"
+        ))
     })?;
     Ok((offering, plan))
 }
 
 /// OSB: a requested maintenance_info version must equal the plan's.
-fn check_maintenance_version(plan: &ServicePlan, requested: Option<&str>) -> Result<(), BrokerError> {
-    let Some(requested) = requested else { return Ok(()) };
+fn check_maintenance_version(
+    plan: &ServicePlan,
+    requested: Option<&str>,
+) -> Result<(), BrokerError> {
+    let Some(requested) = requested else {
+        return Ok(());
+    };
     match &plan.maintenance_info {
         Some(info) if info.version == requested => Ok(()),
         Some(info) => Err(BrokerError::MaintenanceInfoConflict(format!(
@@ -142,16 +149,25 @@ fn validate_parameters(
     if let Some(parameters) = parameters
         && !parameters.is_object()
     {
-        return Err(BrokerError::BadRequest("parameters must be a JSON object".to_owned()));
+        return Err(BrokerError::BadRequest(
+            "parameters must be a JSON object".to_owned(),
+        ));
     }
-    let (Some(schema), Some(parameters)) = (schema, parameters) else { return Ok(()) };
-    let validator = jsonschema::validator_for(schema)
-        .map_err(|error| BrokerError::Internal(format!("the plan's parameter schema is invalid: {error}")))?;
+    let (Some(schema), Some(parameters)) = (schema, parameters) else {
+        return Ok(());
+    };
+    let validator = jsonschema::validator_for(schema).map_err(|error| {
+        BrokerError::Internal(format!("the plan's parameter schema is invalid: {error}"))
+    })?;
     let problems: Vec<String> = validator
         .iter_errors(parameters)
         .map(|error| {
             let path = error.instance_path.to_string();
-            let field = if path.is_empty() { "parameters".to_owned() } else { format!("parameters{path}") };
+            let field = if path.is_empty() {
+                "parameters".to_owned()
+            } else {
+                format!("parameters{path}")
+            };
             format!("{field}: {error}")
         })
         .collect();
@@ -186,8 +202,14 @@ mod tests {
     #[test]
     fn fingerprints_ignore_key_order() {
         let stored = fingerprint(&json!({"a": 1, "b": {"x": 1, "y": 2}}));
-        assert!(same_fingerprint(&stored, &json!({"b": {"y": 2, "x": 1}, "a": 1})));
-        assert!(!same_fingerprint(&stored, &json!({"a": 2, "b": {"x": 1, "y": 2}})));
+        assert!(same_fingerprint(
+            &stored,
+            &json!({"b": {"y": 2, "x": 1}, "a": 1})
+        ));
+        assert!(!same_fingerprint(
+            &stored,
+            &json!({"a": 2, "b": {"x": 1, "y": 2}})
+        ));
     }
 
     #[test]
@@ -199,8 +221,12 @@ mod tests {
             "additionalProperties": false
         });
         assert!(validate_parameters(Some(&schema), Some(&json!({"charset": "latin1"}))).is_ok());
-        let error = validate_parameters(Some(&schema), Some(&json!({"charset": "klingon"}))).unwrap_err();
-        assert!(matches!(&error, BrokerError::BadRequest(text) if text.contains("parameters/charset")), "{error:?}");
+        let error =
+            validate_parameters(Some(&schema), Some(&json!({"charset": "klingon"}))).unwrap_err();
+        assert!(
+            matches!(&error, BrokerError::BadRequest(text) if text.contains("parameters/charset")),
+            "{error:?}"
+        );
         let error = validate_parameters(None, Some(&json!([1]))).unwrap_err();
         assert!(matches!(error, BrokerError::BadRequest(_)));
     }

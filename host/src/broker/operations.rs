@@ -23,7 +23,12 @@ pub(super) fn start(kind: OperationKind, request_fingerprint: String) -> Operati
 
 /// Whether an operation still runs (synchronously or asynchronously).
 pub(super) fn is_running(operation: Option<&OperationRecord>) -> bool {
-    operation.is_some_and(|op| matches!(op.phase, OperationPhase::Calling | OperationPhase::InProgress))
+    operation.is_some_and(|op| {
+        matches!(
+            op.phase,
+            OperationPhase::Calling | OperationPhase::InProgress
+        )
+    })
 }
 
 /// The OSB `last_operation` view of a record.

@@ -34,12 +34,21 @@ pub async fn bind(
 ) -> Result<Response, ApiError> {
     let accepts_incomplete = parse_flag("accepts_incomplete", query.accepts_incomplete.as_deref())?;
     let bind_resource = object("bind_resource", body.bind_resource)?;
-    let resource_app_guid = match bind_resource.as_ref().and_then(|resource| resource.get("app_guid")) {
+    let resource_app_guid = match bind_resource
+        .as_ref()
+        .and_then(|resource| resource.get("app_guid"))
+    {
         None | Some(Value::Null) => None,
         Some(Value::String(guid)) => Some(guid.clone()),
-        Some(_) => return Err(ApiError::bad_request("bind_resource.app_guid must be a string")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "bind_resource.app_guid must be a string",
+            ));
+        }
     };
-    let app_guid = resource_app_guid.or(body.app_guid).filter(|guid| !guid.is_empty());
+    let app_guid = resource_app_guid
+        .or(body.app_guid)
+        .filter(|guid| !guid.is_empty());
     let request = BindRequest {
         instance_id,
         binding_id,
@@ -52,14 +61,16 @@ pub async fn bind(
         predecessor_binding_id: optional(body.predecessor_binding_id),
         info: request_info(&headers, accepts_incomplete)?,
     };
-    Ok(match {
-        let broker = state.broker.clone();
-        detached(async move { broker.bind(request).await }).await?
-    } {
-        Created::New(result) => (StatusCode::CREATED, Json(result)).into_response(),
-        Created::Existing(result) => (StatusCode::OK, Json(result)).into_response(),
-        Created::Accepted(reply) => accepted(reply),
-    })
+    Ok(
+        match {
+            let broker = state.broker.clone();
+            detached(async move { broker.bind(request).await }).await?
+        } {
+            Created::New(result) => (StatusCode::CREATED, Json(result)).into_response(),
+            Created::Existing(result) => (StatusCode::OK, Json(result)).into_response(),
+            Created::Accepted(reply) => accepted(reply),
+        },
+    )
 }
 
 pub async fn unbind(
@@ -76,20 +87,25 @@ pub async fn unbind(
         plan_id: required("plan_id", query.plan_id)?,
         info: request_info(&headers, accepts_incomplete)?,
     };
-    Ok(match {
-        let broker = state.broker.clone();
-        detached(async move { broker.unbind(request).await }).await?
-    } {
-        Changed::Done(()) => (StatusCode::OK, Json(empty_object())).into_response(),
-        Changed::Accepted(reply) => accepted(reply),
-    })
+    Ok(
+        match {
+            let broker = state.broker.clone();
+            detached(async move { broker.unbind(request).await }).await?
+        } {
+            Changed::Done(()) => (StatusCode::OK, Json(empty_object())).into_response(),
+            Changed::Accepted(reply) => accepted(reply),
+        },
+    )
 }
 
 pub async fn fetch(
     State(state): State<AppState>,
     OsbPath((instance_id, binding_id)): OsbPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let binding = state.broker.fetch_binding(&instance_id, &binding_id).await?;
+    let binding = state
+        .broker
+        .fetch_binding(&instance_id, &binding_id)
+        .await?;
     Ok((StatusCode::OK, Json(binding)).into_response())
 }
 
@@ -99,7 +115,10 @@ pub async fn last_operation(
     OsbQuery(query): OsbQuery<PollQuery>,
 ) -> Result<Response, ApiError> {
     check_poll_hints(&query)?;
-    let poll = PollRequest { instance_id, binding_id: Some(binding_id) };
+    let poll = PollRequest {
+        instance_id,
+        binding_id: Some(binding_id),
+    };
     let status = {
         let broker = state.broker.clone();
         detached(async move { broker.binding_last_operation(poll).await }).await?

@@ -25,7 +25,11 @@ struct ErrorBody<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
-        Self { status, error, description: description.into() }
+        Self {
+            status,
+            error,
+            description: description.into(),
+        }
     }
 
     pub fn bad_request(description: impl Into<String>) -> Self {
@@ -35,7 +39,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.error, description: &self.description };
+        let body = ErrorBody {
+            error: self.error,
+            description: &self.description,
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -48,10 +55,16 @@ impl From<BrokerError> for ApiError {
             BrokerError::Gone(_) => (StatusCode::GONE, "Gone"),
             BrokerError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
             BrokerError::AsyncRequired(_) => (StatusCode::UNPROCESSABLE_ENTITY, "AsyncRequired"),
-            BrokerError::ConcurrencyError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "ConcurrencyError"),
+            BrokerError::ConcurrencyError(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "ConcurrencyError")
+            }
             BrokerError::RequiresApp(_) => (StatusCode::UNPROCESSABLE_ENTITY, "RequiresApp"),
-            BrokerError::MaintenanceInfoConflict(_) => (StatusCode::UNPROCESSABLE_ENTITY, "MaintenanceInfoConflict"),
-            BrokerError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "UnprocessableEntity"),
+            BrokerError::MaintenanceInfoConflict(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "MaintenanceInfoConflict")
+            }
+            BrokerError::Unprocessable(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "UnprocessableEntity")
+            }
             BrokerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         };
         Self::new(status, code, error.to_string())
@@ -62,10 +75,18 @@ impl From<Failure> for ApiError {
     fn from(failure: Failure) -> Self {
         match failure {
             Failure::Refused(refusal) => refusal.into(),
-            Failure::Plugin(description) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "PluginFailure", description),
+            Failure::Plugin(description) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "PluginFailure",
+                description,
+            ),
             Failure::State(error) => {
                 tracing::error!(%error, "state store failure");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", error.to_string())
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    error.to_string(),
+                )
             }
         }
     }
@@ -78,10 +99,22 @@ mod tests {
     #[test]
     fn spec_error_codes_are_exact() {
         let cases = [
-            (BrokerError::AsyncRequired(String::new()), 422, "AsyncRequired"),
-            (BrokerError::ConcurrencyError(String::new()), 422, "ConcurrencyError"),
+            (
+                BrokerError::AsyncRequired(String::new()),
+                422,
+                "AsyncRequired",
+            ),
+            (
+                BrokerError::ConcurrencyError(String::new()),
+                422,
+                "ConcurrencyError",
+            ),
             (BrokerError::RequiresApp(String::new()), 422, "RequiresApp"),
-            (BrokerError::MaintenanceInfoConflict(String::new()), 422, "MaintenanceInfoConflict"),
+            (
+                BrokerError::MaintenanceInfoConflict(String::new()),
+                422,
+                "MaintenanceInfoConflict",
+            ),
             (BrokerError::Gone(String::new()), 410, "Gone"),
             (BrokerError::Conflict(String::new()), 409, "Conflict"),
             (BrokerError::BadRequest(String::new()), 400, "BadRequest"),

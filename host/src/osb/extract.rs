@@ -21,25 +21,40 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         if let Some(content_type) = content_type {
-            let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+            let essence = content_type
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
             if essence != "application/json" && !essence.ends_with("+json") {
                 return Err(ApiError::bad_request(format!(
                     "Content-Type must be application/json, not {content_type:?}"
                 )));
             }
         }
-        let bytes = Bytes::from_request(request, state).await.map_err(body_rejection)?;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(body_rejection)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::bad_request("a JSON request body is required"));
         }
-        let invalid = |error: serde_json::Error| ApiError::bad_request(format!("the request body is not valid: {error}"));
+        let invalid = |error: serde_json::Error| {
+            ApiError::bad_request(format!("the request body is not valid: {error}"))
+        };
         // Through a Value first: serde would fill a struct from a JSON array
         // by position, and OSB bodies are objects.
         let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(invalid)?;
         if !value.is_object() {
-            return Err(ApiError::bad_request("the request body must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
         }
         serde_json::from_value(value).map(OsbJson).map_err(invalid)
     }
@@ -47,7 +62,11 @@ where
 
 fn body_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", "the request body is larger than this broker accepts")
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            "the request body is larger than this broker accepts",
+        )
     } else {
         ApiError::bad_request(format!("cannot read the request body: {rejection}"))
     }
@@ -67,7 +86,9 @@ where
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(query)| OsbQuery(query))
-            .map_err(|rejection| ApiError::bad_request(format!("invalid query: {}", rejection.body_text())))
+            .map_err(|rejection| {
+                ApiError::bad_request(format!("invalid query: {}", rejection.body_text()))
+            })
     }
 }
 
@@ -85,7 +106,9 @@ where
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(path)| OsbPath(path))
-            .map_err(|rejection| ApiError::bad_request(format!("invalid path: {}", rejection.body_text())))
+            .map_err(|rejection| {
+                ApiError::bad_request(format!("invalid path: {}", rejection.body_text()))
+            })
     }
 }
 
@@ -94,13 +117,17 @@ pub fn parse_flag(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
     match value {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
-        Some(other) => Err(ApiError::bad_request(format!("query parameter {name} must be true or false, not {other:?}"))),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "query parameter {name} must be true or false, not {other:?}"
+        ))),
     }
 }
 
 /// A mandatory non-empty id: OSB treats an empty string as missing.
 pub fn required(name: &str, value: Option<String>) -> Result<String, ApiError> {
-    value.filter(|v| !v.is_empty()).ok_or_else(|| ApiError::bad_request(format!("{name} is required and must not be empty")))
+    value
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::bad_request(format!("{name} is required and must not be empty")))
 }
 
 /// An optional string where empty means absent.
@@ -109,11 +136,16 @@ pub fn optional(value: Option<String>) -> Option<String> {
 }
 
 /// An optional JSON object field; anything else is a 400.
-pub fn object(name: &str, value: Option<serde_json::Value>) -> Result<Option<serde_json::Value>, ApiError> {
+pub fn object(
+    name: &str,
+    value: Option<serde_json::Value>,
+) -> Result<Option<serde_json::Value>, ApiError> {
     match value {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(value) if value.is_object() => Ok(Some(value)),
-        Some(_) => Err(ApiError::bad_request(format!("{name} must be a JSON object"))),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{name} must be a JSON object"
+        ))),
     }
 }
 

@@ -31,7 +31,12 @@ pub struct GuardConfig {
 }
 
 impl GuardConfig {
-    pub fn new(username: &str, password: &str, min_version: (u32, u32), missing: MissingVersionStatus) -> Self {
+    pub fn new(
+        username: &str,
+        password: &str,
+        min_version: (u32, u32),
+        missing: MissingVersionStatus,
+    ) -> Self {
         Self {
             username_digest: Sha256::digest(username.as_bytes()).into(),
             password_digest: Sha256::digest(password.as_bytes()).into(),
@@ -43,14 +48,19 @@ impl GuardConfig {
     /// Compares digests in constant time, so neither the content nor the
     /// length of the configured credentials leaks through timing.
     fn authenticates(&self, headers: &HeaderMap) -> bool {
-        let Some((username, password)) = basic_credentials(headers) else { return false };
+        let Some((username, password)) = basic_credentials(headers) else {
+            return false;
+        };
         let username_ok = Sha256::digest(username.as_bytes()).ct_eq(&self.username_digest);
         let password_ok = Sha256::digest(password.as_bytes()).ct_eq(&self.password_digest);
         (username_ok & password_ok).into()
     }
 
     fn check_version(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let sent = headers.get(API_VERSION).and_then(|value| value.to_str().ok()).map(str::trim);
+        let sent = headers
+            .get(API_VERSION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim);
         let Some(sent) = sent.filter(|value| !value.is_empty()) else {
             let status = match self.missing_version_status {
                 MissingVersionStatus::BadRequest => StatusCode::BAD_REQUEST,
@@ -59,7 +69,10 @@ impl GuardConfig {
             return Err(ApiError::new(
                 status,
                 "MissingApiVersion",
-                format!("the X-Broker-API-Version header is required; this broker serves 2.{}-2.17", self.min_version.1),
+                format!(
+                    "the X-Broker-API-Version header is required; this broker serves 2.{}-2.17",
+                    self.min_version.1
+                ),
             ));
         };
         match parse_api_version(sent) {
@@ -88,12 +101,22 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 }
 
 /// Auth and version check for the OSB routes.
-pub async fn osb_guard(State(guard): State<Arc<GuardConfig>>, request: Request, next: Next) -> Response {
+pub async fn osb_guard(
+    State(guard): State<Arc<GuardConfig>>,
+    request: Request,
+    next: Next,
+) -> Response {
     if !guard.authenticates(request.headers()) {
-        let mut response =
-            ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "valid HTTP basic credentials are required")
-                .into_response();
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"wasm-broker\""));
+        let mut response = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "valid HTTP basic credentials are required",
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"wasm-broker\""),
+        );
         return response;
     }
     if let Err(error) = guard.check_version(request.headers()) {
@@ -114,7 +137,9 @@ pub async fn echo_request_identity(request: Request, next: Next) -> Response {
 
 /// `Platform base64(json)` -> the decoded identity; 400 if malformed.
 pub fn originating_identity(headers: &HeaderMap) -> Result<Option<OriginatingIdentity>, ApiError> {
-    let Some(value) = headers.get(ORIGINATING_IDENTITY) else { return Ok(None) };
+    let Some(value) = headers.get(ORIGINATING_IDENTITY) else {
+        return Ok(None);
+    };
     let malformed = |why: &str| {
         ApiError::bad_request(format!(
             "X-Broker-API-Originating-Identity must be `platform base64(json object)`: {why}"
@@ -124,22 +149,39 @@ pub fn originating_identity(headers: &HeaderMap) -> Result<Option<OriginatingIde
     if text.is_empty() {
         return Ok(None);
     }
-    let (platform, encoded) = text.split_once(' ').ok_or_else(|| malformed("no space between platform and value"))?;
-    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| malformed("value is not base64"))?;
-    let value: serde_json::Value = serde_json::from_slice(&decoded).map_err(|_| malformed("value is not JSON"))?;
+    let (platform, encoded) = text
+        .split_once(' ')
+        .ok_or_else(|| malformed("no space between platform and value"))?;
+    let decoded = STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| malformed("value is not base64"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&decoded).map_err(|_| malformed("value is not JSON"))?;
     if !value.is_object() || platform.is_empty() {
         return Err(malformed("value is not a JSON object"));
     }
-    Ok(Some(OriginatingIdentity { platform: platform.to_owned(), value }))
+    Ok(Some(OriginatingIdentity {
+        platform: platform.to_owned(),
+        value,
+    }))
 }
 
 /// The API version the platform sent (already validated by the guard).
 pub fn api_version(headers: &HeaderMap) -> String {
-    headers.get(API_VERSION).and_then(|value| value.to_str().ok()).unwrap_or_default().trim().to_owned()
+    headers
+        .get(API_VERSION)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 pub fn request_identity(headers: &HeaderMap) -> Option<String> {
-    headers.get(REQUEST_IDENTITY).and_then(|value| value.to_str().ok()).filter(|v| !v.is_empty()).map(str::to_owned)
+    headers
+        .get(REQUEST_IDENTITY)
+        .and_then(|value| value.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -147,7 +189,12 @@ mod tests {
     use super::*;
 
     fn guard() -> GuardConfig {
-        GuardConfig::new("user", "secret", (2, 13), MissingVersionStatus::PreconditionFailed)
+        GuardConfig::new(
+            "user",
+            "secret",
+            (2, 13),
+            MissingVersionStatus::PreconditionFailed,
+        )
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -164,7 +211,10 @@ mod tests {
         assert!(guard().authenticates(&headers(&[("authorization", &good)])));
         for wrong in ["user:wrong", "other:secret", "user", ":"] {
             let value = format!("Basic {}", STANDARD.encode(wrong));
-            assert!(!guard().authenticates(&headers(&[("authorization", &value)])), "{wrong}");
+            assert!(
+                !guard().authenticates(&headers(&[("authorization", &value)])),
+                "{wrong}"
+            );
         }
         assert!(!guard().authenticates(&headers(&[("authorization", "Bearer x")])));
         assert!(!guard().authenticates(&HeaderMap::new()));
@@ -172,23 +222,40 @@ mod tests {
 
     #[test]
     fn version_rules() {
-        assert!(guard().check_version(&headers(&[(API_VERSION, "2.17")])).is_ok());
-        assert!(guard().check_version(&headers(&[(API_VERSION, "2.13")])).is_ok());
+        assert!(
+            guard()
+                .check_version(&headers(&[(API_VERSION, "2.17")]))
+                .is_ok()
+        );
+        assert!(
+            guard()
+                .check_version(&headers(&[(API_VERSION, "2.13")]))
+                .is_ok()
+        );
         for bad in ["2.12", "3.0", "1.99", "abc", ""] {
-            let error = guard().check_version(&headers(&[(API_VERSION, bad)])).unwrap_err();
+            let error = guard()
+                .check_version(&headers(&[(API_VERSION, bad)]))
+                .unwrap_err();
             assert_eq!(error.status, StatusCode::PRECONDITION_FAILED, "{bad}");
         }
         let lenient = GuardConfig::new("u", "p", (2, 13), MissingVersionStatus::BadRequest);
-        assert_eq!(lenient.check_version(&HeaderMap::new()).unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            lenient.check_version(&HeaderMap::new()).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]
     fn originating_identity_is_decoded_or_refused() {
         let value = format!("cloudfoundry {}", STANDARD.encode(r#"{"user_id":"u1"}"#));
-        let identity = originating_identity(&headers(&[(ORIGINATING_IDENTITY, &value)])).unwrap().unwrap();
+        let identity = originating_identity(&headers(&[(ORIGINATING_IDENTITY, &value)]))
+            .unwrap()
+            .unwrap();
         assert_eq!(identity.platform, "cloudfoundry");
         assert_eq!(identity.value["user_id"], "u1");
-        assert!(originating_identity(&headers(&[(ORIGINATING_IDENTITY, "cloudfoundry !!!")])).is_err());
+        assert!(
+            originating_identity(&headers(&[(ORIGINATING_IDENTITY, "cloudfoundry !!!")])).is_err()
+        );
         assert!(originating_identity(&headers(&[(ORIGINATING_IDENTITY, "nospace")])).is_err());
     }
 }

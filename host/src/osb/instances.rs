@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::broker::{AcceptedReply, Changed, Created, DeleteRequest, PollRequest, ProvisionRequest, UpdateRequest};
+use crate::broker::{
+    AcceptedReply, Changed, Created, DeleteRequest, PollRequest, ProvisionRequest, UpdateRequest,
+};
 use crate::model::InstanceResult;
 
 use super::extract::{OsbJson, OsbPath, OsbQuery, object, optional, parse_flag, required};
@@ -77,22 +79,35 @@ pub(super) struct AcceptedBody {
 }
 
 pub(super) fn accepted(reply: AcceptedReply) -> Response {
-    let body = AcceptedBody { operation: reply.operation, dashboard_url: reply.dashboard_url };
+    let body = AcceptedBody {
+        operation: reply.operation,
+        dashboard_url: reply.dashboard_url,
+    };
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
 fn instance_body(result: InstanceResult) -> InstanceBody {
-    InstanceBody { dashboard_url: result.dashboard_url, metadata: result.metadata }
+    InstanceBody {
+        dashboard_url: result.dashboard_url,
+        metadata: result.metadata,
+    }
 }
 
 fn maintenance_version(info: Option<MaintenanceInfoBody>) -> Option<String> {
-    info.and_then(|info| info.version).filter(|version| !version.is_empty())
+    info.and_then(|info| info.version)
+        .filter(|version| !version.is_empty())
 }
 
 pub(super) fn check_poll_hints(query: &PollQuery) -> Result<(), ApiError> {
-    for (name, value) in [("service_id", &query.service_id), ("plan_id", &query.plan_id), ("operation", &query.operation)] {
+    for (name, value) in [
+        ("service_id", &query.service_id),
+        ("plan_id", &query.plan_id),
+        ("operation", &query.operation),
+    ] {
         if value.as_deref() == Some("") {
-            return Err(ApiError::bad_request(format!("{name} must not be empty when sent")));
+            return Err(ApiError::bad_request(format!(
+                "{name} must not be empty when sent"
+            )));
         }
     }
     Ok(())
@@ -117,14 +132,20 @@ pub async fn provision(
         maintenance_version: maintenance_version(body.maintenance_info),
         info: request_info(&headers, accepts_incomplete)?,
     };
-    Ok(match {
-        let broker = state.broker.clone();
-        detached(async move { broker.provision(request).await }).await?
-    } {
-        Created::New(result) => (StatusCode::CREATED, Json(instance_body(result))).into_response(),
-        Created::Existing(result) => (StatusCode::OK, Json(instance_body(result))).into_response(),
-        Created::Accepted(reply) => accepted(reply),
-    })
+    Ok(
+        match {
+            let broker = state.broker.clone();
+            detached(async move { broker.provision(request).await }).await?
+        } {
+            Created::New(result) => {
+                (StatusCode::CREATED, Json(instance_body(result))).into_response()
+            }
+            Created::Existing(result) => {
+                (StatusCode::OK, Json(instance_body(result))).into_response()
+            }
+            Created::Accepted(reply) => accepted(reply),
+        },
+    )
 }
 
 pub async fn update(
@@ -145,13 +166,15 @@ pub async fn update(
         maintenance_version: maintenance_version(body.maintenance_info),
         info: request_info(&headers, accepts_incomplete)?,
     };
-    Ok(match {
-        let broker = state.broker.clone();
-        detached(async move { broker.update(request).await }).await?
-    } {
-        Changed::Done(result) => (StatusCode::OK, Json(instance_body(result))).into_response(),
-        Changed::Accepted(reply) => accepted(reply),
-    })
+    Ok(
+        match {
+            let broker = state.broker.clone();
+            detached(async move { broker.update(request).await }).await?
+        } {
+            Changed::Done(result) => (StatusCode::OK, Json(instance_body(result))).into_response(),
+            Changed::Accepted(reply) => accepted(reply),
+        },
+    )
 }
 
 pub async fn deprovision(
@@ -167,13 +190,15 @@ pub async fn deprovision(
         plan_id: required("plan_id", query.plan_id)?,
         info: request_info(&headers, accepts_incomplete)?,
     };
-    Ok(match {
-        let broker = state.broker.clone();
-        detached(async move { broker.deprovision(request).await }).await?
-    } {
-        Changed::Done(()) => (StatusCode::OK, Json(empty_object())).into_response(),
-        Changed::Accepted(reply) => accepted(reply),
-    })
+    Ok(
+        match {
+            let broker = state.broker.clone();
+            detached(async move { broker.deprovision(request).await }).await?
+        } {
+            Changed::Done(()) => (StatusCode::OK, Json(empty_object())).into_response(),
+            Changed::Accepted(reply) => accepted(reply),
+        },
+    )
 }
 
 pub async fn fetch(
@@ -192,7 +217,15 @@ pub async fn last_operation(
     check_poll_hints(&query)?;
     let status = {
         let broker = state.broker.clone();
-        detached(async move { broker.instance_last_operation(PollRequest { instance_id, binding_id: None }).await }).await?
+        detached(async move {
+            broker
+                .instance_last_operation(PollRequest {
+                    instance_id,
+                    binding_id: None,
+                })
+                .await
+        })
+        .await?
     };
     Ok((StatusCode::OK, Json(status)).into_response())
 }

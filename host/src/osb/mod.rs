@@ -45,19 +45,30 @@ pub fn router(
         .route("/v2/catalog", get(catalog))
         .route(
             "/v2/service_instances/{instance_id}",
-            get(instances::fetch).put(instances::provision).patch(instances::update).delete(instances::deprovision),
+            get(instances::fetch)
+                .put(instances::provision)
+                .patch(instances::update)
+                .delete(instances::deprovision),
         )
-        .route("/v2/service_instances/{instance_id}/last_operation", get(instances::last_operation))
+        .route(
+            "/v2/service_instances/{instance_id}/last_operation",
+            get(instances::last_operation),
+        )
         .route(
             "/v2/service_instances/{instance_id}/service_bindings/{binding_id}",
-            get(bindings::fetch).put(bindings::bind).delete(bindings::unbind),
+            get(bindings::fetch)
+                .put(bindings::bind)
+                .delete(bindings::unbind),
         )
         .route(
             "/v2/service_instances/{instance_id}/service_bindings/{binding_id}/last_operation",
             get(bindings::last_operation),
         )
         .fallback(not_found)
-        .route_layer(middleware::from_fn_with_state(Arc::new(guard), guard::osb_guard));
+        .route_layer(middleware::from_fn_with_state(
+            Arc::new(guard),
+            guard::osb_guard,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -85,7 +96,14 @@ async fn catalog(State(state): State<AppState>, headers: HeaderMap) -> Response 
     let mut response = if unchanged {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], snapshot.json.clone()).into_response()
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            snapshot.json.clone(),
+        )
+            .into_response()
     };
     if let Some(etag) = etag {
         response.headers_mut().insert(header::ETAG, etag);
@@ -100,7 +118,11 @@ async fn healthz() -> &'static str {
 /// Ready when the state store answers and at least one plugin is loaded.
 async fn readyz(State(state): State<AppState>) -> Response {
     if let Err(error) = state.broker.store().ping().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("state store unreachable: {error}")).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("state store unreachable: {error}"),
+        )
+            .into_response();
     }
     if state.broker.catalog().catalog.services.is_empty() {
         return (StatusCode::SERVICE_UNAVAILABLE, "no plugin loaded").into_response();
@@ -111,7 +133,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// Prometheus text exposition; names and counts only, no secrets.
 async fn prometheus(State(state): State<AppState>) -> Response {
     match &state.metrics {
-        Some(handle) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response(),
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
     }
 }
@@ -137,7 +163,11 @@ async fn detached<T: Send + 'static>(
         Ok(result) => result.map_err(ApiError::from),
         Err(error) => {
             tracing::error!(%error, "a broker operation panicked");
-            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "the broker failed unexpectedly"))
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "the broker failed unexpectedly",
+            ))
         }
     }
 }

@@ -18,13 +18,24 @@ pub async fn observe(request: Request, next: Next) -> Response {
         .map(|path| path.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().to_string();
-    let identity = request.headers().get(REQUEST_IDENTITY).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let identity = request
+        .headers()
+        .get(REQUEST_IDENTITY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let span = tracing::info_span!("request", %method, %endpoint, request_identity = %identity);
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    span.in_scope(|| tracing::debug!(status, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "answered"));
+    span.in_scope(|| {
+        tracing::debug!(
+            status,
+            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+            "answered"
+        )
+    });
     metrics::counter!(
         "osb_requests_total",
         "endpoint" => endpoint.clone(),

@@ -118,7 +118,9 @@ impl PluginEngine {
             .map_err(|error| {
                 RuntimeError::Engine(format!("cannot link host capabilities: {error:#}"))
             })?;
-        spawn_epoch_ticker(&engine).map_err(|error| RuntimeError::Engine(format!("cannot start the epoch ticker: {error}")))?;
+        spawn_epoch_ticker(&engine).map_err(|error| {
+            RuntimeError::Engine(format!("cannot start the epoch ticker: {error}"))
+        })?;
         let slots =
             usize::try_from(config.runtime.max_concurrent_instances.max(1)).unwrap_or(usize::MAX);
         Ok(Self {
@@ -176,13 +178,19 @@ impl PluginEngine {
         let _slot = match tokio::time::timeout(deadline, self.slots.acquire()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_closed)) => {
-                return Err(fault("shutdown", "the plugin runtime is shutting down".to_owned()));
+                return Err(fault(
+                    "shutdown",
+                    "the plugin runtime is shutting down".to_owned(),
+                ));
             }
             Err(_elapsed) => {
-                return Err(fault("no_slot", format!(
-                    "found no free instance slot within {} ms; raise [runtime] max_concurrent_instances",
-                    limits.call_timeout_ms
-                )));
+                return Err(fault(
+                    "no_slot",
+                    format!(
+                        "found no free instance slot within {} ms; raise [runtime] max_concurrent_instances",
+                        limits.call_timeout_ms
+                    ),
+                ));
             }
         };
 
@@ -228,8 +236,12 @@ impl PluginEngine {
         match outcome {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error)) => {
-                let (kind, cause) =
-                    failure_cause(&error, &limits, memory_exhausted.load(Ordering::Relaxed), panic);
+                let (kind, cause) = failure_cause(
+                    &error,
+                    &limits,
+                    memory_exhausted.load(Ordering::Relaxed),
+                    panic,
+                );
                 Err(fault(kind, cause))
             }
             Err(_elapsed) => Err(fault(
@@ -260,15 +272,27 @@ fn failure_cause(
     panic: Option<String>,
 ) -> (&'static str, String) {
     if memory_exhausted {
-        return ("out_of_memory", format!("ran out of memory (limit {} MiB)", limits.memory_limit_mb));
+        return (
+            "out_of_memory",
+            format!("ran out of memory (limit {} MiB)", limits.memory_limit_mb),
+        );
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => ("deadline", format!("exceeded its CPU deadline of {} ms", limits.call_timeout_ms)),
+        Some(Trap::Interrupt) => (
+            "deadline",
+            format!("exceeded its CPU deadline of {} ms", limits.call_timeout_ms),
+        ),
         Some(trap) => match panic {
             Some(panic) => ("panic", panic),
             None => {
                 let text = trap.to_string();
-                ("trap", format!("trapped: {}", text.strip_prefix("wasm trap: ").unwrap_or(&text)))
+                (
+                    "trap",
+                    format!(
+                        "trapped: {}",
+                        text.strip_prefix("wasm trap: ").unwrap_or(&text)
+                    ),
+                )
             }
         },
         None => ("error", format!("failed: {error:#}")),
@@ -294,13 +318,15 @@ fn sandbox_wasi(stdout: GuestOutput, stderr: GuestOutput) -> WasiCtx {
 fn spawn_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
     // A weak reference, so the ticker never keeps a dropped engine alive.
     let engine = engine.weak();
-    std::thread::Builder::new().name("wasm-epoch".to_owned()).spawn(move || {
-        while let Some(engine) = engine.upgrade() {
-            engine.increment_epoch();
-            drop(engine);
-            std::thread::sleep(EPOCH_TICK);
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("wasm-epoch".to_owned())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
     Ok(())
 }
 
@@ -432,12 +458,18 @@ mod tests {
         let interrupt = wasmtime::Error::from(Trap::Interrupt);
         assert_eq!(
             failure_cause(&interrupt, &limits(), false, None),
-            ("deadline", "exceeded its CPU deadline of 10000 ms".to_owned())
+            (
+                "deadline",
+                "exceeded its CPU deadline of 10000 ms".to_owned()
+            )
         );
         let unreachable = wasmtime::Error::from(Trap::UnreachableCodeReached);
         assert_eq!(
             failure_cause(&unreachable, &limits(), true, None),
-            ("out_of_memory", "ran out of memory (limit 64 MiB)".to_owned())
+            (
+                "out_of_memory",
+                "ran out of memory (limit 64 MiB)".to_owned()
+            )
         );
         assert_eq!(
             failure_cause(
@@ -450,7 +482,10 @@ mod tests {
         );
         assert_eq!(
             failure_cause(&unreachable, &limits(), false, None),
-            ("trap", "trapped: wasm `unreachable` instruction executed".to_owned())
+            (
+                "trap",
+                "trapped: wasm `unreachable` instruction executed".to_owned()
+            )
         );
         let host = wasmtime::format_err!("resource table full");
         assert_eq!(

@@ -225,7 +225,8 @@ impl PluginRuntime {
         let answer = self
             .engine()
             .call(
-                &plugin.target(), "provision",
+                &plugin.target(),
+                "provision",
                 info.request_identity.as_deref(),
                 |guest, mut store| async move {
                     guest
@@ -253,7 +254,8 @@ impl PluginRuntime {
         let answer = self
             .engine()
             .call(
-                &plugin.target(), "update",
+                &plugin.target(),
+                "update",
                 info.request_identity.as_deref(),
                 |guest, mut store| async move {
                     guest
@@ -276,7 +278,8 @@ impl PluginRuntime {
         let answer = self
             .engine()
             .call(
-                &plugin.target(), "deprovision",
+                &plugin.target(),
+                "deprovision",
                 info.request_identity.as_deref(),
                 |guest, mut store| async move {
                     guest
@@ -301,7 +304,8 @@ impl PluginRuntime {
         let answer = self
             .engine()
             .call(
-                &plugin.target(), "bind",
+                &plugin.target(),
+                "bind",
                 info.request_identity.as_deref(),
                 |guest, mut store| async move {
                     guest
@@ -326,7 +330,8 @@ impl PluginRuntime {
         let answer = self
             .engine()
             .call(
-                &plugin.target(), "unbind",
+                &plugin.target(),
+                "unbind",
                 info.request_identity.as_deref(),
                 |guest, mut store| async move {
                     guest
@@ -350,12 +355,17 @@ impl PluginRuntime {
         let operation = operation.map(str::to_owned);
         let answer = self
             .engine()
-            .call(&plugin.target(), "last_operation", None, |guest, mut store| async move {
-                guest
-                    .wasm_broker_plugin_broker()
-                    .call_last_operation(&mut store, &instance, kind, operation.as_deref())
-                    .await
-            })
+            .call(
+                &plugin.target(),
+                "last_operation",
+                None,
+                |guest, mut store| async move {
+                    guest
+                        .wasm_broker_plugin_broker()
+                        .call_last_operation(&mut store, &instance, kind, operation.as_deref())
+                        .await
+                },
+            )
             .await?;
         accept(&plugin, answer, |status| {
             Ok(convert::operation_status(status))
@@ -374,18 +384,23 @@ impl PluginRuntime {
         let (kind, operation) = (convert::operation_kind(kind), operation.map(str::to_owned));
         let answer = self
             .engine()
-            .call(&plugin.target(), "last_binding_operation", None, |guest, mut store| async move {
-                guest
-                    .wasm_broker_plugin_broker()
-                    .call_last_binding_operation(
-                        &mut store,
-                        &instance,
-                        &binding,
-                        kind,
-                        operation.as_deref(),
-                    )
-                    .await
-            })
+            .call(
+                &plugin.target(),
+                "last_binding_operation",
+                None,
+                |guest, mut store| async move {
+                    guest
+                        .wasm_broker_plugin_broker()
+                        .call_last_binding_operation(
+                            &mut store,
+                            &instance,
+                            &binding,
+                            kind,
+                            operation.as_deref(),
+                        )
+                        .await
+                },
+            )
             .await?;
         accept(&plugin, answer, |status| {
             Ok(convert::operation_status(status))
@@ -397,12 +412,17 @@ impl PluginRuntime {
         let instance = convert::instance(instance);
         let answer = self
             .engine()
-            .call(&plugin.target(), "get_instance", None, |guest, mut store| async move {
-                guest
-                    .wasm_broker_plugin_broker()
-                    .call_get_instance(&mut store, &instance)
-                    .await
-            })
+            .call(
+                &plugin.target(),
+                "get_instance",
+                None,
+                |guest, mut store| async move {
+                    guest
+                        .wasm_broker_plugin_broker()
+                        .call_get_instance(&mut store, &instance)
+                        .await
+                },
+            )
             .await?;
         accept(&plugin, answer, convert::instance_details)
     }
@@ -416,12 +436,17 @@ impl PluginRuntime {
         let (instance, binding) = (convert::instance(instance), convert::binding(binding));
         let answer = self
             .engine()
-            .call(&plugin.target(), "get_binding", None, |guest, mut store| async move {
-                guest
-                    .wasm_broker_plugin_broker()
-                    .call_get_binding(&mut store, &instance, &binding)
-                    .await
-            })
+            .call(
+                &plugin.target(),
+                "get_binding",
+                None,
+                |guest, mut store| async move {
+                    guest
+                        .wasm_broker_plugin_broker()
+                        .call_get_binding(&mut store, &instance, &binding)
+                        .await
+                },
+            )
             .await?;
         accept(&plugin, answer, convert::binding_result)
     }
