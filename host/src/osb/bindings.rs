@@ -61,16 +61,13 @@ pub async fn bind(
         predecessor_binding_id: optional(body.predecessor_binding_id),
         info: request_info(&headers, accepts_incomplete)?,
     };
-    Ok(
-        match {
-            let broker = state.broker.clone();
-            detached(async move { broker.bind(request).await }).await?
-        } {
-            Created::New(result) => (StatusCode::CREATED, Json(result)).into_response(),
-            Created::Existing(result) => (StatusCode::OK, Json(result)).into_response(),
-            Created::Accepted(reply) => accepted(reply),
-        },
-    )
+    let broker = state.broker.clone();
+    let outcome = detached(async move { broker.bind(request).await }).await?;
+    Ok(match outcome {
+        Created::New(result) => (StatusCode::CREATED, Json(result)).into_response(),
+        Created::Existing(result) => (StatusCode::OK, Json(result)).into_response(),
+        Created::Accepted(reply) => accepted(reply),
+    })
 }
 
 pub async fn unbind(
@@ -87,15 +84,12 @@ pub async fn unbind(
         plan_id: required("plan_id", query.plan_id)?,
         info: request_info(&headers, accepts_incomplete)?,
     };
-    Ok(
-        match {
-            let broker = state.broker.clone();
-            detached(async move { broker.unbind(request).await }).await?
-        } {
-            Changed::Done(()) => (StatusCode::OK, Json(empty_object())).into_response(),
-            Changed::Accepted(reply) => accepted(reply),
-        },
-    )
+    let broker = state.broker.clone();
+    let outcome = detached(async move { broker.unbind(request).await }).await?;
+    Ok(match outcome {
+        Changed::Done(()) => (StatusCode::OK, Json(empty_object())).into_response(),
+        Changed::Accepted(reply) => accepted(reply),
+    })
 }
 
 pub async fn fetch(
@@ -119,9 +113,7 @@ pub async fn last_operation(
         instance_id,
         binding_id: Some(binding_id),
     };
-    let status = {
-        let broker = state.broker.clone();
-        detached(async move { broker.binding_last_operation(poll).await }).await?
-    };
+    let broker = state.broker.clone();
+    let status = detached(async move { broker.binding_last_operation(poll).await }).await?;
     Ok((StatusCode::OK, Json(status)).into_response())
 }

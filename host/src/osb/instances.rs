@@ -132,20 +132,13 @@ pub async fn provision(
         maintenance_version: maintenance_version(body.maintenance_info),
         info: request_info(&headers, accepts_incomplete)?,
     };
-    Ok(
-        match {
-            let broker = state.broker.clone();
-            detached(async move { broker.provision(request).await }).await?
-        } {
-            Created::New(result) => {
-                (StatusCode::CREATED, Json(instance_body(result))).into_response()
-            }
-            Created::Existing(result) => {
-                (StatusCode::OK, Json(instance_body(result))).into_response()
-            }
-            Created::Accepted(reply) => accepted(reply),
-        },
-    )
+    let broker = state.broker.clone();
+    let outcome = detached(async move { broker.provision(request).await }).await?;
+    Ok(match outcome {
+        Created::New(result) => (StatusCode::CREATED, Json(instance_body(result))).into_response(),
+        Created::Existing(result) => (StatusCode::OK, Json(instance_body(result))).into_response(),
+        Created::Accepted(reply) => accepted(reply),
+    })
 }
 
 pub async fn update(
@@ -166,15 +159,12 @@ pub async fn update(
         maintenance_version: maintenance_version(body.maintenance_info),
         info: request_info(&headers, accepts_incomplete)?,
     };
-    Ok(
-        match {
-            let broker = state.broker.clone();
-            detached(async move { broker.update(request).await }).await?
-        } {
-            Changed::Done(result) => (StatusCode::OK, Json(instance_body(result))).into_response(),
-            Changed::Accepted(reply) => accepted(reply),
-        },
-    )
+    let broker = state.broker.clone();
+    let outcome = detached(async move { broker.update(request).await }).await?;
+    Ok(match outcome {
+        Changed::Done(result) => (StatusCode::OK, Json(instance_body(result))).into_response(),
+        Changed::Accepted(reply) => accepted(reply),
+    })
 }
 
 pub async fn deprovision(
@@ -190,15 +180,12 @@ pub async fn deprovision(
         plan_id: required("plan_id", query.plan_id)?,
         info: request_info(&headers, accepts_incomplete)?,
     };
-    Ok(
-        match {
-            let broker = state.broker.clone();
-            detached(async move { broker.deprovision(request).await }).await?
-        } {
-            Changed::Done(()) => (StatusCode::OK, Json(empty_object())).into_response(),
-            Changed::Accepted(reply) => accepted(reply),
-        },
-    )
+    let broker = state.broker.clone();
+    let outcome = detached(async move { broker.deprovision(request).await }).await?;
+    Ok(match outcome {
+        Changed::Done(()) => (StatusCode::OK, Json(empty_object())).into_response(),
+        Changed::Accepted(reply) => accepted(reply),
+    })
 }
 
 pub async fn fetch(
