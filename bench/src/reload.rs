@@ -1,0 +1,110 @@
+//! Hot reload: from the moment a plugin file is renamed into the watched
+//! directory to the first provision the new version serves. The echo
+//! fixture reports its version in the provision's metadata (`served_by`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::load::{Connection, Endpoint};
+use crate::prepare::Artifacts;
+use crate::scenarios::{Ids, Plan, instance_path, provision_body};
+
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+const POLL_EVERY: Duration = Duration::from_millis(2);
+
+pub struct HotReload {
+    /// A new plugin added (compiled on the spot).
+    pub added: Duration,
+    /// A plugin replaced by a version never seen (compiled on the spot).
+    pub replaced: Duration,
+    /// A plugin replaced by a version in the compile cache.
+    pub replaced_cached: Duration,
+}
+
+fn echo_plan() -> Plan {
+    Plan {
+        service_id: "d4a7f4e4-3344-44c5-a9e0-e71290823c71".to_owned(),
+        plan_id: "d887ddca-3b57-43fb-ba6b-a2ca0416f942".to_owned(),
+    }
+}
+
+pub async fn measure(
+    artifacts: &Artifacts,
+    endpoint: &Arc<Endpoint>,
+    plugin_dir: &Path,
+) -> anyhow::Result<HotReload> {
+    let mut connection = Connection::open(endpoint).await?;
+    let mut ids = Ids::new("reload".to_owned());
+    let added = swap_in(
+        &mut connection,
+        &mut ids,
+        plugin_dir,
+        &artifacts.echo,
+        "1.0.0",
+    )
+    .await?;
+    let replaced = swap_in(
+        &mut connection,
+        &mut ids,
+        plugin_dir,
+        &artifacts.version_two,
+        "2.0.0",
+    )
+    .await?;
+    let replaced_cached = swap_in(
+        &mut connection,
+        &mut ids,
+        plugin_dir,
+        &artifacts.echo,
+        "1.0.0",
+    )
+    .await?;
+    Ok(HotReload {
+        added,
+        replaced,
+        replaced_cached,
+    })
+}
+
+/// Installs `source` as `echo.wasm` the way an operator should (written
+/// beside, renamed into place) and provisions fresh instances until one is
+/// served by `version`.
+async fn swap_in(
+    connection: &mut Connection,
+    ids: &mut Ids,
+    plugin_dir: &Path,
+    source: &Path,
+    version: &str,
+) -> anyhow::Result<Duration> {
+    let partial = plugin_dir.join(".echo.wasm.partial");
+    std::fs::copy(source, &partial)?;
+    let dropped = Instant::now();
+    std::fs::rename(&partial, plugin_dir.join("echo.wasm"))?;
+    let plan = echo_plan();
+    loop {
+        let (status, body) = connection
+            .send(
+                Method::PUT,
+                &instance_path(&ids.fresh()),
+                Some(provision_body(&plan)),
+            )
+            .await?;
+        if status == StatusCode::CREATED {
+            let answer: Value = serde_json::from_slice(&body)?;
+            if answer["metadata"]["attributes"]["served_by"] == version {
+                return Ok(dropped.elapsed());
+            }
+        }
+        if dropped.elapsed() > GIVE_UP_AFTER {
+            bail!(
+                "echo {version} was not served within {GIVE_UP_AFTER:?} of its file being dropped in"
+            );
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
