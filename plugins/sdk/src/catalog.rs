@@ -137,6 +137,18 @@ impl ServicePlan {
         schemas.instance_update = update.map(|schema| schema.to_string());
         self
     }
+
+    /// JSON Schema of the bind parameters.
+    #[must_use]
+    pub fn binding_schema(mut self, create: Value) -> Self {
+        let schemas = self.schemas.get_or_insert(Schemas {
+            instance_create: None,
+            instance_update: None,
+            binding_create: None,
+        });
+        schemas.binding_create = Some(create.to_string());
+        self
+    }
 }
 
 #[cfg(test)]
@@ -156,7 +168,8 @@ mod tests {
         let plan = ServicePlan::new("id", "small", "Small")
             .maintenance_version("1.2.3", "new build")
             .binding_rotatable()
-            .instance_schemas(parameters_schema(json!({})), None);
+            .instance_schemas(parameters_schema(json!({})), None)
+            .binding_schema(parameters_schema(json!({"days": {"type": "integer"}})));
         assert_eq!(
             plan.maintenance_info
                 .as_ref()
@@ -170,5 +183,9 @@ mod tests {
                 .expect("json");
         assert_eq!(create["type"], "object");
         assert_eq!(schemas.instance_update, None);
+        let binding: Value =
+            serde_json::from_str(schemas.binding_create.as_deref().expect("binding"))
+                .expect("json");
+        assert_eq!(binding["properties"]["days"]["type"], "integer");
     }
 }

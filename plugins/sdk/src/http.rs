@@ -43,7 +43,10 @@ pub fn send_json(
 ) -> Result<Response, BrokerError> {
     // Not a bare `application/json`: RabbitMQ's management API answers 406 to
     // that on endpoints that reply with an empty 204.
-    let mut headers = vec![("accept".to_owned(), "application/json, */*;q=0.5".to_owned())];
+    let mut headers = vec![(
+        "accept".to_owned(),
+        "application/json, */*;q=0.5".to_owned(),
+    )];
     if body.is_some() {
         headers.push(("content-type".to_owned(), "application/json".to_owned()));
     }

@@ -10,6 +10,8 @@
 //! - [`password`]: random passwords from the host's CSPRNG;
 //! - [`Credentials`]: the credentials object of a binding, with encoded URIs;
 //! - [`params`]: parameters parsed into your types, errors naming the field;
+//! - [`expiry`]: credentials that expire, and the binding metadata telling
+//!   the platform when to rotate them;
 //! - thin wrappers over the host capabilities: [`sql`], [`redis`], [`http`],
 //!   [`kv`], [`config`] and [`log`], whose failures are [`BrokerError`]s.
 //!
@@ -37,6 +39,7 @@ pub mod catalog;
 pub mod config;
 pub mod credentials;
 mod error;
+pub mod expiry;
 pub mod http;
 pub mod kv;
 pub mod log;
