@@ -1,9 +1,28 @@
 //! MariaDB/MySQL: a database per instance, a user per binding, reached
 //! through the connection the operator maps to the alias `admin`
 //! (`[plugins.mysql.connections] admin = "<connection>"` in broker.toml).
+//!
+//! A binding may ask for credentials that expire (`expires_in_days`, or the
+//! operator's `binding_expires_in_days` setting): its user gets
+//! `PASSWORD EXPIRE INTERVAL <days> DAY`, which MariaDB (10.4.3+) counts
+//! from the moment the password was set, by its own clock. The plugin reads
+//! that moment back from `mysql.global_priv` and hands the platform the
+//! instant MariaDB will start refusing the password as `expires_at` (see
+//! [`wasm_broker_sdk::expiry`]).
+//!
+//! What "refusing" means is MariaDB's: a client that does not declare it can
+//! handle expired passwords is disconnected
+//! (`disconnect_on_expired_password = ON`) or gets a session in which every
+//! statement fails with "You must SET PASSWORD before executing this
+//! statement" (error 1820). A client that does declare it (the `mysql`
+//! command line with `--connect-expired-password`) may still set a new
+//! password, which starts a new lifetime of the same length: the expiry ends
+//! the handed-out credentials, it does not lock out someone holding them.
+//! Unbind drops the user.
 
 use serde::Deserialize;
 use serde_json::json;
+use wasm_broker_sdk::expiry::{Expiry, Lifetime};
 use wasm_broker_sdk::log;
 use wasm_broker_sdk::prelude::*;
 use wasm_broker_sdk::sql::{self, Dialect, Value};
@@ -62,6 +81,14 @@ struct Parameters {
     charset: Charset,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct BindingParameters {
+    /// Signed, so that a negative lifetime is refused with the range rather
+    /// than with serde's type error.
+    expires_in_days: Option<i64>,
+}
+
 struct MySql;
 
 impl ServicePlugin for MySql {
@@ -86,6 +113,9 @@ impl ServicePlugin for MySql {
                 "default": Charset::default().sql_name(),
             },
         }));
+        let binding_schema = parameters_schema(json!({
+            wasm_broker_sdk::expiry::PARAMETER: Lifetime::schema_property(),
+        }));
         let plans = PLANS
             .iter()
             .map(|plan| {
@@ -93,6 +123,7 @@ impl ServicePlugin for MySql {
                     .maintenance_version(VERSION, "wasm-broker mysql plugin build")
                     .binding_rotatable()
                     .instance_schemas(schema.clone(), Some(schema.clone()))
+                    .binding_schema(binding_schema.clone())
             })
             .collect();
         Catalog::new(vec![
@@ -159,32 +190,47 @@ impl ServicePlugin for MySql {
         Ok(DeletionOutcome::Done)
     }
 
-    /// A new user with all privileges on the instance's database only. A
-    /// rotation is an ordinary bind: the new binding id gives a new user,
-    /// and the predecessor's stays valid until it is unbound.
+    /// A new user with all privileges on the instance's database only,
+    /// whose password expires when the binding's lifetime ends if it has
+    /// one. A rotation is an ordinary bind: the new binding id gives a new
+    /// user with a lifetime of its own, and the predecessor's stays valid
+    /// until it is unbound or expires.
     fn bind(
         instance: &Instance,
         binding: &Binding,
         _info: &RequestInfo,
     ) -> Result<BindOutcome, BrokerError> {
+        let parameters: BindingParameters = binding.parameters()?;
+        let lifetime = Lifetime::for_binding(parameters.expires_in_days)?;
         let plan = plan(&instance.plan_id)?;
         let server = admin_server()?;
         let database = database_name(instance);
         let user = user_name(binding);
         let account = account(&user);
         let password = password(24)?;
+        // Explicitly NEVER without a lifetime: the server's
+        // default_password_lifetime must not expire a binding whose metadata
+        // says nothing about it.
+        let expiry_clause = match lifetime {
+            Some(lifetime) => format!("PASSWORD EXPIRE INTERVAL {} DAY", lifetime.days()),
+            None => "PASSWORD EXPIRE NEVER".to_owned(),
+        };
         // CREATE ... IF NOT EXISTS then ALTER: a retry after a failed bind
-        // finds the user and gives it the password this attempt returns.
+        // finds the user and gives it the password (and the lifetime) this
+        // attempt returns.
         sql::execute(ADMIN, &format!("CREATE USER IF NOT EXISTS {account}"))?;
         sql::execute(
             ADMIN,
             &format!(
-                "ALTER USER {account} IDENTIFIED BY {} WITH MAX_USER_CONNECTIONS {}",
+                "ALTER USER {account} IDENTIFIED BY {} WITH MAX_USER_CONNECTIONS {} {expiry_clause}",
                 quote_sql_string(Dialect::Mysql, &password),
                 plan.max_user_connections
             ),
         )
         .map_err(|error| error.redact(&password))?;
+        let expiry = lifetime
+            .map(|lifetime| Expiry::starting_at(password_last_changed(&user)?, lifetime))
+            .transpose()?;
         sql::execute(
             ADMIN,
             &format!(
@@ -192,12 +238,19 @@ impl ServicePlugin for MySql {
                 quote_mysql_ident(&database)
             ),
         )?;
-        log::info!("created user {user} on database {database}");
+        match &expiry {
+            Some(expiry) => log::info!(
+                "created user {user} on database {database}, password expires at {}",
+                expiry.expires_at()
+            ),
+            None => log::info!("created user {user} on database {database}"),
+        }
         Ok(Credentials::new("mysql", &server.host, server.port)
             .login(&user, &password)
             .database(&database)
             .jdbc("mysql")
-            .into_bind_outcome())
+            .into_bind_outcome()
+            .expiring(expiry.as_ref()))
     }
 
     fn unbind(
@@ -251,6 +304,25 @@ fn user_name(binding: &Binding) -> String {
 /// guards it.
 fn account(user: &str) -> String {
     format!("{}@'%'", quote_sql_string(Dialect::Mysql, user))
+}
+
+/// When the server last set `user`'s password, in seconds since the epoch
+/// by its clock: MariaDB counts the password's lifetime from this moment.
+fn password_last_changed(user: &str) -> Result<i64, BrokerError> {
+    sql::query(
+        ADMIN,
+        "SELECT JSON_VALUE(Priv, '$.password_last_changed') FROM mysql.global_priv \
+         WHERE User = ? AND Host = '%'",
+        &[Value::from(user)],
+    )?
+    .first_column()
+    .next()
+    .and_then(Value::as_i64)
+    .ok_or_else(|| {
+        BrokerError::Internal(format!(
+            "MariaDB did not record when the password of {user} was set (mysql.global_priv)"
+        ))
+    })
 }
 
 /// Best effort: a session may end by itself between the lookup and the KILL.
@@ -328,6 +400,22 @@ mod tests {
                 .starts_with("parameters.charset: unknown variant `koi8r`"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn every_plan_accepts_a_binding_lifetime() {
+        let catalog = MySql::catalog();
+        for plan in &catalog.services[0].plans {
+            let schemas = plan.schemas.as_ref().expect("schemas");
+            let binding: serde_json::Value =
+                serde_json::from_str(schemas.binding_create.as_deref().expect("binding schema"))
+                    .expect("json");
+            assert_eq!(
+                binding["properties"]["expires_in_days"]["type"], "integer",
+                "{binding}"
+            );
+            assert_eq!(binding["additionalProperties"], false);
+        }
     }
 
     #[test]

@@ -26,11 +26,20 @@
 //! since PostgreSQL 13, so a binding, acting as the database owner, creates
 //! them itself with `CREATE EXTENSION`.
 //!
+//! A binding may ask for credentials that expire (`expires_in_days`, or the
+//! operator's `binding_expires_in_days` setting): its login role gets
+//! `VALID UNTIL`, after which PostgreSQL refuses the role's password. That
+//! instant is computed from the server's clock and handed to the platform as
+//! the binding's `expires_at` (see [`wasm_broker_sdk::expiry`]). `VALID
+//! UNTIL` applies to password authentication only: a `pg_hba.conf` line
+//! that trusts the client lets the role in regardless.
+//!
 //! The admin role must be a superuser, or have `CREATEDB` and `CREATEROLE`
 //! and be a member of the roles it creates.
 
 use serde::Deserialize;
 use serde_json::json;
+use wasm_broker_sdk::expiry::{Expiry, Lifetime};
 use wasm_broker_sdk::log;
 use wasm_broker_sdk::prelude::*;
 use wasm_broker_sdk::sql::{self, Dialect, Value};
@@ -71,6 +80,14 @@ struct Parameters {
     connection_limit: Option<u32>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct BindingParameters {
+    /// Signed, so that a negative lifetime is refused with the range rather
+    /// than with serde's type error.
+    expires_in_days: Option<i64>,
+}
+
 struct Postgres;
 
 impl ServicePlugin for Postgres {
@@ -98,6 +115,9 @@ impl ServicePlugin for Postgres {
                     .maintenance_version(VERSION, "wasm-broker postgres plugin build")
                     .binding_rotatable()
                     .instance_schemas(schema.clone(), Some(schema))
+                    .binding_schema(parameters_schema(json!({
+                        wasm_broker_sdk::expiry::PARAMETER: Lifetime::schema_property(),
+                    })))
             })
             .collect();
         Catalog::new(vec![
@@ -221,17 +241,32 @@ impl ServicePlugin for Postgres {
         Ok(DeletionOutcome::Done)
     }
 
-    /// A login role acting as the database owner. A rotation is an ordinary
-    /// bind: the new binding id gives a new role, and the predecessor's
-    /// stays valid until it is unbound.
+    /// A login role acting as the database owner, valid until the
+    /// binding's lifetime ends if it has one. A rotation is an ordinary
+    /// bind: the new binding id gives a new role with a lifetime of its own,
+    /// and the predecessor's stays valid until it is unbound or expires.
     fn bind(
         instance: &Instance,
         binding: &Binding,
         _info: &RequestInfo,
     ) -> Result<BindOutcome, BrokerError> {
+        let parameters: BindingParameters = binding.parameters()?;
+        let lifetime = Lifetime::for_binding(parameters.expires_in_days)?;
         let server = admin_server()?;
         let names = Names::of(instance);
         let role = role_name(binding);
+        let expiry = lifetime
+            .map(|lifetime| Expiry::starting_at(server_clock()?, lifetime))
+            .transpose()?;
+        let valid_until = expiry
+            .as_ref()
+            .map(|expiry| {
+                format!(
+                    " VALID UNTIL {}",
+                    quote_sql_string(Dialect::Postgres, expiry.expires_at())
+                )
+            })
+            .unwrap_or_default();
         let password = password(24)?;
         // Left by a failed attempt at this bind, never handed out: start over.
         sql::execute(
@@ -241,7 +276,7 @@ impl ServicePlugin for Postgres {
         sql::execute(
             ADMIN,
             &format!(
-                "CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}",
+                "CREATE ROLE {} LOGIN PASSWORD {}{valid_until} IN ROLE {}",
                 quote_pg_ident(&role),
                 quote_sql_string(Dialect::Postgres, &password),
                 quote_pg_ident(&names.owner)
@@ -258,12 +293,20 @@ impl ServicePlugin for Postgres {
                 quote_sql_string(Dialect::Postgres, &names.owner)
             ),
         )?;
-        log::info!("created role {role} in {}", names.owner);
+        match &expiry {
+            Some(expiry) => log::info!(
+                "created role {role} in {}, valid until {}",
+                names.owner,
+                expiry.expires_at()
+            ),
+            None => log::info!("created role {role} in {}", names.owner),
+        }
         Ok(Credentials::new("postgresql", &server.host, server.port)
             .login(&role, &password)
             .database(&names.database)
             .jdbc("postgresql")
-            .into_bind_outcome())
+            .into_bind_outcome()
+            .expiring(expiry.as_ref()))
     }
 
     /// Revokes the login first, then ends the role's sessions, then drops
@@ -351,6 +394,19 @@ fn admin_server() -> Result<sql::ServerInfo, BrokerError> {
     Ok(server)
 }
 
+/// The server's clock in whole seconds since the epoch: `VALID UNTIL` is
+/// checked against it, so the binding's lifetime starts by it.
+fn server_clock() -> Result<i64, BrokerError> {
+    sql::execute(
+        ADMIN,
+        "SELECT floor(extract(epoch FROM statement_timestamp()))::bigint",
+    )?
+    .first_column()
+    .next()
+    .and_then(Value::as_i64)
+    .ok_or_else(|| BrokerError::Internal("PostgreSQL did not tell its clock".to_owned()))
+}
+
 fn role_exists(role: &str) -> Result<bool, BrokerError> {
     exists("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
 }
@@ -427,6 +483,26 @@ mod tests {
                 spec.max_connections
             );
             assert!(plan.binding_rotatable);
+            let binding: serde_json::Value =
+                serde_json::from_str(schemas.binding_create.as_deref().expect("binding"))
+                    .expect("json");
+            assert_eq!(
+                binding["properties"]["expires_in_days"]["minimum"], 1,
+                "{binding}"
+            );
         }
+    }
+
+    #[test]
+    fn bind_parameters_name_unknown_fields() {
+        let error =
+            wasm_broker_sdk::params::parse::<BindingParameters>(Some(r#"{"expires_in":3}"#))
+                .expect_err("unknown");
+        assert!(
+            error
+                .description()
+                .starts_with("parameters.expires_in: unknown field"),
+            "{error}"
+        );
     }
 }
