@@ -171,6 +171,8 @@ pub struct Measurement {
     latencies_ns: Vec<u64>,
     pub unexpected: u64,
     pub first_unexpected: Option<String>,
+    /// CPU time the server process used in the window, per request.
+    pub server_cpu_us: Option<f64>,
 }
 
 impl Measurement {
@@ -190,6 +192,7 @@ impl Measurement {
             latencies_ns,
             unexpected,
             first_unexpected,
+            server_cpu_us: None,
         }
     }
 
@@ -202,7 +205,15 @@ impl Measurement {
             latencies_ns,
             unexpected: 0,
             first_unexpected: None,
+            server_cpu_us: None,
         }
+    }
+
+    pub fn with_server_cpu(mut self, cpu: Option<Duration>) -> Self {
+        self.server_cpu_us = cpu
+            .filter(|_| self.requests > 0)
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / self.requests as f64);
+        self
     }
 
     pub fn per_second(&self) -> f64 {

@@ -247,7 +247,10 @@ async fn measure_load(
             let broker_first = round % 2 == 0;
             let measure = async |server: &ServerProcess, label: &str| {
                 let prefix = format!("{label}-p{number}-r{round}");
-                run_phase(&server.endpoint, phase, &prefix, &copies, duration).await
+                let window = Window::after_warmup(WARMUP, duration);
+                let cpu = tokio::spawn(system::cpu_time_during(server.pid(), window));
+                let measured = run_phase(&server.endpoint, phase, &prefix, &copies, window).await?;
+                anyhow::Ok(measured.with_server_cpu(cpu.await?))
             };
             let (on_broker, on_baseline) = if broker_first {
                 let on_broker = measure(&broker, "broker").await?;
@@ -336,9 +339,8 @@ async fn run_phase(
     phase: Phase,
     prefix: &str,
     copies: &[NoopCopy],
-    duration: Duration,
+    window: Window,
 ) -> anyhow::Result<Measurement> {
-    let window = Window::after_warmup(WARMUP, duration);
     let plan = |index: usize| copies[index % copies.len()].plan.clone();
     let ids = |index: usize| Ids::new(format!("{prefix}-c{index}"));
     match phase.scenario {

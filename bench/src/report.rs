@@ -169,22 +169,31 @@ fn render_load(
         out,
         "\n## Load: broker vs bare axum baseline\n\nClosed loop, {seconds} s per phase after 1 s of warm-up, best of \
          {rounds} rounds (broker and baseline alternate). Ratios are broker / baseline: above 1 is better for req/s, \
-         below 1 for latency. Latencies in ms.\n",
+         below 1 for latency and CPU. Latencies in ms; CPU/req is the server process's CPU time (all threads, \
+         from /proc) in the window divided by the requests served.\n",
     )?;
     writeln!(
         out,
         "| scenario | conns | broker req/s | baseline req/s | **req/s ratio** | broker p50 | baseline p50 | p50 ratio | \
-         broker p99 | baseline p99 | p99 ratio |"
+         broker p99 | baseline p99 | p99 ratio | broker CPU/req us | baseline CPU/req us | CPU ratio |"
     )?;
     writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
     for c in &load.comparisons {
         let (b, base) = (&c.broker, &c.baseline);
+        let cpu = |m: &Measurement| {
+            m.server_cpu_us
+                .map_or_else(|| "n/a".to_owned(), |us| format!("{us:.0}"))
+        };
+        let cpu_ratio = match (b.server_cpu_us, base.server_cpu_us) {
+            (Some(broker), Some(baseline)) => ratio(broker, baseline),
+            _ => "n/a".to_owned(),
+        };
         writeln!(
             out,
-            "| {} | {} | {:.0} | {:.0} | **{}** | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {:.0} | **{}** | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.scenario,
             c.connections,
             b.per_second(),
@@ -196,6 +205,9 @@ fn render_load(
             ms(b.p99_us()),
             ms(base.p99_us()),
             ratio(b.p99_us(), base.p99_us()),
+            cpu(b),
+            cpu(base),
+            cpu_ratio,
         )?;
     }
     for c in &load.comparisons {

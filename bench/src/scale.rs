@@ -29,9 +29,6 @@ const MEASURED_INSTANCES: usize = 64;
 /// Reads of one record through the store API, in this process.
 const STORE_READS: usize = 5_000;
 const WARMUP: Duration = Duration::from_millis(500);
-/// Tasks writing the fill at once: the store takes one write at a time,
-/// but the others meanwhile encode, seal and queue theirs.
-const FILLERS: usize = 4;
 
 pub struct Scale {
     pub instances: usize,
@@ -71,18 +68,8 @@ pub async fn measure(
     let probe = write_instance(&store, "scale-probe", &copy.plan).await?;
     let store_read_empty = time_store_reads(&store, &probe).await?;
     let started = Instant::now();
-    let mut fillers = Vec::with_capacity(FILLERS);
-    for filler in 0..FILLERS {
-        let (store, plan) = (store.clone(), copy.plan.clone());
-        fillers.push(tokio::spawn(async move {
-            for number in (filler..instances).step_by(FILLERS) {
-                fill(&store, number, &plan).await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for filler in fillers {
-        filler.await??;
+    for number in 0..instances {
+        fill(&store, number, &copy.plan).await?;
     }
     let populate = started.elapsed();
     let store_read_full = time_store_reads(&store, &probe).await?;

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::load::Window;
+
 /// Resident memory of a process (`VmRSS`), in KiB.
 pub fn resident_kib(pid: u32) -> Option<u64> {
     status_field(pid, "VmRSS:")
@@ -17,6 +19,28 @@ fn status_field(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|line| line.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU time a process used (all its threads, user and system), from
+/// `/proc/<pid>/stat`, in clock ticks of 10 ms (`getconf CLK_TCK` is 100 on
+/// Linux).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after its
+    // closing parenthesis start with field 3.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((user + system) * 10))
+}
+
+/// The CPU time `pid` used inside `window` (waits for its end).
+pub async fn cpu_time_during(pid: u32, window: Window) -> Option<Duration> {
+    tokio::time::sleep_until(window.start.into()).await;
+    let before = cpu_time(pid)?;
+    tokio::time::sleep_until(window.end.into()).await;
+    cpu_time(pid)?.checked_sub(before)
 }
 
 /// Samples a process's resident memory until dropped, keeping the largest.
