@@ -341,19 +341,24 @@ def exercise_service(broker: Broker, service: dict) -> None:
     broker.expect("DELETE", instance, deletion, None, {200, 202})
 
 
-def run_broker(binary: Path, plugin_dir: Path) -> None:
-    """Serves what the default layout renders and uses it like a platform."""
-    values = load_values("sqlite-values.yaml")
-    with tempfile.TemporaryDirectory(prefix="wasm-broker-deploy-") as scratch:
-        scratch = Path(scratch)
+class Pod:
+    """One broker process started as the kubelet would start the rendered Deployment.
+
+    Only the directories the volumes are mounted at, and the port, differ
+    from a cluster; everything else is the chart's output.
+    """
+
+    def __init__(self, binary: Path, plugin_dir: Path, values: dict, scratch: Path):
+        self.scratch = scratch
         plugins = scratch / "plugins"
-        plugins.mkdir()
-        wasm = sorted(plugin_dir.glob("*.wasm"))
-        ensure(bool(wasm), f"no plugins in {plugin_dir}: cargo xtask build-plugins")
-        for file in wasm:
+        plugins.mkdir(parents=True)
+        self.plugins = sorted(plugin_dir.glob("*.wasm"))
+        ensure(bool(self.plugins), f"no plugins in {plugin_dir}: cargo xtask build-plugins")
+        for file in self.plugins:
             shutil.copy(file, plugins)
+        (scratch / "state").mkdir()
+        (scratch / "cache").mkdir()
         port = free_port()
-        # Only the directories the volumes would be mounted at, and the port, differ from a cluster.
         objects = render(
             deep_merge(
                 values,
@@ -365,48 +370,116 @@ def run_broker(binary: Path, plugin_dir: Path) -> None:
                 },
             )
         )
-        (scratch / "state").mkdir()
-        (scratch / "cache").mkdir()
         config = scratch / "broker.toml"
         config.write_text(one(objects, "ConfigMap")["data"]["broker.toml"])
         env = container_env(objects)
         env["WASM_BROKER_CONFIG"] = str(config)
         env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
-        container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-        log = (scratch / "broker.log").open("w+")
-        process = subprocess.Popen([str(binary), *container["args"]], env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            ready = container["readinessProbe"]["httpGet"]["path"]
-            for _ in range(READY_ATTEMPTS):
-                ensure(process.poll() is None, "the broker exited")
-                try:
-                    with urllib.request.urlopen(base + ready, timeout=5) as response:
-                        if response.status == 200:
-                            break
-                except (urllib.error.URLError, ConnectionError):
-                    pass
-                time.sleep(POLL_INTERVAL_SECONDS)
-            else:
-                raise CheckFailed(f"{ready} never answered 200")
-            live = container["livenessProbe"]["httpGet"]["path"]
-            with urllib.request.urlopen(base + live, timeout=5) as response:
-                ensure(response.status == 200, f"{live}: {response.status}")
+        self.container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        self.base = f"http://127.0.0.1:{port}"
+        self.broker = Broker(self.base, env["WASM_BROKER_USERNAME"], env["WASM_BROKER_PASSWORD"])
+        self.log = (scratch / "broker.log").open("w+")
+        self.process = subprocess.Popen(
+            [str(binary), *self.container["args"]], env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
 
-            broker = Broker(base, env["WASM_BROKER_USERNAME"], env["WASM_BROKER_PASSWORD"])
-            status, catalog = broker.request("GET", "/v2/catalog")
-            ensure(status == 200, f"GET /v2/catalog with the Secret's credentials: {status} {catalog}")
-            names = sorted(s["name"] for s in catalog["services"])
-            ensure(len(names) == len(wasm), f"{len(wasm)} plugins but catalog services {names}")
-            for service in catalog["services"]:
-                exercise_service(broker, service)
-            print(f"   broker served {names}: provisioned, bound, unbound, deprovisioned each")
+    def wait_ready(self) -> None:
+        """Waits as the readiness probe does, then asks the liveness probe once."""
+        ready = self.container["readinessProbe"]["httpGet"]["path"]
+        for _ in range(READY_ATTEMPTS):
+            ensure(self.process.poll() is None, "the broker exited")
+            try:
+                with urllib.request.urlopen(self.base + ready, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(POLL_INTERVAL_SECONDS)
+        else:
+            raise CheckFailed(f"{ready} never answered 200")
+        live = self.container["livenessProbe"]["httpGet"]["path"]
+        with urllib.request.urlopen(self.base + live, timeout=5) as response:
+            ensure(response.status == 200, f"{live}: {response.status}")
+
+    def catalog(self) -> list[dict]:
+        status, catalog = self.broker.request("GET", "/v2/catalog")
+        ensure(status == 200, f"GET /v2/catalog with the Secret's credentials: {status} {catalog}")
+        services = catalog["services"]
+        ensure(len(services) == len(self.plugins), f"{len(self.plugins)} plugins but {len(services)} services")
+        return services
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+    def log_tail(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-4000:]
+
+
+def run_pods(binary: Path, plugin_dir: Path, values: dict, replicas: int, use) -> None:
+    with tempfile.TemporaryDirectory(prefix="wasm-broker-deploy-") as scratch:
+        pods = []
+        try:
+            for replica in range(replicas):
+                pods.append(Pod(binary, plugin_dir, values, Path(scratch) / f"pod-{replica}"))
+            for pod in pods:
+                pod.wait_ready()
+            use(pods)
         except CheckFailed as failure:
-            log.seek(0)
-            raise CheckFailed(f"{failure}\n--- broker log ---\n{log.read()[-4000:]}") from None
+            logs = "".join(f"\n--- broker log of pod {i} ---\n{pod.log_tail()}" for i, pod in enumerate(pods))
+            raise CheckFailed(f"{failure}{logs}") from None
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            for pod in pods:
+                pod.stop()
+
+
+def run_broker(binary: Path, plugin_dir: Path) -> None:
+    """Serves what the default layout renders and uses it like a platform."""
+
+    def use(pods: list[Pod]) -> None:
+        services = pods[0].catalog()
+        for service in services:
+            exercise_service(pods[0].broker, service)
+        print(f"   served {sorted(s['name'] for s in services)}: provisioned, bound, unbound, deprovisioned each")
+
+    run_pods(binary, plugin_dir, load_values("sqlite-values.yaml"), 1, use)
+
+
+def run_replicas(binary: Path, plugin_dir: Path) -> None:
+    """Two replicas of the postgres-backed layout serve as one broker.
+
+    An instance provisioned through one replica is bound, unbound and
+    deprovisioned through the other, so both must share the state database.
+    """
+    values = load_values("postgres-replicas-values.yaml")
+    url = urllib.parse.urlsplit(values["state"]["postgres"]["url"])
+    database = url.path.lstrip("/")
+    admin = ["psql", "-h", url.hostname, "-p", str(url.port), "-U", "postgres", "-d", "postgres", "-qc"]
+    for statement in (f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', f'CREATE DATABASE "{database}"'):
+        result = subprocess.run([*admin, statement], capture_output=True, text=True, check=False)
+        ensure(result.returncode == 0, f"preparing the state database: {result.stderr}")
+
+    def use(pods: list[Pod]) -> None:
+        first, second = pods
+        service = next(s for s in first.catalog() if s["name"] == "mysql")
+        plan = service["plans"][0]
+        ids = {"service_id": service["id"], "plan_id": plan["id"]}
+        deletion = f"service_id={service['id']}&plan_id={plan['id']}&accepts_incomplete=true"
+        organization = {"organization_guid": "deploy-check", "space_guid": "deploy-check"}
+        instance = f"/v2/service_instances/deploy-check-{uuid.uuid4()}"
+        binding = f"{instance}/service_bindings/deploy-check-{uuid.uuid4()}"
+        first.broker.expect("PUT", instance, "accepts_incomplete=true", {**ids, **organization}, {201, 202})
+        bind_resource = {"bind_resource": {"app_guid": "deploy-check"}}
+        answer = second.broker.expect("PUT", binding, "accepts_incomplete=true", {**ids, **bind_resource}, {201})
+        ensure(bool(answer.get("credentials")), f"the binding has no credentials: {answer}")
+        first.broker.expect("DELETE", binding, deletion, None, {200})
+        second.broker.expect("DELETE", instance, deletion, None, {200, 202})
+        status, _ = first.broker.request("DELETE", f"{instance}?{deletion}")
+        ensure(status == 410, f"the first replica still knows the deprovisioned instance: {status}")
+        print("   two replicas on one PostgreSQL state: provisioned on one, bound and deprovisioned on the other")
+
+    run_pods(binary, plugin_dir, values, values["replicaCount"], use)
 
 
 def check_image_config(binary: Path, plugin_dir: Path) -> None:
@@ -503,6 +576,7 @@ def main() -> int:
     checks += [
         ("chart refuses broken values", lambda: check_refusals(load_values("sqlite-values.yaml"))),
         ("broker serves the rendered config, Secret and probes", lambda: run_broker(binary, plugin_dir)),
+        ("two replicas share the postgres state", lambda: run_replicas(binary, plugin_dir)),
         ("Cloud Foundry manifest", check_cloud_foundry),
         (
             "Dockerfile (hadolint) and the image's broker.toml",
