@@ -13,19 +13,22 @@ Helm chart (deploy/helm/wasm-broker), for every values file in its ci/:
     pointing at the Service and at a Secret holding username/password, more
     than one replica only with the postgres state backend.
 Values that must be refused (SQLite with replicas, missing password or key,
-...) must fail to render.
-Then the real broker runs on what the default layout renders: the
-ConfigMap's broker.toml, the environment the Deployment builds from the
-Secret, the probes' paths, the shipped plugins; it must become ready, serve
-the catalog with the Secret's credentials, and provision, bind, unbind and
-deprovision one plan of every service against the local backends.
+misspelt keys, ...) must fail to render.
+Then the real broker runs on what the chart renders: the ConfigMap's
+broker.toml, the environment the Deployment builds from the Secret, the
+probes' paths, the shipped plugins. The default (SQLite) layout must become
+ready, serve the catalog with the Secret's credentials, and provision, bind,
+unbind and deprovision one plan of every service against the local backends;
+two replicas of the postgres layout must share one instance between them.
 
 Cloud Foundry (deploy/cf): manifest.yml with vars-example.yml substituted
-against a schema of the app-manifest fields used, and every `*_env` of
-deploy/cf/broker.toml set by the manifest.
+against a schema of the app-manifest fields used, every `*_env` of
+deploy/cf/broker.toml set by the manifest; then the app staged by stage.sh
+and started with the manifest's command and env (cf-vars.yml: the local
+backends) must pass its health checks and serve every service.
 
 Docker: the Dockerfile through hadolint; the image's default broker.toml
-accepted by the broker.
+accepted by the broker with every shipped plugin.
 
 Usage: deploy/ci/check.py BROKER_BINARY PLUGIN_DIR
 """
@@ -341,71 +344,37 @@ def exercise_service(broker: Broker, service: dict) -> None:
     broker.expect("DELETE", instance, deletion, None, {200, 202})
 
 
-class Pod:
-    """One broker process started as the kubelet would start the rendered Deployment.
+class Server:
+    """A broker process, probed and used like the platform would."""
 
-    Only the directories the volumes are mounted at, and the port, differ
-    from a cluster; everything else is the chart's output.
-    """
-
-    def __init__(self, binary: Path, plugin_dir: Path, values: dict, scratch: Path):
-        self.scratch = scratch
-        plugins = scratch / "plugins"
-        plugins.mkdir(parents=True)
-        self.plugins = sorted(plugin_dir.glob("*.wasm"))
-        ensure(bool(self.plugins), f"no plugins in {plugin_dir}: cargo xtask build-plugins")
-        for file in self.plugins:
-            shutil.copy(file, plugins)
-        (scratch / "state").mkdir()
-        (scratch / "cache").mkdir()
-        port = free_port()
-        objects = render(
-            deep_merge(
-                values,
-                {
-                    "plugins": {"dir": str(plugins)},
-                    "state": {"dir": str(scratch / "state")},
-                    "runtime": {"cacheDir": str(scratch / "cache")},
-                    "server": {"port": port},
-                },
-            )
-        )
-        config = scratch / "broker.toml"
-        config.write_text(one(objects, "ConfigMap")["data"]["broker.toml"])
-        env = container_env(objects)
-        env["WASM_BROKER_CONFIG"] = str(config)
-        env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
-        self.container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    def __init__(self, argv: list[str], env: dict, cwd: Path, port: int, probes: tuple[str, str], log: Path):
         self.base = f"http://127.0.0.1:{port}"
+        self.ready_path, self.live_path = probes
         self.broker = Broker(self.base, env["WASM_BROKER_USERNAME"], env["WASM_BROKER_PASSWORD"])
-        self.log = (scratch / "broker.log").open("w+")
-        self.process = subprocess.Popen(
-            [str(binary), *self.container["args"]], env=env, stdout=self.log, stderr=subprocess.STDOUT
-        )
+        self.log = log.open("w+")
+        self.process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self) -> None:
-        """Waits as the readiness probe does, then asks the liveness probe once."""
-        ready = self.container["readinessProbe"]["httpGet"]["path"]
+        """Waits as a readiness check does, then asks the liveness check once."""
         for _ in range(READY_ATTEMPTS):
             ensure(self.process.poll() is None, "the broker exited")
             try:
-                with urllib.request.urlopen(self.base + ready, timeout=5) as response:
+                with urllib.request.urlopen(self.base + self.ready_path, timeout=5) as response:
                     if response.status == 200:
                         break
             except (urllib.error.URLError, ConnectionError):
                 pass
             time.sleep(POLL_INTERVAL_SECONDS)
         else:
-            raise CheckFailed(f"{ready} never answered 200")
-        live = self.container["livenessProbe"]["httpGet"]["path"]
-        with urllib.request.urlopen(self.base + live, timeout=5) as response:
-            ensure(response.status == 200, f"{live}: {response.status}")
+            raise CheckFailed(f"{self.ready_path} never answered 200")
+        with urllib.request.urlopen(self.base + self.live_path, timeout=5) as response:
+            ensure(response.status == 200, f"{self.live_path}: {response.status}")
 
-    def catalog(self) -> list[dict]:
+    def catalog(self, plugin_count: int) -> list[dict]:
         status, catalog = self.broker.request("GET", "/v2/catalog")
-        ensure(status == 200, f"GET /v2/catalog with the Secret's credentials: {status} {catalog}")
+        ensure(status == 200, f"GET /v2/catalog with the configured credentials: {status} {catalog}")
         services = catalog["services"]
-        ensure(len(services) == len(self.plugins), f"{len(self.plugins)} plugins but {len(services)} services")
+        ensure(len(services) == plugin_count, f"{plugin_count} plugins but {len(services)} services")
         return services
 
     def stop(self) -> None:
@@ -417,33 +386,85 @@ class Pod:
         return self.log.read()[-4000:]
 
 
-def run_pods(binary: Path, plugin_dir: Path, values: dict, replicas: int, use) -> None:
+def shipped_plugins(plugin_dir: Path) -> list[Path]:
+    plugins = sorted(plugin_dir.glob("*.wasm"))
+    ensure(bool(plugins), f"no plugins in {plugin_dir}: cargo xtask build-plugins")
+    return plugins
+
+
+def start_pod(binary: Path, plugin_dir: Path, values: dict, scratch: Path) -> Server:
+    """Starts the broker as the kubelet would start the rendered Deployment.
+
+    Only the directories the volumes are mounted at, and the port, differ
+    from a cluster; everything else is the chart's output.
+    """
+    plugins = scratch / "plugins"
+    plugins.mkdir(parents=True)
+    for file in shipped_plugins(plugin_dir):
+        shutil.copy(file, plugins)
+    (scratch / "state").mkdir()
+    (scratch / "cache").mkdir()
+    port = free_port()
+    objects = render(
+        deep_merge(
+            values,
+            {
+                "plugins": {"dir": str(plugins)},
+                "state": {"dir": str(scratch / "state")},
+                "runtime": {"cacheDir": str(scratch / "cache")},
+                "server": {"port": port},
+            },
+        )
+    )
+    config = scratch / "broker.toml"
+    config.write_text(one(objects, "ConfigMap")["data"]["broker.toml"])
+    env = container_env(objects)
+    env["WASM_BROKER_CONFIG"] = str(config)
+    env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    probes = (container["readinessProbe"]["httpGet"]["path"], container["livenessProbe"]["httpGet"]["path"])
+    return Server([str(binary), *container["args"]], env, scratch, port, probes, scratch / "broker.log")
+
+
+def run_servers(start, count: int, use) -> None:
+    """Starts `count` servers (start(scratch) each), waits until ready, uses them, stops them."""
     with tempfile.TemporaryDirectory(prefix="wasm-broker-deploy-") as scratch:
-        pods = []
+        servers = []
         try:
-            for replica in range(replicas):
-                pods.append(Pod(binary, plugin_dir, values, Path(scratch) / f"pod-{replica}"))
-            for pod in pods:
-                pod.wait_ready()
-            use(pods)
+            for index in range(count):
+                servers.append(start(Path(scratch) / f"server-{index}"))
+            for server in servers:
+                server.wait_ready()
+            use(servers)
         except CheckFailed as failure:
-            logs = "".join(f"\n--- broker log of pod {i} ---\n{pod.log_tail()}" for i, pod in enumerate(pods))
+            logs = "".join(f"\n--- broker log {i} ---\n{server.log_tail()}" for i, server in enumerate(servers))
             raise CheckFailed(f"{failure}{logs}") from None
         finally:
-            for pod in pods:
-                pod.stop()
+            for server in servers:
+                server.stop()
+
+
+def fresh_postgres_database(url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    database = parts.path.lstrip("/")
+    admin = ["psql", "-h", parts.hostname, "-p", str(parts.port), "-U", "postgres", "-d", "postgres", "-qc"]
+    for statement in (f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', f'CREATE DATABASE "{database}"'):
+        result = subprocess.run([*admin, statement], capture_output=True, text=True, check=False)
+        ensure(result.returncode == 0, f"preparing the state database {database}: {result.stderr}")
 
 
 def run_broker(binary: Path, plugin_dir: Path) -> None:
     """Serves what the default layout renders and uses it like a platform."""
+    plugin_count = len(shipped_plugins(plugin_dir))
 
-    def use(pods: list[Pod]) -> None:
-        services = pods[0].catalog()
+    def use(servers: list[Server]) -> None:
+        services = servers[0].catalog(plugin_count)
         for service in services:
-            exercise_service(pods[0].broker, service)
+            exercise_service(servers[0].broker, service)
         print(f"   served {sorted(s['name'] for s in services)}: provisioned, bound, unbound, deprovisioned each")
 
-    run_pods(binary, plugin_dir, load_values("sqlite-values.yaml"), 1, use)
+    values = load_values("sqlite-values.yaml")
+    run_servers(lambda scratch: start_pod(binary, plugin_dir, values, scratch), 1, use)
 
 
 def run_replicas(binary: Path, plugin_dir: Path) -> None:
@@ -453,16 +474,12 @@ def run_replicas(binary: Path, plugin_dir: Path) -> None:
     deprovisioned through the other, so both must share the state database.
     """
     values = load_values("postgres-replicas-values.yaml")
-    url = urllib.parse.urlsplit(values["state"]["postgres"]["url"])
-    database = url.path.lstrip("/")
-    admin = ["psql", "-h", url.hostname, "-p", str(url.port), "-U", "postgres", "-d", "postgres", "-qc"]
-    for statement in (f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', f'CREATE DATABASE "{database}"'):
-        result = subprocess.run([*admin, statement], capture_output=True, text=True, check=False)
-        ensure(result.returncode == 0, f"preparing the state database: {result.stderr}")
+    fresh_postgres_database(values["state"]["postgres"]["url"])
+    plugin_count = len(shipped_plugins(plugin_dir))
 
-    def use(pods: list[Pod]) -> None:
-        first, second = pods
-        service = next(s for s in first.catalog() if s["name"] == "mysql")
+    def use(servers: list[Server]) -> None:
+        first, second = servers
+        service = next(s for s in first.catalog(plugin_count) if s["name"] == "mysql")
         plan = service["plans"][0]
         ids = {"service_id": service["id"], "plan_id": plan["id"]}
         deletion = f"service_id={service['id']}&plan_id={plan['id']}&accepts_incomplete=true"
@@ -479,7 +496,45 @@ def run_replicas(binary: Path, plugin_dir: Path) -> None:
         ensure(status == 410, f"the first replica still knows the deprovisioned instance: {status}")
         print("   two replicas on one PostgreSQL state: provisioned on one, bound and deprovisioned on the other")
 
-    run_pods(binary, plugin_dir, values, values["replicaCount"], use)
+    count = values["replicaCount"]
+    run_servers(lambda scratch: start_pod(binary, plugin_dir, values, scratch), count, use)
+
+
+def run_cloud_foundry_app(binary: Path, plugin_dir: Path) -> None:
+    """Stages the CF app with stage.sh and runs the manifest's command as the buildpack would.
+
+    The environment is the manifest's `env` with deploy/ci/cf-vars.yml (the
+    loopback services) substituted, plus the PORT Cloud Foundry assigns.
+    """
+    cf = ROOT / "deploy/cf"
+    variables = yaml.safe_load((Path(__file__).resolve().parent / "cf-vars.yml").read_text())
+    app = yaml.safe_load(substitute_vars((cf / "manifest.yml").read_text(), variables))["applications"][0]
+    fresh_postgres_database(app["env"]["WASM_BROKER_STATE_URL"])
+    plugin_count = len(shipped_plugins(plugin_dir))
+
+    def start(scratch: Path) -> Server:
+        app_dir = scratch / "app"
+        staging = subprocess.run(
+            [str(cf / "stage.sh"), str(binary), str(cf / "broker.toml"), str(plugin_dir)],
+            env={**os.environ, "CF_APP_DIR": str(app_dir)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        ensure(staging.returncode == 0, f"stage.sh: {staging.stdout}{staging.stderr}")
+        port = free_port()
+        env = {k: str(v) for k, v in app["env"].items()}
+        env.update(PORT=str(port), HOME=str(app_dir), PATH=os.environ.get("PATH", "/usr/bin:/bin"))
+        probes = (app["readiness-health-check-http-endpoint"], app["health-check-http-endpoint"])
+        return Server(["bash", "-c", app["command"]], env, app_dir, port, probes, scratch / "app.log")
+
+    def use(servers: list[Server]) -> None:
+        services = servers[0].catalog(plugin_count)
+        for service in services:
+            exercise_service(servers[0].broker, service)
+        print(f"   CF app served {sorted(s['name'] for s in services)}: provisioned, bound, unbound, deprovisioned")
+
+    run_servers(start, 1, use)
 
 
 def check_image_config(binary: Path, plugin_dir: Path) -> None:
@@ -578,6 +633,10 @@ def main() -> int:
         ("broker serves the rendered config, Secret and probes", lambda: run_broker(binary, plugin_dir)),
         ("two replicas share the postgres state", lambda: run_replicas(binary, plugin_dir)),
         ("Cloud Foundry manifest", check_cloud_foundry),
+        (
+            "Cloud Foundry app staged and started as the manifest says",
+            lambda: run_cloud_foundry_app(binary, plugin_dir),
+        ),
         (
             "Dockerfile (hadolint) and the image's broker.toml",
             lambda: (check_dockerfile(), check_image_config(binary, plugin_dir)),
