@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import fnmatch
 import json
 import os
 import re
@@ -608,6 +609,25 @@ def check_dockerfile() -> None:
         "the image must end on a numeric non-root USER",
     )
     ensure(len(re.findall(r"^FROM\s", text, re.MULTILINE)) >= 2, "the Dockerfile must be multi-stage")
+    for sources in re.findall(r"^COPY\s+(?!--from)(.+)\s+\S+$", text, re.MULTILINE):
+        for source in sources.split():
+            if source != ".":
+                ensure((ROOT / source).exists(), f"COPY {source}: no such file in the build context")
+                ensure(not docker_ignored(source), f"COPY {source}: excluded by .dockerignore")
+
+
+def docker_ignored(path: str) -> bool:
+    """Whether .dockerignore leaves `path` out of the build context (the last matching rule wins)."""
+    ignored = False
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        rule = line.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        keep = rule.startswith("!")
+        pattern = rule.lstrip("!").rstrip("/")
+        if path == pattern or path.startswith(pattern + "/") or fnmatch.fnmatch(path, pattern):
+            ignored = not keep
+    return ignored
 
 
 def main() -> int:
