@@ -13,7 +13,7 @@
 //! What "refusing" means is MariaDB's: a client that does not declare it can
 //! handle expired passwords is disconnected
 //! (`disconnect_on_expired_password = ON`) or gets a session in which every
-//! statement fails with "You must SET PASSWORD before executing this
+//! statement but `SET` fails with "You must SET PASSWORD before executing this
 //! statement" (error 1820). A client that does declare it (the `mysql`
 //! command line with `--connect-expired-password`) may still set a new
 //! password, which starts a new lifetime of the same length: the expiry ends
@@ -311,8 +311,10 @@ fn account(user: &str) -> String {
 fn password_last_changed(user: &str) -> Result<i64, BrokerError> {
     sql::query(
         ADMIN,
-        "SELECT JSON_VALUE(Priv, '$.password_last_changed') FROM mysql.global_priv \
-         WHERE User = ? AND Host = '%'",
+        // JSON_VALUE answers text in a binary collation, which arrives as
+        // bytes: CAST makes it the integer it is.
+        "SELECT CAST(JSON_VALUE(Priv, '$.password_last_changed') AS SIGNED) \
+         FROM mysql.global_priv WHERE User = ? AND Host = '%'",
         &[Value::from(user)],
     )?
     .first_column()
