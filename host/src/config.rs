@@ -97,19 +97,35 @@ pub struct AuthConfig {
     pub password: String,
 }
 
+/// Where the state lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum StateBackend {
+    /// An embedded file: one broker process.
     #[default]
     Sqlite,
+    /// A PostgreSQL database: any number of broker processes (replicas)
+    /// sharing it serve as one broker.
+    Postgres,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
     pub backend: StateBackend,
-    /// SQLite database file.
+    /// SQLite database file (`backend = "sqlite"`).
     pub path: PathBuf,
+    /// PostgreSQL connection URL (`backend = "postgres"`),
+    /// `postgres://user:password@host:5432/database`. The variable named by
+    /// `url_env` overrides it, so the password can stay out of the file.
+    pub url: Option<SecretString>,
+    pub url_env: String,
+    /// PostgreSQL: a replica that has not renewed its lease for this long is
+    /// taken for dead, and the other replicas fail the synchronous plugin
+    /// calls it had under way. Longer than any pause a live replica may
+    /// have (a stalled database connection), shorter than the platform's
+    /// patience with an operation that will never finish.
+    pub replica_lease_seconds: u64,
     /// Encrypts service binding credentials at rest: 32 bytes in base64
     /// (`wasm-broker generate-key`). The variable named by
     /// `encryption_key_env` overrides it, so the key can stay out of the file.
@@ -127,11 +143,31 @@ impl Default for StateConfig {
         Self {
             backend: StateBackend::Sqlite,
             path: PathBuf::from("state/broker.db"),
+            url: None,
+            url_env: "WASM_BROKER_STATE_URL".to_owned(),
+            replica_lease_seconds: 30,
             encryption_key: None,
             encryption_key_env: "WASM_BROKER_ENCRYPTION_KEY".to_owned(),
             previous_encryption_keys: Vec::new(),
             previous_encryption_keys_env: "WASM_BROKER_PREVIOUS_ENCRYPTION_KEYS".to_owned(),
         }
+    }
+}
+
+impl StateConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.backend == StateBackend::Postgres && self.url.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "[state] backend = \"postgres\" needs url (or {})",
+                self.url_env
+            )));
+        }
+        if self.replica_lease_seconds == 0 {
+            return Err(ConfigError::Invalid(
+                "[state] replica_lease_seconds must be at least 1".to_owned(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -324,6 +360,9 @@ impl Config {
                 .ok()
                 .filter(|value| !value.trim().is_empty())
         };
+        if let Some(url) = non_empty_env(&self.state.url_env) {
+            self.state.url = Some(url.into());
+        }
         if let Some(key) = non_empty_env(&self.state.encryption_key_env) {
             self.state.encryption_key = Some(key.into());
         }
@@ -351,6 +390,7 @@ impl Config {
                 self.server.min_api_version
             )));
         }
+        self.state.validate()?;
         for (plugin, plugin_config) in &self.plugins {
             for (alias, target) in &plugin_config.connections {
                 if !self.connections.contains_key(target) {
@@ -418,6 +458,21 @@ mod tests {
             config.plugin("a").config.get("x").and_then(|v| v.as_str()),
             Some("y")
         );
+    }
+
+    #[test]
+    fn a_postgres_state_needs_a_url() {
+        let config: Config =
+            toml::from_str("[auth]\nusername='u'\npassword='p'\n[state]\nbackend='postgres'")
+                .expect("parses");
+        let error = config.validate().expect_err("must be refused").to_string();
+        assert!(error.contains("WASM_BROKER_STATE_URL"), "{error}");
+        let config: Config = toml::from_str(
+            "[auth]\nusername='u'\npassword='p'\n[state]\nbackend='postgres'\nurl='postgres://x@h/db'",
+        )
+        .expect("parses");
+        config.validate().expect("valid");
+        assert_eq!(config.state.replica_lease_seconds, 30);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use wasm_broker::admin;
 use wasm_broker::broker::Broker;
-use wasm_broker::config::{Config, TlsConfig, parse_api_version};
+use wasm_broker::config::{Config, StateBackend, TlsConfig, parse_api_version};
 use wasm_broker::osb::{self, GuardConfig};
 use wasm_broker::runtime::PluginRuntime;
 use wasm_broker::secrets::{EncryptionKey, generate_key};
@@ -135,7 +135,7 @@ async fn rotate_key(config: Config, new_key_file: Option<&Path>) -> anyhow::Resu
     let new_key = EncryptionKey::from_base64(&text, &source)?;
     let path = &config.state.path;
     anyhow::ensure!(
-        path.exists(),
+        config.state.backend != StateBackend::Sqlite || path.exists(),
         "there is no state store at {}: is --config right?",
         path.display()
     );
@@ -152,15 +152,13 @@ async fn serve(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()>
         .await
         .context("opening the state store")?;
     let interrupted = store
-        .fail_interrupted_operations(
-            "the broker stopped while this operation was running; it did not finish",
-        )
+        .start_serving("the broker stopped while this operation was running; it did not finish")
         .await
-        .context("recovering operations interrupted by the last shutdown")?;
+        .context("recovering operations interrupted by a broker that stopped")?;
     if interrupted > 0 {
         tracing::warn!(
             interrupted,
-            "marked operations cut short by the last shutdown as failed"
+            "marked operations cut short by a broker that stopped as failed"
         );
     }
     let runtime = PluginRuntime::start(&config, store.clone())

@@ -1,6 +1,13 @@
 //! Durable broker state: instances, bindings (with their credentials) and
-//! the operations on them, in embedded SQLite. Every state change the
-//! broker acknowledges to the platform is committed here first.
+//! the operations on them, in embedded SQLite or in PostgreSQL. Every state
+//! change the broker acknowledges to the platform is committed here first.
+//!
+//! Both backends run the same statements through sqlx's `Any` driver
+//! (`$N` placeholders, which SQLite binds by number too). Writes are
+//! serialized across every process on the store: SQLite's single writer
+//! (`BEGIN IMMEDIATE`), a transaction-scoped advisory lock on PostgreSQL.
+//! So replicas (broker processes) sharing a PostgreSQL store decide
+//! check-then-act transitions one at a time, as one broker would.
 //!
 //! Credentials are stored encrypted (see [`crate::secrets`]) and never
 //! without a key: with none configured, the store opens only if it holds no
@@ -13,29 +20,40 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{Sqlite, Transaction};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::config::StateConfig;
+use crate::config::{StateBackend, StateConfig};
 use crate::model::{Binding, BindingResult, Instance, InstanceChanges, OperationKind};
 use crate::secrets::{EncryptionKey, KeyId, Keyring, SecretsError};
 
 use tables::ResourceKind;
 
-static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Reads run in parallel (WAL readers never wait for the writer); writes
-/// take SQLite's single write lock one at a time anyway.
+/// take the store's single write lock one at a time anyway.
 const MAX_CONNECTIONS: u32 = 8;
 
-/// How long a writer waits for another process holding the write lock (an
-/// operator's `sqlite3` shell, a backup) before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// SQLite settings the `Any` driver's URL cannot carry. In WAL mode,
+/// NORMAL syncs only at checkpoints: a kill -9 loses nothing, but a power
+/// loss or kernel crash can drop the latest commits. Those are answers the
+/// platform already has (201 with credentials, 202 with an operation id);
+/// forgetting them leaves databases and users nobody will ever delete. FULL
+/// syncs the WAL at every commit, and a commit is what we acknowledge.
+/// (Foreign keys on and a 5 s busy timeout, for an operator's `sqlite3`
+/// shell or a backup holding the lock, are sqlx's defaults.)
+const SQLITE_SESSION: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;";
+
+/// The PostgreSQL advisory lock every write transaction holds: the one
+/// writer at a time that SQLite has by design. ("wasm-brk" in ASCII.)
+const POSTGRES_WRITE_LOCK: i64 = 0x7761_736d_2d62_726b;
 
 /// Credentials re-encrypted per transaction by a key rotation: small enough
 /// that a broker serving meanwhile waits only briefly for the write lock.
@@ -54,6 +72,8 @@ pub enum StateError {
         id: String,
         source: serde_json::Error,
     },
+    #[error("[state] backend = \"postgres\" needs the database URL in {url_env} or [state] url")]
+    NoUrl { url_env: String },
     #[error("cannot create state directory {path}: {source}")]
     Directory {
         path: std::path::PathBuf,
@@ -79,9 +99,8 @@ pub enum StateError {
 }
 
 /// Where a resource (instance or binding) is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(rename_all = "snake_case")]
 pub enum ResourceStatus {
     /// Provision/bind started and has not succeeded yet.
     Creating,
@@ -96,12 +115,12 @@ pub enum ResourceStatus {
 }
 
 /// Phase of an operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(rename_all = "snake_case")]
 pub enum OperationPhase {
-    /// A synchronous plugin call is under way. Found at startup, it means the
-    /// broker died mid-call: it becomes `Failed`.
+    /// A synchronous plugin call is under way. Found with no live broker
+    /// process making the call (at startup on SQLite; once the calling
+    /// replica's lease ran out on PostgreSQL), it becomes `Failed`.
     Calling,
     /// The plugin accepted the work asynchronously; polled via last_operation.
     InProgress,
@@ -188,19 +207,25 @@ pub enum Transition<T, R> {
 
 #[derive(Clone)]
 pub struct StateStore {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: StateBackend,
     keyring: Arc<Keyring>,
     /// Writers of this process queue here, in order, instead of in SQLite's
     /// busy handler, which polls with sleeps of up to 100 ms and lets an
-    /// unlucky writer starve past the busy timeout under load. `BEGIN
-    /// IMMEDIATE` still guards against writers outside this process.
+    /// unlucky writer starve past the busy timeout under load, or in
+    /// PostgreSQL's lock queue, each holding a pooled connection. The
+    /// store's own lock still guards against writers in other processes.
     write_gate: Arc<Mutex<()>>,
+    /// This process among the replicas sharing the store: recorded on the
+    /// operations whose plugin call it makes.
+    replica: Arc<str>,
+    replica_lease: Duration,
 }
 
 /// An open write transaction and this process's turn to write. Field order
 /// matters: the transaction ends (rollback on drop) before the turn passes.
 struct WriteTransaction<'a> {
-    transaction: Transaction<'static, Sqlite>,
+    transaction: Transaction<'static, Any>,
     _turn: MutexGuard<'a, ()>,
 }
 
@@ -237,40 +262,18 @@ impl StateStore {
     }
 
     async fn open_with_keys(config: &StateConfig, keyring: Keyring) -> Result<Self, StateError> {
-        if let Some(directory) = config
-            .path
-            .parent()
-            .filter(|dir| !dir.as_os_str().is_empty())
-        {
-            tokio::fs::create_dir_all(directory)
-                .await
-                .map_err(|source| StateError::Directory {
-                    path: directory.to_owned(),
-                    source,
-                })?;
-        }
-        let options = SqliteConnectOptions::new()
-            .filename(&config.path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // In WAL mode, NORMAL syncs only at checkpoints: a kill -9 loses
-            // nothing, but a power loss or kernel crash can drop the latest
-            // commits. Those are answers the platform already has (201 with
-            // credentials, 202 with an operation id); forgetting them leaves
-            // databases and users nobody will ever delete. FULL syncs the
-            // WAL at every commit, and a commit is what we acknowledge.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
-            .await?;
-        MIGRATIONS.run(&pool).await?;
+        sqlx::any::install_default_drivers();
+        let pool = match config.backend {
+            StateBackend::Sqlite => open_sqlite(config).await?,
+            StateBackend::Postgres => open_postgres(config).await?,
+        };
         let store = Self {
             pool,
+            backend: config.backend,
             keyring: Arc::new(keyring),
             write_gate: Arc::new(Mutex::new(())),
+            replica: Arc::from(new_replica_id()),
+            replica_lease: Duration::from_secs(config.replica_lease_seconds),
         };
         store.check_credentials_readable().await?;
         Ok(store)
@@ -323,8 +326,9 @@ impl StateStore {
         }
     }
 
-    /// Waits for the connections to finish and closes them, so the WAL is
-    /// checkpointed into the database file at shutdown.
+    /// Waits for the connections to finish and closes them (so SQLite's WAL
+    /// is checkpointed into the database file at shutdown), and ends this
+    /// replica's lease keeping.
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -359,7 +363,7 @@ impl StateStore {
                     record.instance.id, id,
                     "a transition must not move a record to another id"
                 );
-                tables::write_instance(&mut write.transaction, &record).await?;
+                tables::write_instance(&mut write.transaction, &self.replica, &record).await?;
                 tables::append_history(
                     &mut write.transaction,
                     ResourceKind::Instance,
@@ -415,7 +419,13 @@ impl StateStore {
                 if record.status == ResourceStatus::Creating {
                     self.keyring.require_current()?;
                 }
-                tables::write_binding(&mut write.transaction, &self.keyring, &record).await?;
+                tables::write_binding(
+                    &mut write.transaction,
+                    &self.keyring,
+                    &self.replica,
+                    &record,
+                )
+                .await?;
                 tables::append_history(
                     &mut write.transaction,
                     ResourceKind::Binding,
@@ -436,20 +446,28 @@ impl StateStore {
         tables::read_live_bindings(&mut connection, &self.keyring, instance_id).await
     }
 
-    /// At startup: every operation still `Calling` was cut short by a crash;
-    /// mark it `Failed` with `description` (creations become `Failed`
-    /// resources, other kinds leave the resource as it was). Returns how
-    /// many were marked.
+    /// Marks the operations a crash cut short `Failed` with `description`
+    /// (creations become `Failed` resources, other kinds leave the resource
+    /// as it was): on SQLite, run at startup, every operation still
+    /// `Calling`; on PostgreSQL, those whose calling replica's lease ran out.
+    /// Returns how many were marked.
     pub async fn fail_interrupted_operations(&self, description: &str) -> Result<u64, StateError> {
+        let interrupted = match self.backend {
+            StateBackend::Sqlite => tables::Interrupted::All,
+            StateBackend::Postgres => tables::Interrupted::LeaseExpired {
+                replica: &self.replica,
+                lease: self.replica_lease,
+            },
+        };
         let mut write = self.begin_write().await?;
         let mut marked = 0;
         for mut record in
-            tables::read_instances_in_phase(&mut write.transaction, OperationPhase::Calling).await?
+            tables::read_interrupted_instances(&mut write.transaction, &interrupted).await?
         {
             let before = tables::OperationMark::of(record.operation.as_ref());
             if let Some(operation) = record.operation.as_mut() {
                 fail_interrupted(operation, &mut record.status, description);
-                tables::write_instance(&mut write.transaction, &record).await?;
+                tables::write_instance(&mut write.transaction, &self.replica, &record).await?;
                 let id = &record.instance.id;
                 tables::append_history(
                     &mut write.transaction,
@@ -462,17 +480,20 @@ impl StateStore {
                 marked += 1;
             }
         }
-        for mut record in tables::read_bindings_in_phase(
-            &mut write.transaction,
-            &self.keyring,
-            OperationPhase::Calling,
-        )
-        .await?
+        for mut record in
+            tables::read_interrupted_bindings(&mut write.transaction, &self.keyring, &interrupted)
+                .await?
         {
             let before = tables::OperationMark::of(record.operation.as_ref());
             if let Some(operation) = record.operation.as_mut() {
                 fail_interrupted(operation, &mut record.status, description);
-                tables::write_binding(&mut write.transaction, &self.keyring, &record).await?;
+                tables::write_binding(
+                    &mut write.transaction,
+                    &self.keyring,
+                    &self.replica,
+                    &record,
+                )
+                .await?;
                 let id = &record.binding.id;
                 tables::append_history(
                     &mut write.transaction,
@@ -485,14 +506,64 @@ impl StateStore {
                 marked += 1;
             }
         }
+        if let tables::Interrupted::LeaseExpired { replica, lease } = interrupted {
+            tables::forget_expired_replicas(&mut write.transaction, replica, lease).await?;
+        }
         write.transaction.commit().await?;
         Ok(marked)
+    }
+
+    /// Starts serving from this store: fails the operations a crash cut
+    /// short (see `fail_interrupted_operations`) and, on PostgreSQL, takes a
+    /// lease for this replica and keeps it in the background, failing the
+    /// operations of replicas whose lease runs out, until the store closes.
+    /// Returns how many operations were failed now.
+    pub async fn start_serving(&self, interrupted: &'static str) -> Result<u64, StateError> {
+        if self.backend == StateBackend::Postgres {
+            self.renew_lease().await?;
+            tracing::info!(
+                replica = %self.replica,
+                lease_seconds = self.replica_lease.as_secs(),
+                "serving as a replica of a shared PostgreSQL state store"
+            );
+            tokio::spawn(self.clone().keep_lease(interrupted));
+        }
+        self.fail_interrupted_operations(interrupted).await
+    }
+
+    /// Renews this replica's lease (a few times per lease, so a late renewal
+    /// or two never lets it run out) and fails the operations of replicas
+    /// whose lease ran out. A failed round is logged and retried.
+    async fn keep_lease(self, interrupted: &'static str) {
+        let period = self.replica_lease / 3;
+        while !self.pool.is_closed() {
+            tokio::time::sleep(period).await;
+            if let Err(error) = self.renew_lease().await {
+                tracing::warn!(%error, replica = %self.replica, "cannot renew this replica's lease");
+                continue;
+            }
+            match self.fail_interrupted_operations(interrupted).await {
+                Ok(0) => {}
+                Ok(failed) => tracing::warn!(
+                    failed,
+                    "marked operations of a replica whose lease ran out as failed"
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot fail the operations of dead replicas")
+                }
+            }
+        }
+    }
+
+    async fn renew_lease(&self) -> Result<(), StateError> {
+        let mut connection = self.pool.acquire().await?;
+        tables::renew_lease(&mut connection, &self.replica).await
     }
 
     /// The plugin's private key-value store (`kv` capability).
     pub async fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         let value =
-            sqlx::query_scalar("SELECT value FROM plugin_kv WHERE plugin = ?1 AND key = ?2")
+            sqlx::query_scalar("SELECT value FROM plugin_kv WHERE plugin = $1 AND key = $2")
                 .bind(plugin)
                 .bind(key)
                 .fetch_optional(&self.pool)
@@ -503,7 +574,7 @@ impl StateStore {
     pub async fn kv_set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), StateError> {
         let _turn = self.write_gate.lock().await;
         sqlx::query(
-            "INSERT INTO plugin_kv (plugin, key, value) VALUES (?1, ?2, ?3) \
+            "INSERT INTO plugin_kv (plugin, key, value) VALUES ($1, $2, $3) \
              ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value",
         )
         .bind(plugin)
@@ -516,7 +587,7 @@ impl StateStore {
 
     pub async fn kv_delete(&self, plugin: &str, key: &str) -> Result<(), StateError> {
         let _turn = self.write_gate.lock().await;
-        sqlx::query("DELETE FROM plugin_kv WHERE plugin = ?1 AND key = ?2")
+        sqlx::query("DELETE FROM plugin_kv WHERE plugin = $1 AND key = $2")
             .bind(plugin)
             .bind(key)
             .execute(&self.pool)
@@ -531,7 +602,7 @@ impl StateStore {
         prefix: &str,
     ) -> Result<Vec<String>, StateError> {
         // A range on the primary key rather than LIKE/GLOB: no wildcard
-        // escaping, and SQLite walks only the matching keys.
+        // escaping, and the database walks only the matching keys.
         let keys = match prefix_successor(prefix) {
             Some(end) => {
                 sqlx::query_scalar(tables::KV_KEYS_IN_RANGE)
@@ -558,18 +629,97 @@ impl StateStore {
         Ok(())
     }
 
-    /// Takes this process's turn to write, then SQLite's write lock: `BEGIN
-    /// IMMEDIATE` locks at the start, so what a transaction reads cannot
-    /// change before it writes (a deferred one would find out only at its
-    /// first write, too late for the decision already taken).
+    /// Takes this process's turn to write, then the store's write lock, for
+    /// the whole transaction: what it reads cannot change before it writes.
+    /// SQLite: `BEGIN IMMEDIATE` locks at the start (a deferred transaction
+    /// would find out only at its first write, too late for the decision
+    /// already taken). PostgreSQL: an advisory lock held until commit or
+    /// rollback, taken before the first read; at read committed, each read
+    /// then sees every transaction committed before it.
     async fn begin_write(&self) -> Result<WriteTransaction<'_>, StateError> {
         let turn = self.write_gate.lock().await;
-        let transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let transaction = match self.backend {
+            StateBackend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            StateBackend::Postgres => {
+                let mut transaction = self.pool.begin().await?;
+                sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
+                    .bind(POSTGRES_WRITE_LOCK)
+                    .execute(&mut *transaction)
+                    .await?;
+                transaction
+            }
+        };
         Ok(WriteTransaction {
             transaction,
             _turn: turn,
         })
     }
+}
+
+async fn open_sqlite(config: &StateConfig) -> Result<AnyPool, StateError> {
+    if let Some(directory) = config
+        .path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+    {
+        tokio::fs::create_dir_all(directory)
+            .await
+            .map_err(|source| StateError::Directory {
+                path: directory.to_owned(),
+                source,
+            })?;
+    }
+    let url = SqliteConnectOptions::new()
+        .filename(&config.path)
+        .create_if_missing(true)
+        .to_url_lossy();
+    let pool = AnyPoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                connection.execute(SQLITE_SESSION).await?;
+                Ok(())
+            })
+        })
+        .connect_with(AnyConnectOptions::from_url(&url)?)
+        .await?;
+    SQLITE_MIGRATIONS.run(&pool).await?;
+    Ok(pool)
+}
+
+async fn open_postgres(config: &StateConfig) -> Result<AnyPool, StateError> {
+    let url = config.url.as_ref().ok_or_else(|| StateError::NoUrl {
+        url_env: config.url_env.clone(),
+    })?;
+    let options: AnyConnectOptions = url.expose_secret().parse()?;
+    tracing::info!(
+        database = %redacted(&options.database_url),
+        "opening the PostgreSQL state store"
+    );
+    let pool = AnyPoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .connect_with(options)
+        .await?;
+    // sqlx holds an advisory lock while migrating: replicas starting
+    // together migrate one after the other.
+    POSTGRES_MIGRATIONS.run(&pool).await?;
+    Ok(pool)
+}
+
+/// A database URL fit for logs: no password, no query (which may hold one).
+fn redacted(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.to_string()
+}
+
+/// Unique per process and start: a replica that restarts is a new replica,
+/// and the operations its previous life had under way are failed once that
+/// life's lease runs out.
+fn new_replica_id() -> String {
+    let nonce: [u8; 6] = rand::random();
+    format!("{}-{}", std::process::id(), hex::encode(nonce))
 }
 
 /// The end of a crash-interrupted call. A creation that never finished left
@@ -593,8 +743,9 @@ fn fail_interrupted(
 
 /// The smallest string above every string that starts with `prefix`, or
 /// `None` when there is none (empty prefix, or only `char::MAX`s). UTF-8
-/// byte order, which SQLite's BINARY collation uses, is code point order,
-/// so bumping the last code point that can be bumped is exact.
+/// byte order, which both backends compare keys in (SQLite's BINARY
+/// collation, PostgreSQL's "C"), is code point order, so bumping the last
+/// code point that can be bumped is exact.
 fn prefix_successor(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
     while let Some(last) = chars.pop() {

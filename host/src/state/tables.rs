@@ -1,10 +1,13 @@
-//! Rows <-> records: the SQL of the state tables (schema in
-//! `host/migrations/`) and the JSON documents stored in them.
+//! Rows <-> records: the SQL of the state tables (schemas in
+//! `host/migrations/{sqlite,postgres}`) and the JSON documents stored in
+//! them. One text per statement serves both backends unless marked.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
 
 use crate::model::{Binding, BindingResult, Instance};
 use crate::secrets::{self, KeyId, Keyring, SecretsError};
@@ -14,71 +17,151 @@ use super::{
 };
 
 pub(super) const SELECT_INSTANCE: &str =
-    "SELECT id, status, record, operation FROM instances WHERE id = ?1";
+    "SELECT id, status, record, operation FROM instances WHERE id = $1";
 
 pub(super) const SELECT_INSTANCES_IN_PHASE: &str =
-    "SELECT id, status, record, operation FROM instances WHERE operation_phase = ?1";
+    "SELECT id, status, record, operation FROM instances WHERE operation_phase = $1";
 
-/// `?8` is `Deleted`: a create that reuses a deleted id makes a new resource,
-/// so it gets a new creation time.
+/// PostgreSQL only. `$1` is `Calling`, `$2` the replica asking (whose own
+/// calls are alive), `$3` the lease in seconds.
+const SELECT_INSTANCES_OF_EXPIRED_REPLICAS: &str = "\
+    SELECT id, status, record, operation FROM instances \
+    WHERE operation_phase = $1 AND calling_replica IS DISTINCT FROM $2 AND NOT EXISTS ( \
+        SELECT 1 FROM replicas WHERE replicas.id = instances.calling_replica \
+        AND replicas.heartbeat_at > clock_timestamp() - make_interval(secs => $3))";
+
+/// `$8` is `Deleted`: a create that reuses a deleted id makes a new resource,
+/// so it gets a new creation time. `$9` is the replica writing, stored only
+/// with a `Calling` operation: the replica that calls the plugin.
 const UPSERT_INSTANCE: &str = "\
-    INSERT INTO instances (id, service_id, plan_id, status, record, operation, operation_phase) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+    INSERT INTO instances (id, service_id, plan_id, status, record, operation, operation_phase, calling_replica) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $9) \
     ON CONFLICT (id) DO UPDATE SET \
         service_id = excluded.service_id, plan_id = excluded.plan_id, status = excluded.status, \
         record = excluded.record, operation = excluded.operation, operation_phase = excluded.operation_phase, \
-        created_at = CASE WHEN instances.status = ?8 THEN excluded.created_at ELSE instances.created_at END, \
+        calling_replica = excluded.calling_replica, \
+        created_at = CASE WHEN instances.status = $8 THEN excluded.created_at ELSE instances.created_at END, \
         updated_at = excluded.updated_at";
 
 pub(super) const SELECT_BINDING: &str =
-    "SELECT id, status, record, result, operation FROM bindings WHERE id = ?1";
+    "SELECT id, status, record, result, operation FROM bindings WHERE id = $1";
 
 pub(super) const SELECT_LIVE_BINDINGS: &str = "\
     SELECT id, status, record, result, operation FROM bindings \
-    WHERE instance_id = ?1 AND status <> ?2 ORDER BY created_at, id";
+    WHERE instance_id = $1 AND status <> $2 ORDER BY created_at, id";
 
 pub(super) const SELECT_BINDINGS_IN_PHASE: &str =
-    "SELECT id, status, record, result, operation FROM bindings WHERE operation_phase = ?1";
+    "SELECT id, status, record, result, operation FROM bindings WHERE operation_phase = $1";
 
-/// `?8` is `Deleted`, as for instances.
+/// PostgreSQL only, as for instances.
+const SELECT_BINDINGS_OF_EXPIRED_REPLICAS: &str = "\
+    SELECT id, status, record, result, operation FROM bindings \
+    WHERE operation_phase = $1 AND calling_replica IS DISTINCT FROM $2 AND NOT EXISTS ( \
+        SELECT 1 FROM replicas WHERE replicas.id = bindings.calling_replica \
+        AND replicas.heartbeat_at > clock_timestamp() - make_interval(secs => $3))";
+
+/// `$8` is `Deleted` and `$9` the replica writing, as for instances.
 const UPSERT_BINDING: &str = "\
-    INSERT INTO bindings (id, instance_id, status, record, result, operation, operation_phase) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+    INSERT INTO bindings (id, instance_id, status, record, result, operation, operation_phase, calling_replica) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $9) \
     ON CONFLICT (id) DO UPDATE SET \
         instance_id = excluded.instance_id, status = excluded.status, record = excluded.record, \
         result = excluded.result, operation = excluded.operation, operation_phase = excluded.operation_phase, \
-        created_at = CASE WHEN bindings.status = ?8 THEN excluded.created_at ELSE bindings.created_at END, \
+        calling_replica = excluded.calling_replica, \
+        created_at = CASE WHEN bindings.status = $8 THEN excluded.created_at ELSE bindings.created_at END, \
         updated_at = excluded.updated_at";
 
 const INSERT_HISTORY: &str = "\
     INSERT INTO operations (resource_kind, resource_id, operation_id, kind, phase, description) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    VALUES ($1, $2, $3, $4, $5, $6)";
 
 /// The header of each stored credential, counted: which keys the store
 /// needs. Headers hold no secret.
 const COUNT_RESULTS_BY_HEADER: &str = "\
-    SELECT substr(result, 1, ?1) AS header, count(*) FROM bindings \
+    SELECT substr(result, 1, $1) AS header, count(*) FROM bindings \
     WHERE result IS NOT NULL GROUP BY header";
 
-/// Credentials whose key id (bytes 2..9 of the header) is not `?1`.
+/// Credentials whose key id (bytes 2..9 of the header) is not `$1`.
 const SELECT_RESULTS_NOT_SEALED_WITH: &str = "\
     SELECT id, result FROM bindings \
-    WHERE result IS NOT NULL AND substr(result, 2, ?2) IS NOT ?1 LIMIT ?3";
+    WHERE result IS NOT NULL AND substr(result, 2, $2) IS DISTINCT FROM $1 LIMIT $3";
 
-const UPDATE_RESULT: &str = "UPDATE bindings SET result = ?2 WHERE id = ?1";
+const UPDATE_RESULT: &str = "UPDATE bindings SET result = $2 WHERE id = $1";
 
 pub(super) const KV_KEYS_IN_RANGE: &str =
-    "SELECT key FROM plugin_kv WHERE plugin = ?1 AND key >= ?2 AND key < ?3 ORDER BY key";
+    "SELECT key FROM plugin_kv WHERE plugin = $1 AND key >= $2 AND key < $3 ORDER BY key";
 
 pub(super) const KV_KEYS_FROM: &str =
-    "SELECT key FROM plugin_kv WHERE plugin = ?1 AND key >= ?2 ORDER BY key";
+    "SELECT key FROM plugin_kv WHERE plugin = $1 AND key >= $2 ORDER BY key";
+
+/// PostgreSQL only: a replica's lease, renewed (or taken again, should
+/// another replica have given it up for dead meanwhile).
+const RENEW_LEASE: &str = "\
+    INSERT INTO replicas (id) VALUES ($1) \
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp()";
+
+/// PostgreSQL only: replicas whose lease ran out, once their operations are
+/// failed. `$1` is the replica asking, `$2` the lease in seconds.
+const DELETE_EXPIRED_REPLICAS: &str = "\
+    DELETE FROM replicas \
+    WHERE id <> $1 AND heartbeat_at <= clock_timestamp() - make_interval(secs => $2)";
+
+/// Which `Calling` operations were cut short by a crash.
+pub(super) enum Interrupted<'a> {
+    /// All of them (SQLite, at startup: one broker per store).
+    All,
+    /// Those whose calling replica is not `replica` and has not renewed its
+    /// lease for `lease` (PostgreSQL).
+    LeaseExpired { replica: &'a str, lease: Duration },
+}
+
+impl ResourceStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            ResourceStatus::Creating => "creating",
+            ResourceStatus::Ready => "ready",
+            ResourceStatus::Failed => "failed",
+            ResourceStatus::Deleted => "deleted",
+        }
+    }
+
+    fn from_column(text: &str) -> Option<Self> {
+        [
+            ResourceStatus::Creating,
+            ResourceStatus::Ready,
+            ResourceStatus::Failed,
+            ResourceStatus::Deleted,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
+    }
+}
+
+impl OperationPhase {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            OperationPhase::Calling => "calling",
+            OperationPhase::InProgress => "in_progress",
+            OperationPhase::Succeeded => "succeeded",
+            OperationPhase::Failed => "failed",
+        }
+    }
+}
 
 /// `resource_kind` in the history table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ResourceKind {
     Instance,
     Binding,
+}
+
+impl ResourceKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Instance => "instance",
+            ResourceKind::Binding => "binding",
+        }
+    }
 }
 
 /// What identifies one step of an operation in the history: a new id or a
@@ -109,7 +192,7 @@ struct InstanceDocument {
 }
 
 pub(super) async fn read_instance(
-    connection: &mut SqliteConnection,
+    connection: &mut AnyConnection,
     id: &str,
 ) -> Result<Option<InstanceRecord>, StateError> {
     let row = sqlx::query(SELECT_INSTANCE)
@@ -119,19 +202,39 @@ pub(super) async fn read_instance(
     row.as_ref().map(decode_instance).transpose()
 }
 
-pub(super) async fn read_instances_in_phase(
-    connection: &mut SqliteConnection,
-    phase: OperationPhase,
+pub(super) async fn read_interrupted_instances(
+    connection: &mut AnyConnection,
+    interrupted: &Interrupted<'_>,
 ) -> Result<Vec<InstanceRecord>, StateError> {
-    let rows = sqlx::query(SELECT_INSTANCES_IN_PHASE)
-        .bind(phase)
-        .fetch_all(connection)
-        .await?;
+    let rows = interrupted_query(
+        interrupted,
+        SELECT_INSTANCES_IN_PHASE,
+        SELECT_INSTANCES_OF_EXPIRED_REPLICAS,
+    )
+    .fetch_all(connection)
+    .await?;
     rows.iter().map(decode_instance).collect()
 }
 
+/// `all` or `expired` with their parameters bound, as `interrupted` says.
+fn interrupted_query<'q>(
+    interrupted: &Interrupted<'q>,
+    all: &'q str,
+    expired: &'q str,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let calling = OperationPhase::Calling.as_str();
+    match *interrupted {
+        Interrupted::All => sqlx::query(all).bind(calling),
+        Interrupted::LeaseExpired { replica, lease } => sqlx::query(expired)
+            .bind(calling)
+            .bind(replica)
+            .bind(lease.as_secs_f64()),
+    }
+}
+
 pub(super) async fn write_instance(
-    connection: &mut SqliteConnection,
+    connection: &mut AnyConnection,
+    replica: &str,
     record: &InstanceRecord,
 ) -> Result<(), StateError> {
     let id = &record.instance.id;
@@ -144,7 +247,7 @@ pub(super) async fn write_instance(
         .bind(id)
         .bind(&record.instance.service_id)
         .bind(&record.instance.plan_id)
-        .bind(record.status)
+        .bind(record.status.as_str())
         .bind(encode(id, &document)?)
         .bind(
             record
@@ -153,15 +256,16 @@ pub(super) async fn write_instance(
                 .map(|op| encode(id, op))
                 .transpose()?,
         )
-        .bind(record.operation.as_ref().map(|op| op.phase))
-        .bind(ResourceStatus::Deleted)
+        .bind(record.operation.as_ref().map(|op| op.phase.as_str()))
+        .bind(ResourceStatus::Deleted.as_str())
+        .bind(calling_replica(replica, record.operation.as_ref()))
         .execute(connection)
         .await?;
     Ok(())
 }
 
 pub(super) async fn read_binding(
-    connection: &mut SqliteConnection,
+    connection: &mut AnyConnection,
     keyring: &Keyring,
     id: &str,
 ) -> Result<Option<BindingRecord>, StateError> {
@@ -175,13 +279,13 @@ pub(super) async fn read_binding(
 }
 
 pub(super) async fn read_live_bindings(
-    connection: &mut SqliteConnection,
+    connection: &mut AnyConnection,
     keyring: &Keyring,
     instance_id: &str,
 ) -> Result<Vec<BindingRecord>, StateError> {
     let rows = sqlx::query(SELECT_LIVE_BINDINGS)
         .bind(instance_id)
-        .bind(ResourceStatus::Deleted)
+        .bind(ResourceStatus::Deleted.as_str())
         .fetch_all(connection)
         .await?;
     rows.iter()
@@ -189,23 +293,27 @@ pub(super) async fn read_live_bindings(
         .collect()
 }
 
-pub(super) async fn read_bindings_in_phase(
-    connection: &mut SqliteConnection,
+pub(super) async fn read_interrupted_bindings(
+    connection: &mut AnyConnection,
     keyring: &Keyring,
-    phase: OperationPhase,
+    interrupted: &Interrupted<'_>,
 ) -> Result<Vec<BindingRecord>, StateError> {
-    let rows = sqlx::query(SELECT_BINDINGS_IN_PHASE)
-        .bind(phase)
-        .fetch_all(connection)
-        .await?;
+    let rows = interrupted_query(
+        interrupted,
+        SELECT_BINDINGS_IN_PHASE,
+        SELECT_BINDINGS_OF_EXPIRED_REPLICAS,
+    )
+    .fetch_all(connection)
+    .await?;
     rows.iter()
         .map(|row| decode_binding(row, keyring))
         .collect()
 }
 
 pub(super) async fn write_binding(
-    connection: &mut SqliteConnection,
+    connection: &mut AnyConnection,
     keyring: &Keyring,
+    replica: &str,
     record: &BindingRecord,
 ) -> Result<(), StateError> {
     let id = &record.binding.id;
@@ -217,7 +325,7 @@ pub(super) async fn write_binding(
     sqlx::query(UPSERT_BINDING)
         .bind(id)
         .bind(&record.binding.instance_id)
-        .bind(record.status)
+        .bind(record.status.as_str())
         .bind(encode(id, &record.binding)?)
         .bind(result)
         .bind(
@@ -227,8 +335,42 @@ pub(super) async fn write_binding(
                 .map(|op| encode(id, op))
                 .transpose()?,
         )
-        .bind(record.operation.as_ref().map(|op| op.phase))
-        .bind(ResourceStatus::Deleted)
+        .bind(record.operation.as_ref().map(|op| op.phase.as_str()))
+        .bind(ResourceStatus::Deleted.as_str())
+        .bind(calling_replica(replica, record.operation.as_ref()))
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// The `calling_replica` column: the replica writing a `Calling` operation
+/// is the one calling the plugin (only the replica that started a call
+/// writes the record before the call ends).
+fn calling_replica<'a>(replica: &'a str, operation: Option<&OperationRecord>) -> Option<&'a str> {
+    operation
+        .is_some_and(|op| op.phase == OperationPhase::Calling)
+        .then_some(replica)
+}
+
+pub(super) async fn renew_lease(
+    connection: &mut AnyConnection,
+    replica: &str,
+) -> Result<(), StateError> {
+    sqlx::query(RENEW_LEASE)
+        .bind(replica)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn forget_expired_replicas(
+    connection: &mut AnyConnection,
+    replica: &str,
+    lease: Duration,
+) -> Result<(), StateError> {
+    sqlx::query(DELETE_EXPIRED_REPLICAS)
+        .bind(replica)
+        .bind(lease.as_secs_f64())
         .execute(connection)
         .await?;
     Ok(())
@@ -236,9 +378,10 @@ pub(super) async fn write_binding(
 
 /// (header, how many credentials have it).
 pub(super) async fn count_results_by_header(
-    connection: &mut SqliteConnection,
+    connection: &mut AnyConnection,
 ) -> Result<Vec<(Vec<u8>, i64)>, StateError> {
-    let header_len = i64::try_from(secrets::HEADER_LEN).unwrap_or(i64::MAX);
+    // i32: PostgreSQL's substr takes an integer, and does not narrow a bigint.
+    let header_len = i32::try_from(secrets::HEADER_LEN).unwrap_or(i32::MAX);
     Ok(sqlx::query_as(COUNT_RESULTS_BY_HEADER)
         .bind(header_len)
         .fetch_all(connection)
@@ -247,21 +390,21 @@ pub(super) async fn count_results_by_header(
 
 /// Up to `limit` (binding id, sealed credentials) not sealed with `key`.
 pub(super) async fn read_results_not_sealed_with(
-    connection: &mut SqliteConnection,
+    connection: &mut AnyConnection,
     key: KeyId,
     limit: i64,
 ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
     let key_id = key.as_bytes();
     Ok(sqlx::query_as(SELECT_RESULTS_NOT_SEALED_WITH)
         .bind(key_id)
-        .bind(i64::try_from(key_id.len()).unwrap_or(i64::MAX))
+        .bind(i32::try_from(key_id.len()).unwrap_or(i32::MAX))
         .bind(limit)
         .fetch_all(connection)
         .await?)
 }
 
 pub(super) async fn replace_result(
-    connection: &mut SqliteConnection,
+    connection: &mut AnyConnection,
     id: &str,
     sealed: &[u8],
 ) -> Result<(), StateError> {
@@ -343,7 +486,7 @@ fn credentials_error(id: &str, source: SecretsError) -> StateError {
 
 /// Appends `after` to the history if it is a new step compared to `before`.
 pub(super) async fn append_history(
-    connection: &mut SqliteConnection,
+    connection: &mut AnyConnection,
     kind: ResourceKind,
     resource_id: &str,
     before: &OperationMark,
@@ -356,22 +499,20 @@ pub(super) async fn append_history(
         return Ok(());
     }
     sqlx::query(INSERT_HISTORY)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(resource_id)
         .bind(&operation.id)
         .bind(operation.kind.as_str())
-        .bind(operation.phase)
+        .bind(operation.phase.as_str())
         .bind(&operation.description)
         .execute(connection)
         .await?;
     Ok(())
 }
 
-fn decode_instance(row: &SqliteRow) -> Result<InstanceRecord, StateError> {
+fn decode_instance(row: &AnyRow) -> Result<InstanceRecord, StateError> {
     let id: String = row.try_get("id")?;
-    let status = row
-        .try_get("status")
-        .map_err(|error| corrupt(&id, "status", error))?;
+    let status = decode_status(&id, row)?;
     let document: InstanceDocument = decode_json(&id, "record", row.try_get("record"))?;
     if document.instance.id != id {
         return Err(corrupt(
@@ -389,11 +530,9 @@ fn decode_instance(row: &SqliteRow) -> Result<InstanceRecord, StateError> {
     })
 }
 
-fn decode_binding(row: &SqliteRow, keyring: &Keyring) -> Result<BindingRecord, StateError> {
+fn decode_binding(row: &AnyRow, keyring: &Keyring) -> Result<BindingRecord, StateError> {
     let id: String = row.try_get("id")?;
-    let status = row
-        .try_get("status")
-        .map_err(|error| corrupt(&id, "status", error))?;
+    let status = decode_status(&id, row)?;
     let binding: Binding = decode_json(&id, "record", row.try_get("record"))?;
     if binding.id != id {
         return Err(corrupt(
@@ -416,7 +555,15 @@ fn decode_binding(row: &SqliteRow, keyring: &Keyring) -> Result<BindingRecord, S
     })
 }
 
-fn decode_operation(id: &str, row: &SqliteRow) -> Result<Option<OperationRecord>, StateError> {
+fn decode_status(id: &str, row: &AnyRow) -> Result<ResourceStatus, StateError> {
+    let text: String = row
+        .try_get("status")
+        .map_err(|error| corrupt(id, "status", error))?;
+    ResourceStatus::from_column(&text)
+        .ok_or_else(|| corrupt(id, "status", format!("unknown status {text:?}")))
+}
+
+fn decode_operation(id: &str, row: &AnyRow) -> Result<Option<OperationRecord>, StateError> {
     let text: Option<String> = row
         .try_get("operation")
         .map_err(|error| corrupt(id, "operation", error))?;
