@@ -47,6 +47,9 @@ impl Broker {
             .and_then(|s| s.service_binding.as_ref())
             .and_then(|s| s.create.as_ref());
         validate_parameters(schema.map(|s| &s.parameters), request.parameters.as_ref())?;
+        // OSB 2.17: a platform rotating a binding need not resend its
+        // parameters; the successor then gets the predecessor's.
+        let mut inherited_parameters = None;
         if let Some(predecessor) = &request.predecessor_binding_id {
             if !plan.binding_rotatable {
                 return Err(BrokerError::BadRequest(format!(
@@ -55,21 +58,19 @@ impl Broker {
                 ))
                 .into());
             }
-            let usable = self
-                .store
-                .binding(predecessor)
-                .await?
-                .is_some_and(|record| {
+            let Some(predecessor_record) =
+                self.store.binding(predecessor).await?.filter(|record| {
                     record.status == ResourceStatus::Ready
                         && record.binding.instance_id == request.instance_id
-                });
-            if !usable {
+                })
+            else {
                 return Err(BrokerError::BadRequest(format!(
                     "predecessor_binding_id {predecessor:?} is not a binding of service instance {}",
                     request.instance_id
                 ))
                 .into());
-            }
+            };
+            inherited_parameters = predecessor_record.binding.parameters;
         }
 
         let attributes = json!({
@@ -88,7 +89,7 @@ impl Broker {
             app_guid: request.app_guid.clone(),
             bind_resource: request.bind_resource.clone(),
             context: request.context.clone(),
-            parameters: request.parameters.clone(),
+            parameters: request.parameters.clone().or(inherited_parameters),
             predecessor_binding_id: request.predecessor_binding_id.clone(),
         };
         let accepts_incomplete = request.info.accepts_incomplete;
