@@ -405,3 +405,300 @@ async fn mysql_charset_parameter_and_updates() {
     assert_eq!((status, body), (200, json!({})));
     assert!(!mariadb_has_database(&database).await);
 }
+
+/// `yyyy-mm-ddThh:mm:ss.sZ`, the binding metadata format OSB fixes.
+#[track_caller]
+fn assert_osb_timestamp(text: &str) {
+    let shape: String = text
+        .chars()
+        .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+        .collect();
+    assert_eq!(shape, "dddd-dd-ddTdd:dd:dd.dZ", "{text}");
+}
+
+/// The `metadata` of a bind or fetch-binding body: (`expires_at`, `renew_before`).
+#[track_caller]
+fn binding_metadata(body: &Value) -> (String, String) {
+    let field = |name: &str| {
+        body["metadata"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no metadata.{name} in {body}"))
+            .to_owned()
+    };
+    let (expires_at, renew_before) = (field("expires_at"), field("renew_before"));
+    assert_osb_timestamp(&expires_at);
+    assert_osb_timestamp(&renew_before);
+    (expires_at, renew_before)
+}
+
+async fn server_seconds() -> i64 {
+    let mut root = mariadb_root().await;
+    let (seconds,): (i64,) = sqlx::query_as("SELECT CAST(UNIX_TIMESTAMP() AS SIGNED)")
+        .fetch_one(&mut root)
+        .await
+        .expect("the server's clock");
+    seconds
+}
+
+/// A user's password expiry as MariaDB records it.
+#[derive(Debug)]
+struct PasswordExpiry {
+    /// `password_lifetime` in days (0: never expires).
+    lifetime_days: i64,
+    /// `password_last_changed`, seconds since the epoch.
+    last_changed: i64,
+    /// When MariaDB starts refusing the password, formatted as OSB binding
+    /// metadata, and a fifth of the lifetime earlier.
+    expires_at: String,
+    renew_before: String,
+}
+
+async fn password_expiry(user: &str) -> PasswordExpiry {
+    let mut root = mariadb_root().await;
+    sqlx::query("SET time_zone = '+00:00'")
+        .execute(&mut root)
+        .await
+        .expect("UTC session");
+    let (lifetime_days, last_changed, expires_at, renew_before): (i64, i64, String, String) =
+        sqlx::query_as(
+            "SELECT lifetime, changed, \
+             CAST(DATE_FORMAT(FROM_UNIXTIME(changed + lifetime * 86400), '%Y-%m-%dT%H:%i:%s.0Z') AS CHAR), \
+             CAST(DATE_FORMAT(FROM_UNIXTIME(changed + lifetime * 86400 - lifetime * 86400 DIV 5), \
+             '%Y-%m-%dT%H:%i:%s.0Z') AS CHAR) \
+             FROM (SELECT CAST(JSON_VALUE(Priv, '$.password_lifetime') AS SIGNED) AS lifetime, \
+             CAST(JSON_VALUE(Priv, '$.password_last_changed') AS SIGNED) AS changed \
+             FROM mysql.global_priv WHERE User = ? AND Host = '%') AS account",
+        )
+        .bind(user)
+        .fetch_one(&mut root)
+        .await
+        .expect("the binding's user exists");
+    PasswordExpiry {
+        lifetime_days,
+        last_changed,
+        expires_at,
+        renew_before,
+    }
+}
+
+/// Makes MariaDB believe `user`'s password was set `seconds` earlier than
+/// it was: the only way to see the server enforce a lifetime of days
+/// without waiting for it.
+async fn age_password(user: &str, seconds: i64) {
+    let mut root = mariadb_root().await;
+    sqlx::query(
+        "UPDATE mysql.global_priv SET Priv = JSON_SET(Priv, '$.password_last_changed', \
+         CAST(JSON_VALUE(Priv, '$.password_last_changed') AS SIGNED) - ?) \
+         WHERE User = ? AND Host = '%'",
+    )
+    .bind(seconds)
+    .bind(user)
+    .execute(&mut root)
+    .await
+    .expect("age the password");
+    sqlx::query("FLUSH PRIVILEGES")
+        .execute(&mut root)
+        .await
+        .expect("reload the grant tables");
+}
+
+const DAY: i64 = 86_400;
+
+/// Logs in with `uri` and runs a statement. Depending on
+/// disconnect_on_expired_password, MariaDB refuses an expired password at
+/// login or opens a session in which only SET statements run.
+async fn run_statement(uri: &str) -> Result<(), String> {
+    let mut session = connect(uri).await.map_err(|error| error.to_string())?;
+    sqlx::query("SELECT 1")
+        .execute(&mut session)
+        .await
+        .map(|_| ())
+        .map_err(|error| error.to_string())
+}
+
+#[tokio::test]
+async fn mysql_binding_lifetime_is_the_passwords_and_mariadb_enforces_it() {
+    if !service_available("MariaDB", "127.0.0.1:3306") {
+        return;
+    }
+    let broker = mysql_broker().await;
+    let plan = broker.plan("mysql", "small").await;
+    let instance = unique_id("mysql-expiry");
+    let (status, body) = broker.provision(&instance, &plan, None).await;
+    assert_eq!(status, 201, "{body}");
+
+    // Without a lifetime: no metadata, and a password that never expires,
+    // whatever the server's default_password_lifetime.
+    let forever = unique_id("mysql-expiry-forever");
+    let (status, bound) = broker.bind(&instance, &forever, &plan, None).await;
+    assert_eq!(status, 201, "{bound}");
+    assert!(bound.get("metadata").is_none(), "{bound}");
+    let forever_user = credential(credentials(&bound), "username").to_owned();
+    let forever_uri = credential(credentials(&bound), "uri").to_owned();
+    assert_eq!(password_expiry(&forever_user).await.lifetime_days, 0);
+
+    // With one: MariaDB expires the password that many days after the bind
+    // set it, and the metadata names exactly that instant.
+    let expiring = unique_id("mysql-expiry-30");
+    let before = server_seconds().await;
+    let (status, bound) = broker
+        .bind(
+            &instance,
+            &expiring,
+            &plan,
+            Some(json!({"expires_in_days": 30})),
+        )
+        .await;
+    let after = server_seconds().await;
+    assert_eq!(status, 201, "{bound}");
+    let (expires_at, renew_before) = binding_metadata(&bound);
+    let user = credential(credentials(&bound), "username").to_owned();
+    let recorded = password_expiry(&user).await;
+    assert_eq!(recorded.lifetime_days, 30, "{recorded:?}");
+    assert!(
+        (before..=after).contains(&recorded.last_changed),
+        "the password was set during the bind ({before}..{after}): {recorded:?}"
+    );
+    assert_eq!(expires_at, recorded.expires_at);
+    assert_eq!(renew_before, recorded.renew_before);
+    assert!(renew_before < expires_at);
+    let (status, fetched) = broker.get(&binding_path(&instance, &expiring)).await;
+    assert_eq!(status, 200, "{fetched}");
+    assert_eq!(fetched["metadata"], bound["metadata"]);
+
+    // MariaDB enforces it: once the lifetime has passed, the credentials
+    // open no usable session; a password that never expires still works.
+    let uri = credential(credentials(&bound), "uri").to_owned();
+    run_statement(&uri)
+        .await
+        .expect("credentials work before they expire");
+    age_password(&user, 30 * DAY + 1).await;
+    let refusal = run_statement(&uri)
+        .await
+        .expect_err("credentials whose lifetime has passed still run statements");
+    assert!(
+        refusal.contains("SET PASSWORD") || refusal.contains("expired"),
+        "expected an expired-password error, got {refusal}"
+    );
+    age_password(&forever_user, 3650 * DAY).await;
+    run_statement(&forever_uri)
+        .await
+        .expect("a password without a lifetime never expires");
+
+    // A lifetime that is over before it starts, or not a number of days, is
+    // the platform user's mistake, and nothing is created.
+    for parameters in [
+        json!({"expires_in_days": 0}),
+        json!({"expires_in_days": -1}),
+        json!({"expires_in_days": 3651}),
+        json!({"expires_in_days": "30"}),
+    ] {
+        let refused = unique_id("mysql-expiry-refused");
+        let (status, body) = broker
+            .bind(&instance, &refused, &plan, Some(parameters.clone()))
+            .await;
+        assert_eq!(status, 400, "{parameters}: {body}");
+        assert!(
+            body["description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("expires_in_days"),
+            "{parameters}: {body}"
+        );
+        let user = wasm_broker_tests::derived_name("u_", &refused, 32);
+        assert!(!user_exists(&user).await, "{parameters} created {user}");
+    }
+
+    for binding in [&forever, &expiring] {
+        let (status, body) = broker.unbind(&instance, binding, &plan).await;
+        assert_eq!((status, body), (200, json!({})));
+    }
+    let (status, body) = broker.deprovision(&instance, &plan).await;
+    assert_eq!((status, body), (200, json!({})));
+}
+
+#[tokio::test]
+async fn mysql_rotation_gives_the_successor_a_lifetime_of_its_own() {
+    if !service_available("MariaDB", "127.0.0.1:3306") {
+        return;
+    }
+    let broker = mysql_broker().await;
+    let plan = broker.plan("mysql", "small").await;
+    let instance = unique_id("mysql-expiry-rotate");
+    let (status, body) = broker.provision(&instance, &plan, None).await;
+    assert_eq!(status, 201, "{body}");
+    let old = unique_id("mysql-expiry-old");
+    let (status, old_bound) = broker
+        .bind(&instance, &old, &plan, Some(json!({"expires_in_days": 1})))
+        .await;
+    assert_eq!(status, 201, "{old_bound}");
+    let (old_expires_at, _) = binding_metadata(&old_bound);
+    let old_user = credential(credentials(&old_bound), "username").to_owned();
+
+    let new = unique_id("mysql-expiry-new");
+    let mut rotation = bind_body(&plan, Some(json!({"expires_in_days": 7})));
+    rotation["predecessor_binding_id"] = json!(old);
+    let before = server_seconds().await;
+    let (status, new_bound) = broker.put_binding(&instance, &new, &rotation).await;
+    let after = server_seconds().await;
+    assert_eq!(status, 201, "{new_bound}");
+    let (expires_at, renew_before) = binding_metadata(&new_bound);
+    assert_ne!(expires_at, old_expires_at);
+    let new_user = credential(credentials(&new_bound), "username").to_owned();
+    let recorded = password_expiry(&new_user).await;
+    assert_eq!(recorded.lifetime_days, 7, "{recorded:?}");
+    assert!(
+        (before..=after).contains(&recorded.last_changed),
+        "the successor's lifetime starts at the rotation ({before}..{after}): {recorded:?}"
+    );
+    assert_eq!(
+        (expires_at, renew_before),
+        (recorded.expires_at, recorded.renew_before)
+    );
+
+    // The predecessor keeps its own lifetime and works until unbound.
+    let old_recorded = password_expiry(&old_user).await;
+    assert_eq!(old_recorded.lifetime_days, 1);
+    assert_eq!(old_recorded.expires_at, old_expires_at);
+    let old_uri = credential(credentials(&old_bound), "uri").to_owned();
+    let new_uri = credential(credentials(&new_bound), "uri").to_owned();
+    connect(&old_uri)
+        .await
+        .expect("the predecessor works during the rotation");
+    connect(&new_uri).await.expect("the successor works");
+    let (status, body) = broker.unbind(&instance, &old, &plan).await;
+    assert_eq!((status, body), (200, json!({})));
+    assert_denied(
+        connect(&old_uri).await.map(|_| ()),
+        "the predecessor after its unbind",
+    );
+    connect(&new_uri)
+        .await
+        .expect("the successor outlives its predecessor");
+
+    // A rotation that does not resend the parameters keeps the lifetime's
+    // length (the broker carries the predecessor's parameters over) and
+    // starts it anew.
+    let newest = unique_id("mysql-expiry-newest");
+    let mut rotation = bind_body(&plan, None);
+    rotation["predecessor_binding_id"] = json!(new);
+    let before = server_seconds().await;
+    let (status, newest_bound) = broker.put_binding(&instance, &newest, &rotation).await;
+    let after = server_seconds().await;
+    assert_eq!(status, 201, "{newest_bound}");
+    let (expires_at, _) = binding_metadata(&newest_bound);
+    let recorded = password_expiry(credential(credentials(&newest_bound), "username")).await;
+    assert_eq!(recorded.lifetime_days, 7, "{recorded:?}");
+    assert!(
+        (before..=after).contains(&recorded.last_changed),
+        "the inherited lifetime starts at this rotation ({before}..{after}): {recorded:?}"
+    );
+    assert_eq!(expires_at, recorded.expires_at);
+
+    let (status, body) = broker.unbind(&instance, &newest, &plan).await;
+    assert_eq!((status, body), (200, json!({})));
+    let (status, body) = broker.unbind(&instance, &new, &plan).await;
+    assert_eq!((status, body), (200, json!({})));
+    let (status, body) = broker.deprovision(&instance, &plan).await;
+    assert_eq!((status, body), (200, json!({})));
+}

@@ -589,7 +589,7 @@ async fn repeated_provisions_and_binds_are_idempotent_or_conflict() {
             &instance,
             &binding,
             &plan,
-            Some(json!({"role": "readonly"})),
+            Some(json!({"expires_in_days": 30})),
         )
         .await;
     assert_eq!(status, 409, "re-bind with different parameters: {conflict}");

@@ -323,3 +323,292 @@ async fn postgres_binding_rotation_keeps_both_credentials_until_unbound() {
     let (status, body) = broker.deprovision(&instance, &plan).await;
     assert_eq!((status, body), (200, json!({})));
 }
+
+/// `yyyy-mm-ddThh:mm:ss.sZ`, the binding metadata format OSB fixes.
+#[track_caller]
+fn assert_osb_timestamp(text: &str) {
+    let shape: String = text
+        .chars()
+        .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+        .collect();
+    assert_eq!(shape, "dddd-dd-ddTdd:dd:dd.dZ", "{text}");
+}
+
+/// The `metadata` of a bind or fetch-binding body: (`expires_at`, `renew_before`).
+#[track_caller]
+fn binding_metadata(body: &serde_json::Value) -> (String, String) {
+    let field = |name: &str| {
+        body["metadata"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no metadata.{name} in {body}"))
+            .to_owned()
+    };
+    let (expires_at, renew_before) = (field("expires_at"), field("renew_before"));
+    assert_osb_timestamp(&expires_at);
+    assert_osb_timestamp(&renew_before);
+    (expires_at, renew_before)
+}
+
+/// The server's clock in whole seconds since the epoch, rounded down
+/// (`floor`) or up (`ceil`).
+async fn server_seconds(rounding: &str) -> i64 {
+    let mut admin = postgres_admin().await;
+    let (seconds,): (i64,) = sqlx::query_as(&format!(
+        "SELECT {rounding}(extract(epoch FROM clock_timestamp()))::bigint"
+    ))
+    .fetch_one(&mut admin)
+    .await
+    .expect("the server's clock");
+    seconds
+}
+
+/// What PostgreSQL makes of a binding's metadata and its role: the role's
+/// `VALID UNTIL` equals `expires_at` (seconds since the epoch), and the
+/// seconds from `renew_before` to `expires_at`.
+async fn role_expiry(role: &str, expires_at: &str, renew_before: &str) -> (i64, bool, i64) {
+    let mut admin = postgres_admin().await;
+    let (valid_until, matches, renewal_margin): (Option<i64>, Option<bool>, i64) = sqlx::query_as(
+        "SELECT extract(epoch FROM rolvaliduntil)::bigint, rolvaliduntil = $2::timestamptz, \
+         extract(epoch FROM $2::timestamptz - $3::timestamptz)::bigint \
+         FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(role)
+    .bind(expires_at)
+    .bind(renew_before)
+    .fetch_one(&mut admin)
+    .await
+    .expect("the binding's role exists");
+    (
+        valid_until.unwrap_or_else(|| panic!("role {role} has no VALID UNTIL")),
+        matches.unwrap_or(false),
+        renewal_margin,
+    )
+}
+
+const DAY: i64 = 86_400;
+
+#[tokio::test]
+async fn postgres_binding_lifetime_is_the_roles_valid_until() {
+    if !service_available("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    let broker = postgres_broker().await;
+    let plan = broker.plan("postgres", "small").await;
+    let instance = unique_id("pg-expiry");
+    let (status, body) = broker.provision(&instance, &plan, None).await;
+    assert_eq!(status, 201, "{body}");
+
+    // Without a lifetime: no metadata, no VALID UNTIL.
+    let forever = unique_id("pg-expiry-forever");
+    let (status, bound) = broker.bind(&instance, &forever, &plan, None).await;
+    assert_eq!(status, 201, "{bound}");
+    assert!(bound.get("metadata").is_none(), "{bound}");
+    let role = credential(credentials(&bound), "username").to_owned();
+    let mut admin = postgres_admin().await;
+    let (valid_until,): (Option<String>,) =
+        sqlx::query_as("SELECT rolvaliduntil::text FROM pg_roles WHERE rolname = $1")
+            .bind(&role)
+            .fetch_one(&mut admin)
+            .await
+            .expect("the role exists");
+    assert_eq!(valid_until, None, "a binding without a lifetime expires");
+
+    // With one: the role is valid until `expires_at`, which is the lifetime
+    // after the moment of the bind by the server's clock.
+    let expiring = unique_id("pg-expiry-30");
+    let before = server_seconds("floor").await;
+    let (status, bound) = broker
+        .bind(
+            &instance,
+            &expiring,
+            &plan,
+            Some(json!({"expires_in_days": 30})),
+        )
+        .await;
+    let after = server_seconds("ceil").await;
+    assert_eq!(status, 201, "{bound}");
+    let (expires_at, renew_before) = binding_metadata(&bound);
+    assert!(renew_before < expires_at, "{bound}");
+    let role = credential(credentials(&bound), "username").to_owned();
+    let (valid_until, matches, renewal_margin) =
+        role_expiry(&role, &expires_at, &renew_before).await;
+    assert!(matches, "VALID UNTIL of {role} is not {expires_at}");
+    assert!(
+        (before + 30 * DAY..=after + 30 * DAY).contains(&valid_until),
+        "VALID UNTIL {valid_until} is not 30 days after the bind ({before}..{after})"
+    );
+    assert_eq!(
+        renewal_margin,
+        6 * DAY,
+        "renew a fifth of the lifetime early"
+    );
+    let uri = credential(credentials(&bound), "uri").to_owned();
+    connect(&uri)
+        .await
+        .expect("credentials log in before they expire");
+
+    // The platform sees the same metadata again: on an identical re-bind and
+    // when it fetches the binding.
+    let (status, again) = broker
+        .bind(
+            &instance,
+            &expiring,
+            &plan,
+            Some(json!({"expires_in_days": 30})),
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["metadata"], bound["metadata"]);
+    let (status, fetched) = broker.get(&binding_path(&instance, &expiring)).await;
+    assert_eq!(status, 200, "{fetched}");
+    assert_eq!(fetched["metadata"], bound["metadata"]);
+
+    // A lifetime that is over before it starts, or not a number of days, is
+    // the platform user's mistake, and nothing is created.
+    for parameters in [
+        json!({"expires_in_days": 0}),
+        json!({"expires_in_days": -1}),
+        json!({"expires_in_days": 3651}),
+        json!({"expires_in_days": "30"}),
+        json!({"expires_in_days": 1.5}),
+    ] {
+        let refused = unique_id("pg-expiry-refused");
+        let (status, body) = broker
+            .bind(&instance, &refused, &plan, Some(parameters.clone()))
+            .await;
+        assert_eq!(status, 400, "{parameters}: {body}");
+        assert!(
+            body["description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("expires_in_days"),
+            "{parameters}: {body}"
+        );
+        let role = wasm_broker_tests::derived_name("u_", &refused, 63);
+        assert!(!role_exists(&role).await, "{parameters} created {role}");
+    }
+
+    for binding in [&forever, &expiring] {
+        let (status, body) = broker.unbind(&instance, binding, &plan).await;
+        assert_eq!((status, body), (200, json!({})));
+    }
+    let (status, body) = broker.deprovision(&instance, &plan).await;
+    assert_eq!((status, body), (200, json!({})));
+}
+
+#[tokio::test]
+async fn postgres_rotation_gives_the_successor_a_lifetime_of_its_own() {
+    if !service_available("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    let broker = postgres_broker().await;
+    let plan = broker.plan("postgres", "small").await;
+    let instance = unique_id("pg-expiry-rotate");
+    let (status, body) = broker.provision(&instance, &plan, None).await;
+    assert_eq!(status, 201, "{body}");
+    let old = unique_id("pg-expiry-old");
+    let (status, old_bound) = broker
+        .bind(&instance, &old, &plan, Some(json!({"expires_in_days": 1})))
+        .await;
+    assert_eq!(status, 201, "{old_bound}");
+    let (old_expires_at, _) = binding_metadata(&old_bound);
+
+    let new = unique_id("pg-expiry-new");
+    let mut rotation = bind_body(&plan, Some(json!({"expires_in_days": 7})));
+    rotation["predecessor_binding_id"] = json!(old);
+    let before = server_seconds("floor").await;
+    let (status, new_bound) = broker.put_binding(&instance, &new, &rotation).await;
+    let after = server_seconds("ceil").await;
+    assert_eq!(status, 201, "{new_bound}");
+    let (expires_at, renew_before) = binding_metadata(&new_bound);
+    assert_ne!(expires_at, old_expires_at);
+    let new_role = credential(credentials(&new_bound), "username").to_owned();
+    let (valid_until, matches, renewal_margin) =
+        role_expiry(&new_role, &expires_at, &renew_before).await;
+    assert!(matches, "VALID UNTIL of {new_role} is not {expires_at}");
+    assert!(
+        (before + 7 * DAY..=after + 7 * DAY).contains(&valid_until),
+        "the successor's lifetime starts at the rotation ({before}..{after}), got {valid_until}"
+    );
+    assert_eq!(renewal_margin, 7 * DAY / 5);
+
+    // The predecessor keeps its own lifetime and keeps working until unbound.
+    let old_role = credential(credentials(&old_bound), "username").to_owned();
+    let (status, fetched) = broker.get(&binding_path(&instance, &old)).await;
+    assert_eq!(status, 200, "{fetched}");
+    assert_eq!(fetched["metadata"], old_bound["metadata"]);
+    let (_, old_matches, _) = role_expiry(&old_role, &old_expires_at, &old_expires_at).await;
+    assert!(
+        old_matches,
+        "the rotation changed the predecessor's VALID UNTIL"
+    );
+    let old_uri = credential(credentials(&old_bound), "uri").to_owned();
+    let new_uri = credential(credentials(&new_bound), "uri").to_owned();
+    connect(&old_uri)
+        .await
+        .expect("the predecessor works during the rotation");
+    connect(&new_uri).await.expect("the successor works");
+    let (status, body) = broker.unbind(&instance, &old, &plan).await;
+    assert_eq!((status, body), (200, json!({})));
+    assert!(!role_exists(&old_role).await, "unbind left {old_role}");
+    connect(&new_uri)
+        .await
+        .expect("the successor outlives its predecessor");
+
+    // A rotation that does not resend the parameters keeps the lifetime's
+    // length (the broker carries the predecessor's parameters over) and
+    // starts it anew.
+    let newest = unique_id("pg-expiry-newest");
+    let mut rotation = bind_body(&plan, None);
+    rotation["predecessor_binding_id"] = json!(new);
+    let before = server_seconds("floor").await;
+    let (status, newest_bound) = broker.put_binding(&instance, &newest, &rotation).await;
+    let after = server_seconds("ceil").await;
+    assert_eq!(status, 201, "{newest_bound}");
+    let (expires_at, renew_before) = binding_metadata(&newest_bound);
+    let newest_role = credential(credentials(&newest_bound), "username").to_owned();
+    let (valid_until, matches, _) = role_expiry(&newest_role, &expires_at, &renew_before).await;
+    assert!(matches, "VALID UNTIL of {newest_role} is not {expires_at}");
+    assert!(
+        (before + 7 * DAY..=after + 7 * DAY).contains(&valid_until),
+        "the inherited 7 days start at this rotation ({before}..{after}), got {valid_until}"
+    );
+
+    let (status, body) = broker.deprovision(&instance, &plan).await;
+    assert_eq!((status, body), (200, json!({})));
+}
+
+#[tokio::test]
+async fn postgres_operator_default_lifetime_applies_unless_the_binding_asks() {
+    if !service_available("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    let mut setup = BrokerSetup::shipped(&["postgres"]);
+    setup
+        .extra_config
+        .push_str("\n[plugins.postgres.config]\nbinding_expires_in_days = 2\n");
+    let broker = TestBroker::start(setup).await;
+    let plan = broker.plan("postgres", "small").await;
+    let instance = unique_id("pg-expiry-default");
+    let (status, body) = broker.provision(&instance, &plan, None).await;
+    assert_eq!(status, 201, "{body}");
+    for (parameters, days) in [(None, 2), (Some(json!({"expires_in_days": 5})), 5)] {
+        let binding = unique_id("pg-expiry-default");
+        let before = server_seconds("floor").await;
+        let (status, bound) = broker
+            .bind(&instance, &binding, &plan, parameters.clone())
+            .await;
+        let after = server_seconds("ceil").await;
+        assert_eq!(status, 201, "{bound}");
+        let (expires_at, renew_before) = binding_metadata(&bound);
+        let role = credential(credentials(&bound), "username").to_owned();
+        let (valid_until, matches, _) = role_expiry(&role, &expires_at, &renew_before).await;
+        assert!(matches, "{parameters:?}: VALID UNTIL is not {expires_at}");
+        assert!(
+            (before + days * DAY..=after + days * DAY).contains(&valid_until),
+            "{parameters:?}: expected {days} days from {before}..{after}, got {valid_until}"
+        );
+    }
+    let (status, body) = broker.deprovision(&instance, &plan).await;
+    assert_eq!((status, body), (200, json!({})));
+}
