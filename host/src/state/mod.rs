@@ -13,6 +13,7 @@
 //! without a key: with none configured, the store opens only if it holds no
 //! credentials, and refuses to create bindings.
 
+pub mod inventory;
 mod tables;
 #[cfg(test)]
 mod tests;
