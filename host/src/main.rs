@@ -15,7 +15,8 @@ use wasm_broker::config::{Config, StateBackend, TlsConfig, parse_api_version};
 use wasm_broker::osb::{self, GuardConfig};
 use wasm_broker::runtime::PluginRuntime;
 use wasm_broker::secrets::{EncryptionKey, generate_key};
-use wasm_broker::state::StateStore;
+use wasm_broker::state::inventory::{InstanceFilter, PurgeOutcome, StatusFilter};
+use wasm_broker::state::{ResourceStatus, StateStore};
 
 /// Where `rotate-key` reads the new key when no file is given: an argument
 /// would show in `ps`.
@@ -60,6 +61,91 @@ enum Command {
         #[arg(long)]
         new_key_file: Option<PathBuf>,
     },
+    /// Read the service instances in the state store (safe while the broker serves).
+    #[command(subcommand)]
+    Instances(InstancesCommand),
+    /// Forget a stuck service instance and its bindings, WITHOUT calling the plugin: its backend
+    /// resources (databases, users, ...) are NOT deleted.
+    #[command(long_about = PURGE_HELP)]
+    Purge {
+        /// The instance id, as the platform sent it.
+        id: String,
+        /// Do not ask for confirmation (for scripts). Without it, purge needs a terminal.
+        #[arg(long)]
+        yes: bool,
+        /// Why, recorded in the instance's operation history with the purge.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+const PURGE_HELP: &str = "\
+Forget a stuck service instance: remove its record and the records of its bindings from the state
+store, without calling the plugin. Use it when the platform and the broker disagree for good, for
+example when an operation can never finish or the plugin that served the instance is gone.
+
+What is NOT deleted: everything the instance has in its backend (databases, users, queues, ...) and
+the credentials its bindings handed out, which stay valid. Remove those by hand.
+
+Afterwards the broker answers for the id as for one it never saw: fetch and last_operation 404,
+deprovision 410 Gone, and the platform can provision the same id again. A `purge` entry is appended
+to the instance's operation history (`wasm-broker instances show ID`), with --reason if given.
+
+purge lists what it will remove and asks you to type the instance id; --yes skips that, and
+without a terminal (a script, a pipe) purge refuses to run unless --yes is given.
+
+A broker may keep serving from the same store meanwhile: the purge is one transaction, and it goes
+ahead only if the instance and its bindings are still exactly as listed when you confirmed. An
+operation the broker is running on the instance at that moment finishes without a record to write
+to, so what it creates is not recorded: prefer to purge when nothing is under way.";
+
+#[derive(Subcommand)]
+enum InstancesCommand {
+    /// A table of instances, newest first: id, service, plan, status, last operation, times.
+    List {
+        /// Only instances of this service (its catalog name, or its id).
+        #[arg(long)]
+        service: Option<String>,
+        /// Only instances in this status (deleted ones are hidden unless asked for).
+        #[arg(long, value_enum)]
+        status: Option<StatusArg>,
+        /// Include the records of deleted instances, kept so last_operation can report the deletion.
+        #[arg(long, conflicts_with = "status")]
+        all: bool,
+        /// Show at most this many (0: all of them).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One instance: its record, its bindings (never their credentials) and its operation history.
+    Show {
+        /// The instance id, as the platform sent it.
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StatusArg {
+    Creating,
+    Ready,
+    Failed,
+    Deleted,
+}
+
+impl From<StatusArg> for ResourceStatus {
+    fn from(status: StatusArg) -> Self {
+        match status {
+            StatusArg::Creating => ResourceStatus::Creating,
+            StatusArg::Ready => ResourceStatus::Ready,
+            StatusArg::Failed => ResourceStatus::Failed,
+            StatusArg::Deleted => ResourceStatus::Deleted,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -76,11 +162,17 @@ enum PluginsCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The store commands talk to the operator on stderr: only what goes
+    // wrong belongs between their lines.
+    let default_level = match cli.command {
+        Command::Instances(_) | Command::Purge { .. } => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         // Logs on stderr, so commands that print results keep stdout clean.
         .with_writer(std::io::stderr)
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .init();
     let config =
@@ -115,7 +207,147 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::RotateKey { new_key_file } => rotate_key(config()?, new_key_file.as_deref()).await,
+        Command::Instances(InstancesCommand::List {
+            service,
+            status,
+            all,
+            limit,
+            json,
+        }) => {
+            let status = match (status, all) {
+                (Some(status), _) => StatusFilter::Only(status.into()),
+                (None, true) => StatusFilter::Any,
+                (None, false) => StatusFilter::NotDeleted,
+            };
+            list_instances(config()?, service.as_deref(), status, limit, json).await
+        }
+        Command::Instances(InstancesCommand::Show { id, json }) => {
+            show_instance(config()?, &id, json).await
+        }
+        Command::Purge { id, yes, reason } => purge(config()?, &id, yes, reason.as_deref()).await,
     }
+}
+
+/// The store `instances` and `purge` work on: the one `serve` uses.
+async fn open_store(config: &Config) -> anyhow::Result<StateStore> {
+    admin::require_store(config)?;
+    StateStore::open(&config.state)
+        .await
+        .context("opening the state store")
+}
+
+async fn list_instances(
+    config: Config,
+    service: Option<&str>,
+    status: StatusFilter,
+    limit: u32,
+    json: bool,
+) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    let catalog = admin::catalog_for_names(&config).await;
+    let filter = InstanceFilter {
+        service_id: service.map(|service| admin::service_id_of(&catalog, service)),
+        status,
+        limit: (limit > 0).then_some(limit),
+    };
+    let page = store
+        .list_instances(&filter)
+        .await
+        .context("listing instances")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&page)?);
+    } else {
+        print!("{}", admin::instances_table(&page, &catalog));
+    }
+    Ok(())
+}
+
+async fn show_instance(config: Config, id: &str, json: bool) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    let Some(report) = admin::InstanceReport::load(&store, id).await? else {
+        anyhow::bail!("{}", unknown_instance(&store, id).await?);
+    };
+    let catalog = admin::catalog_for_names(&config).await;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.to_json(&catalog))?
+        );
+    } else {
+        print!("{}", report.to_text(&catalog));
+    }
+    Ok(())
+}
+
+/// Why there is no instance `id`, with what its history still tells (a
+/// purge leaves its trace there).
+async fn unknown_instance(store: &StateStore, id: &str) -> anyhow::Result<String> {
+    let history = store.instance_history(id).await?;
+    Ok(match history.last() {
+        Some(last) => format!(
+            "there is no service instance {id:?} in the state store; its history ends with {} {} at {}",
+            last.kind, last.phase, last.at
+        ),
+        None => format!(
+            "there is no service instance {id:?} in the state store (`wasm-broker instances list` shows the ids)"
+        ),
+    })
+}
+
+async fn purge(config: Config, id: &str, yes: bool, reason: Option<&str>) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    let Some(preview) = store.purge_preview(id).await? else {
+        anyhow::bail!("{}", unknown_instance(&store, id).await?);
+    };
+    let catalog = admin::catalog_for_names(&config).await;
+    eprint!("{}", admin::purge_warning(&preview, &catalog));
+    if !yes {
+        confirm_purge(id)?;
+    }
+    let description = admin::purge_description(&preview, reason);
+    match store.purge_instance(&preview, &description).await? {
+        PurgeOutcome::Purged { binding_ids } => {
+            println!(
+                "purged service instance {id} and {} binding record(s){}",
+                binding_ids.len(),
+                if binding_ids.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", binding_ids.join(", "))
+                }
+            );
+            println!(
+                "the plugin was not called: remove the instance's backend resources by hand; \
+                 the purge is recorded in the operation history of {id}"
+            );
+            Ok(())
+        }
+        PurgeOutcome::Gone => anyhow::bail!("service instance {id} was purged meanwhile"),
+        PurgeOutcome::Changed => anyhow::bail!(
+            "service instance {id} or its bindings changed while you confirmed (a broker is working \
+             on it): nothing was purged; run purge again to see the current state"
+        ),
+    }
+}
+
+/// Asks the operator to type the instance id. Refuses without a terminal:
+/// a script must say --yes.
+fn confirm_purge(id: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    anyhow::ensure!(
+        std::io::stdin().is_terminal(),
+        "refusing to purge without confirmation: there is no terminal to ask on. \
+         Pass --yes to purge from a script."
+    );
+    eprint!("Type the instance id to purge it: ");
+    std::io::stderr().flush()?;
+    let mut typed = String::new();
+    std::io::stdin().lock().read_line(&mut typed)?;
+    anyhow::ensure!(
+        typed.trim() == id,
+        "nothing was purged: what you typed is not the instance id"
+    );
+    Ok(())
 }
 
 async fn rotate_key(config: Config, new_key_file: Option<&Path>) -> anyhow::Result<()> {
