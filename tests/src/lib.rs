@@ -121,6 +121,9 @@ pub struct BrokerSetup {
     /// PEM of the certificate a `[server.tls]` table (in `server`) makes the
     /// broker present: the harness then talks HTTPS, trusting only it.
     pub tls_certificate: Option<String>,
+    /// The `[state]` lines; empty for a SQLite store in the broker's
+    /// directory. [`ScratchDatabase::state_config`] shares a PostgreSQL one.
+    pub state: String,
 }
 
 impl BrokerSetup {
@@ -153,6 +156,7 @@ impl BrokerSetup {
             runtime: String::new(),
             server: String::new(),
             tls_certificate: None,
+            state: String::new(),
         }
     }
 }
@@ -191,7 +195,7 @@ username = "{USERNAME}"
 password = "{PASSWORD}"
 
 [state]
-path = "state/broker.db"
+{state}
 
 [runtime]
 plugin_dir = "plugins"
@@ -203,6 +207,11 @@ cache_dir = "{cache}"
             runtime = setup.runtime,
             server = setup.server,
             extra = setup.extra_config,
+            state = if setup.state.is_empty() {
+                "path = \"state/broker.db\""
+            } else {
+                &setup.state
+            },
         );
         std::fs::write(dir.path().join("broker.toml"), config).expect("write broker.toml");
         let (scheme, client) = match &setup.tls_certificate {
@@ -259,6 +268,7 @@ cache_dir = "{cache}"
                     .map(|key| ("WASM_BROKER_ENCRYPTION_KEY", key)),
             )
             .env_remove("WASM_BROKER_PREVIOUS_ENCRYPTION_KEYS")
+            .env_remove("WASM_BROKER_STATE_URL")
             .stdout(Stdio::from(log.try_clone().expect("log handle")))
             .stderr(Stdio::from(log))
             .spawn()
@@ -632,6 +642,75 @@ pub async fn postgres_admin() -> sqlx::PgConnection {
     sqlx::PgConnection::connect(POSTGRES_ADMIN_URL)
         .await
         .expect("admin connection to PostgreSQL")
+}
+
+/// A database of its own on the PostgreSQL server, for brokers sharing a
+/// state store; dropped (with whatever still uses it) when this is.
+pub struct ScratchDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl ScratchDatabase {
+    /// `None` when PostgreSQL is unreachable outside CI (see
+    /// [`service_available`]).
+    pub async fn create() -> Option<Self> {
+        use sqlx::Executor as _;
+        if !service_available("PostgreSQL", "127.0.0.1:5432") {
+            return None;
+        }
+        let name = format!(
+            "wb_ha_{}",
+            unique_id("").trim_start_matches('-').replace('-', "_")
+        );
+        postgres_admin()
+            .await
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("scratch database created");
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        Some(Self { name, url })
+    }
+
+    /// `[state]` lines (see [`BrokerSetup::state`]) for a broker replica on
+    /// this database, taking a dead replica's calls over after
+    /// `lease_seconds`.
+    pub fn state_config(&self, lease_seconds: u64) -> String {
+        format!(
+            "backend = \"postgres\"\nurl = \"{}\"\nreplica_lease_seconds = {lease_seconds}\n",
+            self.url
+        )
+    }
+
+    /// A direct connection, to look at what the brokers stored.
+    pub async fn connect(&self) -> sqlx::PgConnection {
+        use sqlx::Connection as _;
+        sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("connection to the scratch database")
+    }
+}
+
+impl Drop for ScratchDatabase {
+    /// On a thread of its own: drop cannot wait for the test's runtime.
+    fn drop(&mut self) {
+        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                use sqlx::{Connection as _, Executor as _};
+                let mut admin = sqlx::PgConnection::connect(POSTGRES_ADMIN_URL).await?;
+                admin.execute(statement.as_str()).await.map(drop)
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop scratch database {}: {dropped:?}", self.name);
+        }
+    }
 }
 
 /// A client that trusts only `certificate_pem` (a self-signed test
