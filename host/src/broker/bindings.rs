@@ -1,6 +1,8 @@
 //! Bind, unbind, fetch and poll service bindings.
 
 use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::model::{
     BindOutcome, Binding, BindingResult, BrokerError, DeletionOutcome, OperationKind,
@@ -26,6 +28,15 @@ fn concurrency_error() -> BrokerError {
     BrokerError::ConcurrencyError(
         "Another operation for this service binding is in progress.".to_owned(),
     )
+}
+
+/// The `expires_at` of a binding whose expiry has passed. OSB 2.17 rotates
+/// only non-expired bindings. An expiry the broker cannot read does not
+/// block rotation: moving off such a binding is the safe direction.
+fn expiry_passed(result: Option<&BindingResult>, now: OffsetDateTime) -> Option<&str> {
+    let expires_at = result?.metadata.as_ref()?.expires_at.as_deref()?;
+    let instant = OffsetDateTime::parse(expires_at, &Rfc3339).ok()?;
+    (instant <= now).then_some(expires_at)
 }
 
 fn binding_not_found(binding_id: &str) -> BrokerError {
@@ -70,6 +81,16 @@ impl Broker {
                 ))
                 .into());
             };
+            if let Some(expires_at) = expiry_passed(
+                predecessor_record.result.as_ref(),
+                OffsetDateTime::now_utc(),
+            ) {
+                return Err(BrokerError::BadRequest(format!(
+                    "predecessor_binding_id {predecessor:?} expired at {expires_at}: only a binding \
+                     that has not expired can be rotated (its renew_before says when to rotate)"
+                ))
+                .into());
+            }
             inherited_parameters = predecessor_record.binding.parameters;
         }
 
@@ -548,5 +569,39 @@ fn existing_binding(
             requested.id
         ))),
         _ => Err(concurrency_error()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
+    use super::expiry_passed;
+    use crate::model::{BindingMetadata, BindingResult};
+
+    fn expiring(expires_at: &str) -> BindingResult {
+        BindingResult {
+            metadata: Some(BindingMetadata {
+                expires_at: Some(expires_at.to_owned()),
+                renew_before: None,
+            }),
+            ..BindingResult::default()
+        }
+    }
+
+    #[test]
+    fn rotation_is_refused_only_once_the_predecessor_expired() {
+        let now = OffsetDateTime::parse("2026-11-26T12:00:00.0Z", &Rfc3339).expect("valid instant");
+        let past = expiring("2026-11-26T11:59:59.9Z");
+        let future = expiring("2026-11-26T12:00:00.1Z");
+        assert_eq!(
+            expiry_passed(Some(&past), now),
+            Some("2026-11-26T11:59:59.9Z")
+        );
+        assert_eq!(expiry_passed(Some(&future), now), None);
+        assert_eq!(expiry_passed(Some(&BindingResult::default()), now), None);
+        assert_eq!(expiry_passed(None, now), None);
+        assert_eq!(expiry_passed(Some(&expiring("next tuesday")), now), None);
     }
 }
