@@ -16,8 +16,8 @@ use wasm_broker_tests::faults::{
     instance_last_operation, instance_poll_path, poll_until_done, provision_async,
 };
 use wasm_broker_tests::{
-    BrokerSetup, ScratchDatabase, TestBroker, binding_path, credentials, instance_path,
-    provision_body, unique_id,
+    BrokerSetup, ENCRYPTION_KEY, ScratchDatabase, TestBroker, binding_path, broker_binary,
+    credentials, instance_path, provision_body, unique_id,
 };
 
 /// Short, so the kill test waits seconds, not the default half minute.
@@ -327,4 +327,67 @@ async fn a_dead_replicas_call_fails_after_its_lease_and_a_live_ones_does_not() {
         status, 200,
         "orphan-mitigation DELETE of the failed provision: {body}"
     );
+}
+
+/// `wasm-broker <args>` with `broker`'s configuration and `key` as the
+/// encryption key: stdout, after checking it succeeded.
+fn command(broker: &TestBroker, key: &str, args: &[&str], extra_env: &[(&str, &str)]) -> String {
+    let output = std::process::Command::new(broker_binary())
+        .args(args)
+        .arg("--config")
+        .arg(broker.dir.path().join("broker.toml"))
+        .env_remove("WASM_BROKER_STATE_URL")
+        .env_remove("WASM_BROKER_PREVIOUS_ENCRYPTION_KEYS")
+        .env("WASM_BROKER_ENCRYPTION_KEY", key)
+        .envs(extra_env.iter().copied())
+        .output()
+        .expect("wasm-broker runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "wasm-broker {args:?}: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The operator commands work on the shared store named in broker.toml: a
+/// key rotation run beside the replicas re-encrypts what they stored, and a
+/// replica restarted with the new key reads it.
+#[tokio::test]
+async fn operator_commands_work_on_the_shared_store() {
+    let Some((_database, a, mut b)) = replicas(&[ECHO], "").await else {
+        return;
+    };
+    let plan = ECHO.plan();
+    let instance_id = unique_id("ha-operator");
+    let binding_id = unique_id("ha-operator-binding");
+    let (status, body) = a.provision(&instance_id, &plan, None).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, bound) = a.bind(&instance_id, &binding_id, &plan, None).await;
+    assert_eq!(status, 201, "{bound}");
+
+    let new_key = command(&a, ENCRYPTION_KEY, &["generate-key"], &[]);
+    let new_key = new_key.trim();
+    let rotated = command(
+        &a,
+        ENCRYPTION_KEY,
+        &["rotate-key"],
+        &[("WASM_BROKER_NEW_ENCRYPTION_KEY", new_key)],
+    );
+    assert!(
+        rotated.contains("re-encrypted the credentials of 1 service binding(s)"),
+        "{rotated}"
+    );
+
+    b.kill();
+    b.encryption_key = Some(new_key.to_owned());
+    b.spawn().await;
+    let (status, fetched) = b.get(&binding_path(&instance_id, &binding_id)).await;
+    assert_eq!(status, 200, "B, restarted with the new key: {fetched}");
+    assert_eq!(credentials(&fetched), credentials(&bound));
+
+    let listed = command(&b, new_key, &["instances", "list", "--json"], &[]);
+    assert!(listed.contains(&instance_id), "{listed}");
 }
