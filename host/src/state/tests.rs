@@ -1078,6 +1078,35 @@ async fn lookups_use_indexes() {
     }
 }
 
+/// The settings the `Any` driver's URL cannot carry reach every SQLite
+/// connection: WAL, and a sync of the WAL at every commit.
+#[tokio::test]
+async fn sqlite_connections_use_the_wal_and_sync_every_commit() {
+    let scratch = Scratch::new(StateBackend::Sqlite)
+        .await
+        .expect("a directory");
+    let store = open(&scratch).await;
+    let mut connections = Vec::new();
+    for _ in 0..3 {
+        let mut connection = store.pool.acquire().await.expect("connection");
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *connection)
+            .await
+            .expect("journal mode");
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *connection)
+            .await
+            .expect("synchronous");
+        let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&mut *connection)
+            .await
+            .expect("foreign keys");
+        assert_eq!((journal.as_str(), synchronous, foreign_keys), ("wal", 2, 1));
+        // Held, so the next round gets another connection.
+        connections.push(connection);
+    }
+}
+
 /// A store written before `calling_replica` existed (only the first
 /// migration applied, as the broker released with it left it) migrates on
 /// open, and its interrupted calls still fail.
