@@ -21,7 +21,7 @@ use wasm_broker_tests::{
 };
 
 /// Short, so the kill test waits seconds, not the default half minute.
-const LEASE_SECONDS: u64 = 2;
+const LEASE_SECONDS: u64 = 3;
 
 /// Two replicas serving `fixtures` from one fresh database, started at
 /// once (so they also migrate it at once); `None` when PostgreSQL is not
