@@ -176,6 +176,48 @@ async fn racing_creates_on_both_replicas_make_one_resource() {
 }
 
 #[tokio::test]
+async fn racing_async_provisions_on_both_replicas_share_one_operation() {
+    let Some((_database, a, b)) = replicas(&[SLOW_ASYNC], "").await else {
+        return;
+    };
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let plan = SLOW_ASYNC.plan();
+    let instance_id = unique_id("ha-race-async");
+    // Enough polls that the operation stays in progress for the whole test.
+    let parameters = Some(json!({"polls": 1000}));
+    let answers = race(&a, &b, 16, |replica, _| {
+        let (instance_id, plan, parameters) =
+            (instance_id.clone(), plan.clone(), parameters.clone());
+        async move { provision_async(&replica, &instance_id, &plan, parameters).await }
+    })
+    .await;
+    let mut operations = std::collections::BTreeSet::new();
+    for (status, body) in &answers {
+        match status {
+            202 => {
+                operations.insert(body["operation"].to_string());
+            }
+            _ => assert_concurrency_error(*status, body, "async provision racing the first call"),
+        }
+    }
+    assert_eq!(
+        operations.len(),
+        1,
+        "every 202, from either replica, names the same operation: {operations:?}"
+    );
+    let operation = operations.pop_first().expect("one operation");
+    for replica in [&a, &b] {
+        let (status, body) =
+            provision_async(replica, &instance_id, &plan, parameters.clone()).await;
+        assert_eq!(
+            (status, body["operation"].to_string()),
+            (202, operation.clone()),
+            "after the race: {body}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_operation_started_on_one_replica_finishes_on_the_other() {
     let Some((_database, a, b)) = replicas(&[SLOW_ASYNC], "").await else {
         return;
