@@ -118,11 +118,10 @@ async fn healthz() -> &'static str {
 /// Ready when the state store answers and at least one plugin is loaded.
 async fn readyz(State(state): State<AppState>) -> Response {
     if let Err(error) = state.broker.store().ping().await {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("state store unreachable: {error}"),
-        )
-            .into_response();
+        // The cause (host, database, user names) is for the log, not for
+        // whoever can reach this unauthenticated probe.
+        tracing::warn!(%error, "readiness: the state store does not answer");
+        return (StatusCode::SERVICE_UNAVAILABLE, "state store unreachable").into_response();
     }
     if state.broker.catalog().catalog.services.is_empty() {
         return (StatusCode::SERVICE_UNAVAILABLE, "no plugin loaded").into_response();
@@ -133,11 +132,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// Prometheus text exposition; names and counts only, no secrets.
 async fn prometheus(State(state): State<AppState>) -> Response {
     match &state.metrics {
-        Some(handle) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
+        Some(handle) => {
+            observe::record_store_gauges(state.broker.store()).await;
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                handle.render(),
+            )
+                .into_response()
+        }
         None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
     }
 }

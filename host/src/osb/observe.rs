@@ -1,6 +1,7 @@
 //! Per-request observability: a tracing span carrying the platform's
 //! request identity, and Prometheus counters and latency histograms labelled
 //! by route template (never by id, so label cardinality stays bounded).
+//! Also the store-backed gauges, computed when `/metrics` is scraped.
 
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ use axum::response::Response;
 use tracing::Instrument as _;
 
 use super::guard::REQUEST_IDENTITY;
+use crate::state::{OperationPhase, StateStore};
 
 pub async fn observe(request: Request, next: Next) -> Response {
     let endpoint = request
@@ -46,4 +48,33 @@ pub async fn observe(request: Request, next: Next) -> Response {
     metrics::histogram!("osb_request_duration_seconds", "endpoint" => endpoint, "method" => method)
         .record(elapsed.as_secs_f64());
     response
+}
+
+/// Sets `osb_operations_in_progress{resource, phase}`: the operations the
+/// store holds as under way, `calling` (a plugin call running now) or
+/// `in_progress` (asynchronous, awaiting the platform's polls). It counts
+/// for every broker sharing the store, so replicas report the same value.
+/// Two indexed counts per scrape.
+pub async fn record_store_gauges(store: &StateStore) {
+    let counts = match store.count_running_operations().await {
+        Ok(counts) => counts,
+        Err(error) => {
+            tracing::warn!(%error, "cannot count the operations under way for /metrics");
+            return;
+        }
+    };
+    for running in counts {
+        let phase = match running.phase {
+            OperationPhase::Calling => "calling",
+            OperationPhase::InProgress => "in_progress",
+            OperationPhase::Succeeded => "succeeded",
+            OperationPhase::Failed => "failed",
+        };
+        metrics::gauge!(
+            "osb_operations_in_progress",
+            "resource" => running.resource,
+            "phase" => phase
+        )
+        .set(running.count as f64);
+    }
 }

@@ -160,6 +160,7 @@ impl PluginEngine {
         let limits = plugin.limits;
         let deadline = Duration::from_millis(limits.call_timeout_ms);
         let started = Instant::now();
+        let _in_progress = CallInProgress::start(plugin.name, operation);
         let fault = |kind: &'static str, cause: String| {
             tracing::warn!(plugin = plugin.name, operation, %cause, "plugin call failed");
             metrics::counter!(
@@ -252,6 +253,28 @@ impl PluginEngine {
                 ),
             )),
         }
+    }
+}
+
+/// Counts a call in `plugin_calls_in_progress{plugin, operation}` (waiting
+/// for a slot included) for as long as it lives, however the call ends.
+struct CallInProgress(metrics::Gauge);
+
+impl CallInProgress {
+    fn start(plugin: &str, operation: &'static str) -> Self {
+        let gauge = metrics::gauge!(
+            "plugin_calls_in_progress",
+            "plugin" => plugin.to_owned(),
+            "operation" => operation
+        );
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for CallInProgress {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 
