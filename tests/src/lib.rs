@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, RequestBuilder, Response};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub mod faults;
 
@@ -572,6 +572,41 @@ pub fn assert_error_body(body: &Value, context: &str) {
 
 /// The `credentials` object of a bind or fetch-binding body.
 #[track_caller]
+/// Binds once with each binding lifetime a plugin must refuse (over before it
+/// starts, too long, not a whole number of days), checks each answer is a 400
+/// naming `expires_in_days`, and returns the binding ids tried, so the caller
+/// can check nothing was created for them.
+pub async fn bind_refused_lifetimes(
+    broker: &TestBroker,
+    instance_id: &str,
+    plan: &PlanIds,
+    id_prefix: &str,
+) -> Vec<String> {
+    let mut tried = Vec::new();
+    for parameters in [
+        json!({"expires_in_days": 0}),
+        json!({"expires_in_days": -1}),
+        json!({"expires_in_days": 3651}),
+        json!({"expires_in_days": "30"}),
+        json!({"expires_in_days": 1.5}),
+    ] {
+        let binding_id = unique_id(id_prefix);
+        let (status, body) = broker
+            .bind(instance_id, &binding_id, plan, Some(parameters.clone()))
+            .await;
+        assert_eq!(status, 400, "{parameters}: {body}");
+        assert!(
+            body["description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("expires_in_days"),
+            "{parameters}: {body}"
+        );
+        tried.push(binding_id);
+    }
+    tried
+}
+
 pub fn credentials(body: &Value) -> &serde_json::Map<String, Value> {
     body["credentials"]
         .as_object()

@@ -4,8 +4,8 @@
 use serde_json::{Value, json};
 use sqlx::{Connection as _, MySqlConnection};
 use wasm_broker_tests::{
-    BrokerSetup, TestBroker, bind_body, binding_path, credential, credentials, instance_path,
-    mariadb_has_database, mariadb_root, service_available, unique_id,
+    BrokerSetup, TestBroker, bind_body, bind_refused_lifetimes, binding_path, credential,
+    credentials, instance_path, mariadb_has_database, mariadb_root, service_available, unique_id,
 };
 
 async fn connect(uri: &str) -> Result<MySqlConnection, sqlx::Error> {
@@ -587,26 +587,9 @@ async fn mysql_binding_lifetime_is_the_passwords_and_mariadb_enforces_it() {
 
     // A lifetime that is over before it starts, or not a number of days, is
     // the platform user's mistake, and nothing is created.
-    for parameters in [
-        json!({"expires_in_days": 0}),
-        json!({"expires_in_days": -1}),
-        json!({"expires_in_days": 3651}),
-        json!({"expires_in_days": "30"}),
-    ] {
-        let refused = unique_id("mysql-expiry-refused");
-        let (status, body) = broker
-            .bind(&instance, &refused, &plan, Some(parameters.clone()))
-            .await;
-        assert_eq!(status, 400, "{parameters}: {body}");
-        assert!(
-            body["description"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("expires_in_days"),
-            "{parameters}: {body}"
-        );
+    for refused in bind_refused_lifetimes(&broker, &instance, &plan, "mysql-expiry-refused").await {
         let user = wasm_broker_tests::derived_name("u_", &refused, 32);
-        assert!(!user_exists(&user).await, "{parameters} created {user}");
+        assert!(!user_exists(&user).await, "{refused} created {user}");
     }
 
     for binding in [&forever, &expiring] {

@@ -4,8 +4,8 @@
 use serde_json::json;
 use sqlx::{Connection as _, PgConnection};
 use wasm_broker_tests::{
-    BrokerSetup, TestBroker, bind_body, binding_path, credential, credentials, instance_path,
-    postgres_admin, service_available, unique_id,
+    BrokerSetup, TestBroker, bind_body, bind_refused_lifetimes, binding_path, credential,
+    credentials, instance_path, postgres_admin, service_available, unique_id,
 };
 
 async fn connect(uri: &str) -> Result<PgConnection, sqlx::Error> {
@@ -465,27 +465,9 @@ async fn postgres_binding_lifetime_is_the_roles_valid_until() {
 
     // A lifetime that is over before it starts, or not a number of days, is
     // the platform user's mistake, and nothing is created.
-    for parameters in [
-        json!({"expires_in_days": 0}),
-        json!({"expires_in_days": -1}),
-        json!({"expires_in_days": 3651}),
-        json!({"expires_in_days": "30"}),
-        json!({"expires_in_days": 1.5}),
-    ] {
-        let refused = unique_id("pg-expiry-refused");
-        let (status, body) = broker
-            .bind(&instance, &refused, &plan, Some(parameters.clone()))
-            .await;
-        assert_eq!(status, 400, "{parameters}: {body}");
-        assert!(
-            body["description"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("expires_in_days"),
-            "{parameters}: {body}"
-        );
+    for refused in bind_refused_lifetimes(&broker, &instance, &plan, "pg-expiry-refused").await {
         let role = wasm_broker_tests::derived_name("u_", &refused, 63);
-        assert!(!role_exists(&role).await, "{parameters} created {role}");
+        assert!(!role_exists(&role).await, "{refused} created {role}");
     }
 
     for binding in [&forever, &expiring] {
