@@ -359,10 +359,15 @@ mod tests {
                 "pg",
                 "kind = 'postgres'\nurl = 'postgres://postgres@127.0.0.1:5432/postgres'\nmax_connections = 1",
             ),
+            (
+                "pg-tls",
+                "kind = 'postgres'\nurl = 'postgres://postgres@127.0.0.1:5432/postgres?sslmode=require'\nmax_connections = 1",
+            ),
         ]);
         let grants = BTreeMap::from([
             ("my".to_owned(), "mariadb".to_owned()),
             ("pg".to_owned(), "pg".to_owned()),
+            ("pg-tls".to_owned(), "pg-tls".to_owned()),
         ]);
         SqlHost::new(connections, &grants, max_host_call_bytes)
     }
@@ -642,6 +647,24 @@ mod tests {
             "{numeric:?}"
         );
         ok(&mut host, "pg", &format!("DROP TABLE {table}"), vec![]).await;
+    }
+
+    /// A connection URL asking for TLS gets it (the local server's
+    /// certificate is self-signed, so `require` encrypts without verifying).
+    #[tokio::test]
+    async fn a_postgres_connection_url_can_require_tls() {
+        if !reachable_or_skip("PostgreSQL", POSTGRES).await {
+            return;
+        }
+        let mut host = host(LIMIT);
+        let result = ok(
+            &mut host,
+            "pg-tls",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            vec![],
+        )
+        .await;
+        assert_eq!(result.rows, [vec![Value::Boolean(true)]]);
     }
 
     #[tokio::test]

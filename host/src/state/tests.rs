@@ -5,7 +5,7 @@ use serde_json::json;
 use sqlx::Connection as _;
 use tokio::task::JoinSet;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 
 use super::*;
 use crate::model::{BindingMetadata, Endpoint, EndpointProtocol};
@@ -1187,6 +1187,31 @@ async fn a_store_from_before_replicas_migrates_and_recovers() {
         .map(|migration| migration.version)
         .collect();
     assert_eq!(versions, expected);
+}
+
+/// Managed PostgreSQL services require TLS: a store URL asking for it gets
+/// an encrypted connection (the local server has a self-signed certificate,
+/// which `sslmode=require` encrypts to without verifying).
+#[tokio::test]
+async fn a_postgres_store_connects_over_tls_when_the_url_asks() {
+    let Some(scratch) = Scratch::new(StateBackend::Postgres).await else {
+        return;
+    };
+    let mut config = scratch.config(Some(&new_key()));
+    let Some(url) = config.url.as_ref() else {
+        panic!("a postgres scratch store has a URL");
+    };
+    config.url = Some(format!("{}?sslmode=require", url.expose_secret()).into());
+    let store = StateStore::open(&config)
+        .await
+        .expect("store opens over TLS");
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&store.pool)
+            .await
+            .expect("pg_stat_ssl");
+    assert!(encrypted, "the store's connection is not encrypted");
+    store.close().await;
 }
 
 /// Replicas sharing a PostgreSQL store fail each other's `Calling`
