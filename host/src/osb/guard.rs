@@ -3,29 +3,36 @@
 //! header (412/400); the request identity is echoed on every answer.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use futures_util::future::{Either, Ready, ready};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tower::{Layer, Service};
 
 use crate::config::{MissingVersionStatus, parse_api_version};
 use crate::model::OriginatingIdentity;
 
 use super::error::ApiError;
 
-pub const API_VERSION: &str = "x-broker-api-version";
-pub const REQUEST_IDENTITY: &str = "x-broker-api-request-identity";
-pub const ORIGINATING_IDENTITY: &str = "x-broker-api-originating-identity";
+// Typed names: a lookup by `&str` parses and lowercases the name each time.
+pub const API_VERSION: HeaderName = HeaderName::from_static("x-broker-api-version");
+pub const REQUEST_IDENTITY: HeaderName = HeaderName::from_static("x-broker-api-request-identity");
+pub const ORIGINATING_IDENTITY: HeaderName =
+    HeaderName::from_static("x-broker-api-originating-identity");
 
 /// Credentials and version policy, fixed at startup.
 pub struct GuardConfig {
     username_digest: [u8; 32],
     password_digest: [u8; 32],
+    /// Of `Basic base64(username:password)`, the header as clients write
+    /// it: checking that takes one digest and no decoding.
+    header_digest: [u8; 32],
     min_version: (u32, u32),
     missing_version_status: MissingVersionStatus,
 }
@@ -37,9 +44,14 @@ impl GuardConfig {
         min_version: (u32, u32),
         missing: MissingVersionStatus,
     ) -> Self {
+        let header = format!(
+            "Basic {}",
+            STANDARD.encode(format!("{username}:{password}"))
+        );
         Self {
             username_digest: Sha256::digest(username.as_bytes()).into(),
             password_digest: Sha256::digest(password.as_bytes()).into(),
+            header_digest: Sha256::digest(header.as_bytes()).into(),
             min_version,
             missing_version_status: missing,
         }
@@ -48,7 +60,15 @@ impl GuardConfig {
     /// Compares digests in constant time, so neither the content nor the
     /// length of the configured credentials leaks through timing.
     fn authenticates(&self, headers: &HeaderMap) -> bool {
-        let Some((username, password)) = basic_credentials(headers) else {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return false;
+        };
+        if bool::from(Sha256::digest(value.as_bytes()).ct_eq(&self.header_digest)) {
+            return true;
+        }
+        // Other spellings of the same credentials (scheme in lower case,
+        // extra spaces) are decoded and compared part by part.
+        let Some((username, password)) = basic_credentials(value) else {
             return false;
         };
         let username_ok = Sha256::digest(username.as_bytes()).ct_eq(&self.username_digest);
@@ -58,7 +78,7 @@ impl GuardConfig {
 
     fn check_version(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let sent = headers
-            .get(API_VERSION)
+            .get(&API_VERSION)
             .and_then(|value| value.to_str().ok())
             .map(str::trim);
         let Some(sent) = sent.filter(|value| !value.is_empty()) else {
@@ -89,8 +109,8 @@ impl GuardConfig {
     }
 }
 
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+fn basic_credentials(value: &HeaderValue) -> Option<(String, String)> {
+    let value = value.to_str().ok()?;
     let (scheme, encoded) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -100,44 +120,81 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((username.to_owned(), password.to_owned()))
 }
 
-/// Auth and version check for the OSB routes.
-pub async fn osb_guard(
-    State(guard): State<Arc<GuardConfig>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if !guard.authenticates(request.headers()) {
-        let mut response = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "valid HTTP basic credentials are required",
-        )
-        .into_response();
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"wasm-broker\""),
-        );
-        return response;
+/// Auth and version check for the OSB routes. A tower service rather than
+/// `middleware::from_fn`, which boxes and clones the rest of the stack for
+/// every request: a request that passes goes on with no allocation.
+#[derive(Clone)]
+pub struct GuardLayer(Arc<GuardConfig>);
+
+impl GuardLayer {
+    pub fn new(config: GuardConfig) -> Self {
+        Self(Arc::new(config))
     }
-    if let Err(error) = guard.check_version(request.headers()) {
-        return error.into_response();
-    }
-    next.run(request).await
 }
 
-/// Echoes `X-Broker-API-Request-Identity` on every response (OSB: SHOULD).
-pub async fn echo_request_identity(request: Request, next: Next) -> Response {
-    let identity = request.headers().get(REQUEST_IDENTITY).cloned();
-    let mut response = next.run(request).await;
-    if let Some(identity) = identity {
-        response.headers_mut().insert(REQUEST_IDENTITY, identity);
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            inner,
+            config: self.0.clone(),
+        }
     }
-    response
+}
+
+#[derive(Clone)]
+pub struct Guarded<S> {
+    inner: S,
+    config: Arc<GuardConfig>,
+}
+
+impl<S> Service<Request> for Guarded<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self.config.refusal(request.headers()) {
+            Some(refusal) => Either::Left(ready(Ok(refusal))),
+            None => Either::Right(self.inner.call(request)),
+        }
+    }
+}
+
+impl GuardConfig {
+    /// The answer to a request that may not pass, in the order the
+    /// conformance suites check: 401 before 412.
+    fn refusal(&self, headers: &HeaderMap) -> Option<Response> {
+        if !self.authenticates(headers) {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "valid HTTP basic credentials are required",
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"wasm-broker\""),
+            );
+            return Some(response);
+        }
+        self.check_version(headers)
+            .err()
+            .map(IntoResponse::into_response)
+    }
 }
 
 /// `Platform base64(json)` -> the decoded identity; 400 if malformed.
 pub fn originating_identity(headers: &HeaderMap) -> Result<Option<OriginatingIdentity>, ApiError> {
-    let Some(value) = headers.get(ORIGINATING_IDENTITY) else {
+    let Some(value) = headers.get(&ORIGINATING_IDENTITY) else {
         return Ok(None);
     };
     let malformed = |why: &str| {
@@ -169,7 +226,7 @@ pub fn originating_identity(headers: &HeaderMap) -> Result<Option<OriginatingIde
 /// The API version the platform sent (already validated by the guard).
 pub fn api_version(headers: &HeaderMap) -> String {
     headers
-        .get(API_VERSION)
+        .get(&API_VERSION)
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default()
         .trim()
@@ -178,7 +235,7 @@ pub fn api_version(headers: &HeaderMap) -> String {
 
 pub fn request_identity(headers: &HeaderMap) -> Option<String> {
     headers
-        .get(REQUEST_IDENTITY)
+        .get(&REQUEST_IDENTITY)
         .and_then(|value| value.to_str().ok())
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
@@ -197,10 +254,10 @@ mod tests {
         )
     }
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    fn headers(pairs: &[(HeaderName, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.insert(*name, HeaderValue::from_str(value).expect("valid header"));
+            map.insert(name, HeaderValue::from_str(value).expect("valid header"));
         }
         map
     }
@@ -208,15 +265,24 @@ mod tests {
     #[test]
     fn basic_auth_needs_both_parts_right() {
         let good = format!("Basic {}", STANDARD.encode("user:secret"));
-        assert!(guard().authenticates(&headers(&[("authorization", &good)])));
+        assert!(guard().authenticates(&headers(&[(header::AUTHORIZATION, &good)])));
         for wrong in ["user:wrong", "other:secret", "user", ":"] {
             let value = format!("Basic {}", STANDARD.encode(wrong));
             assert!(
-                !guard().authenticates(&headers(&[("authorization", &value)])),
+                !guard().authenticates(&headers(&[(header::AUTHORIZATION, &value)])),
                 "{wrong}"
             );
         }
-        assert!(!guard().authenticates(&headers(&[("authorization", "Bearer x")])));
+        assert!(!guard().authenticates(&headers(&[(header::AUTHORIZATION, "Bearer x")])));
+        // Not the usual spelling, so not the precomputed header: still the
+        // same credentials.
+        for spelling in ["basic", "BASIC", "Basic "] {
+            let value = format!("{spelling} {}", STANDARD.encode("user:secret"));
+            assert!(
+                guard().authenticates(&headers(&[(header::AUTHORIZATION, &value)])),
+                "{value}"
+            );
+        }
         assert!(!guard().authenticates(&HeaderMap::new()));
     }
 

@@ -12,11 +12,11 @@ mod observe;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tower::ServiceBuilder;
 
 pub use error::ApiError;
 pub use guard::GuardConfig;
@@ -65,18 +65,19 @@ pub fn router(
             get(bindings::last_operation),
         )
         .fallback(not_found)
-        .route_layer(middleware::from_fn_with_state(
-            Arc::new(guard),
-            guard::osb_guard,
-        ));
+        .route_layer(guard::GuardLayer::new(guard));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
         .merge(osb)
-        .layer(middleware::from_fn(observe::observe))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn(guard::echo_request_identity))
+        // One layer call: each wraps every route in one more boxed service
+        // that axum clones for every request.
+        .layer(
+            ServiceBuilder::new()
+                .layer(observe::ObserveLayer::default())
+                .layer(DefaultBodyLimit::max(max_body_bytes)),
+        )
         .with_state(state)
 }
 
@@ -85,11 +86,13 @@ async fn not_found() -> ApiError {
 }
 
 /// Served from bytes serialized once per catalog change, with an ETag so a
-/// platform can revalidate cheaply.
-async fn catalog(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// platform can revalidate cheaply. Takes the request rather than a
+/// `HeaderMap`, which axum would copy.
+async fn catalog(State(state): State<AppState>, request: Request) -> Response {
     let snapshot = state.broker.catalog();
     let etag = HeaderValue::from_str(&snapshot.etag).ok();
-    let unchanged = headers
+    let unchanged = request
+        .headers()
         .get(header::IF_NONE_MATCH)
         .zip(etag.as_ref())
         .is_some_and(|(sent, current)| sent == current);
