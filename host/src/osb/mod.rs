@@ -32,6 +32,11 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
+const CATALOG: &str = "/v2/catalog";
+const HEALTHZ: &str = "/healthz";
+const READYZ: &str = "/readyz";
+const METRICS: &str = "/metrics";
+
 /// The whole HTTP surface: OSB routes behind auth and version checks, and
 /// the unauthenticated probes (which expose no secrets).
 pub fn router(
@@ -42,7 +47,7 @@ pub fn router(
 ) -> Router {
     let state = AppState { broker, metrics };
     let osb = Router::new()
-        .route("/v2/catalog", get(catalog))
+        .route(CATALOG, get(catalog))
         .route(
             "/v2/service_instances/{instance_id}",
             get(instances::fetch)
@@ -67,15 +72,17 @@ pub fn router(
         .fallback(not_found)
         .route_layer(guard::GuardLayer::new(guard));
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(prometheus))
+        .route(HEALTHZ, get(healthz))
+        .route(READYZ, get(readyz))
+        .route(METRICS, get(prometheus))
         .merge(osb)
         // One layer call: each wraps every route in one more boxed service
         // that axum clones for every request.
         .layer(
             ServiceBuilder::new()
-                .layer(observe::ObserveLayer::default())
+                .layer(observe::ObserveLayer::new(&[
+                    CATALOG, HEALTHZ, READYZ, METRICS,
+                ]))
                 .layer(DefaultBodyLimit::max(max_body_bytes)),
         )
         .with_state(state)

@@ -107,9 +107,24 @@ fn method_label(method: &Method) -> &'static str {
 /// Observes every request: see the module documentation. A tower service
 /// rather than `middleware::from_fn`, which boxes and clones the rest of the
 /// stack for every request.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ObserveLayer {
     metrics: Arc<RequestMetrics>,
+    quiet_routes: Arc<[&'static str]>,
+}
+
+impl ObserveLayer {
+    /// `quiet_routes` are polled often and answered without a plugin call
+    /// (the catalog, the probes), so their span is at debug level: at the
+    /// default level it is never built, and building it (the formatted
+    /// fields, the registry entry) was the largest cost of a catalog request
+    /// after HTTP itself. Their rare warnings say what they are about.
+    pub fn new(quiet_routes: &[&'static str]) -> Self {
+        Self {
+            metrics: Arc::default(),
+            quiet_routes: quiet_routes.into(),
+        }
+    }
 }
 
 impl<S> Layer<S> for ObserveLayer {
@@ -119,6 +134,7 @@ impl<S> Layer<S> for ObserveLayer {
         Observe {
             inner,
             metrics: self.metrics.clone(),
+            quiet_routes: self.quiet_routes.clone(),
         }
     }
 }
@@ -127,6 +143,7 @@ impl<S> Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     metrics: Arc<RequestMetrics>,
+    quiet_routes: Arc<[&'static str]>,
 }
 
 impl<S> Service<Request> for Observe<S>
@@ -147,12 +164,21 @@ where
         let method = method_label(request.method());
         let identity = request.headers().get(&REQUEST_IDENTITY).cloned();
         let endpoint = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-        let span = tracing::info_span!(
-            "request",
-            %method,
-            %endpoint,
-            request_identity = tracing::field::Empty
-        );
+        let span = if self.quiet_routes.contains(&endpoint) {
+            tracing::debug_span!(
+                "request",
+                %method,
+                %endpoint,
+                request_identity = tracing::field::Empty
+            )
+        } else {
+            tracing::info_span!(
+                "request",
+                %method,
+                %endpoint,
+                request_identity = tracing::field::Empty
+            )
+        };
         if let Some(identity) = identity.as_ref().and_then(|value| value.to_str().ok()) {
             span.record("request_identity", tracing::field::display(identity));
         }
@@ -207,5 +233,28 @@ pub async fn record_store_gauges(store: &StateStore) {
             "phase" => phase
         )
         .set(running.count as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invented_methods_share_one_label() {
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        let invented = Method::from_bytes(b"BREW").expect("a valid token");
+        assert_eq!(method_label(&invented), "other");
+    }
+
+    #[test]
+    fn each_kind_of_request_resolves_its_handles_once() {
+        let metrics = RequestMetrics::default();
+        for status in [StatusCode::OK, StatusCode::OK, StatusCode::UNAUTHORIZED] {
+            metrics.record("/v2/catalog", "GET", status, Duration::ZERO);
+        }
+        metrics.record("/healthz", "GET", StatusCode::OK, Duration::ZERO);
+        let kinds = metrics.kinds.read().expect("not poisoned");
+        assert_eq!(kinds.len(), 3);
     }
 }
