@@ -570,8 +570,6 @@ pub fn assert_error_body(body: &Value, context: &str) {
     }
 }
 
-/// The `credentials` object of a bind or fetch-binding body.
-#[track_caller]
 /// Binds once with each binding lifetime a plugin must refuse (over before it
 /// starts, too long, not a whole number of days), checks each answer is a 400
 /// naming `expires_in_days`, and returns the binding ids tried, so the caller
@@ -607,6 +605,8 @@ pub async fn bind_refused_lifetimes(
     tried
 }
 
+/// The `credentials` object of a bind or fetch-binding body.
+#[track_caller]
 pub fn credentials(body: &Value) -> &serde_json::Map<String, Value> {
     body["credentials"]
         .as_object()
