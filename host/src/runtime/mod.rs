@@ -20,12 +20,12 @@ mod watcher;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{ComponentNamedList, Lift, Lower, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use self::bindings::wasm_broker::plugin::types as wit;
 use self::convert::InvalidAnswer;
-use self::engine::{CallLimiter, PluginEngine};
+use self::engine::{CallLimiter, Export, PluginEngine};
 use self::loader::{LoadedPlugin, Loader, PluginSet};
 use crate::capabilities::connections::{ConnectionError, Connections};
 use crate::capabilities::{CallHosts, SharedBackends, config, http, kv, log, redis, sql};
@@ -203,8 +203,7 @@ impl PluginRuntime {
         self.plugins.load().statuses().to_vec()
     }
 
-    /// The plugin serving `service_id`, from the set current now: the call
-    /// keeps this version even if a reload swaps in another meanwhile.
+    /// The plugin serving `service_id`, from the set current now.
     fn serving(&self, service_id: &str) -> Result<Arc<LoadedPlugin>, CallError> {
         self.plugins
             .load()
@@ -220,23 +219,15 @@ impl PluginRuntime {
         instance: &Instance,
         info: &RequestInfo,
     ) -> Result<InstanceOutcome, CallError> {
-        let plugin = self.serving(&instance.service_id)?;
-        let (instance, wit_info) = (convert::instance(instance), convert::request_info(info));
-        let answer = self
-            .engine()
-            .call(
-                &plugin.target(),
-                "provision",
-                info.request_identity.as_deref(),
-                |guest, mut store| async move {
-                    guest
-                        .wasm_broker_plugin_broker()
-                        .call_provision(&mut store, &instance, &wit_info)
-                        .await
-                },
-            )
-            .await?;
-        accept(&plugin, answer, convert::instance_outcome)
+        let (wit_instance, wit_info) = (convert::instance(instance), convert::request_info(info));
+        self.dispatch(
+            &instance.service_id,
+            Export::Provision,
+            info.request_identity.as_deref(),
+            (&wit_instance, &wit_info),
+            convert::instance_outcome,
+        )
+        .await
     }
 
     pub async fn update(
@@ -245,27 +236,19 @@ impl PluginRuntime {
         changes: &InstanceChanges,
         info: &RequestInfo,
     ) -> Result<InstanceOutcome, CallError> {
-        let plugin = self.serving(&instance.service_id)?;
-        let (instance, changes) = (
-            convert::instance(instance),
+        let wit_instance = convert::instance(instance);
+        let (changes, wit_info) = (
             convert::instance_changes(changes),
+            convert::request_info(info),
         );
-        let wit_info = convert::request_info(info);
-        let answer = self
-            .engine()
-            .call(
-                &plugin.target(),
-                "update",
-                info.request_identity.as_deref(),
-                |guest, mut store| async move {
-                    guest
-                        .wasm_broker_plugin_broker()
-                        .call_update(&mut store, &instance, &changes, &wit_info)
-                        .await
-                },
-            )
-            .await?;
-        accept(&plugin, answer, convert::instance_outcome)
+        self.dispatch(
+            &instance.service_id,
+            Export::Update,
+            info.request_identity.as_deref(),
+            (&wit_instance, &changes, &wit_info),
+            convert::instance_outcome,
+        )
+        .await
     }
 
     pub async fn deprovision(
@@ -273,23 +256,15 @@ impl PluginRuntime {
         instance: &Instance,
         info: &RequestInfo,
     ) -> Result<DeletionOutcome, CallError> {
-        let plugin = self.serving(&instance.service_id)?;
-        let (instance, wit_info) = (convert::instance(instance), convert::request_info(info));
-        let answer = self
-            .engine()
-            .call(
-                &plugin.target(),
-                "deprovision",
-                info.request_identity.as_deref(),
-                |guest, mut store| async move {
-                    guest
-                        .wasm_broker_plugin_broker()
-                        .call_deprovision(&mut store, &instance, &wit_info)
-                        .await
-                },
-            )
-            .await?;
-        accept(&plugin, answer, convert::deletion_outcome)
+        let (wit_instance, wit_info) = (convert::instance(instance), convert::request_info(info));
+        self.dispatch(
+            &instance.service_id,
+            Export::Deprovision,
+            info.request_identity.as_deref(),
+            (&wit_instance, &wit_info),
+            convert::deletion_outcome,
+        )
+        .await
     }
 
     pub async fn bind(
@@ -298,24 +273,16 @@ impl PluginRuntime {
         binding: &Binding,
         info: &RequestInfo,
     ) -> Result<BindOutcome, CallError> {
-        let plugin = self.serving(&instance.service_id)?;
-        let (instance, binding) = (convert::instance(instance), convert::binding(binding));
+        let (wit_instance, binding) = (convert::instance(instance), convert::binding(binding));
         let wit_info = convert::request_info(info);
-        let answer = self
-            .engine()
-            .call(
-                &plugin.target(),
-                "bind",
-                info.request_identity.as_deref(),
-                |guest, mut store| async move {
-                    guest
-                        .wasm_broker_plugin_broker()
-                        .call_bind(&mut store, &instance, &binding, &wit_info)
-                        .await
-                },
-            )
-            .await?;
-        accept(&plugin, answer, convert::bind_outcome)
+        self.dispatch(
+            &instance.service_id,
+            Export::Bind,
+            info.request_identity.as_deref(),
+            (&wit_instance, &binding, &wit_info),
+            convert::bind_outcome,
+        )
+        .await
     }
 
     pub async fn unbind(
@@ -324,24 +291,16 @@ impl PluginRuntime {
         binding: &Binding,
         info: &RequestInfo,
     ) -> Result<DeletionOutcome, CallError> {
-        let plugin = self.serving(&instance.service_id)?;
-        let (instance, binding) = (convert::instance(instance), convert::binding(binding));
+        let (wit_instance, binding) = (convert::instance(instance), convert::binding(binding));
         let wit_info = convert::request_info(info);
-        let answer = self
-            .engine()
-            .call(
-                &plugin.target(),
-                "unbind",
-                info.request_identity.as_deref(),
-                |guest, mut store| async move {
-                    guest
-                        .wasm_broker_plugin_broker()
-                        .call_unbind(&mut store, &instance, &binding, &wit_info)
-                        .await
-                },
-            )
-            .await?;
-        accept(&plugin, answer, convert::deletion_outcome)
+        self.dispatch(
+            &instance.service_id,
+            Export::Unbind,
+            info.request_identity.as_deref(),
+            (&wit_instance, &binding, &wit_info),
+            convert::deletion_outcome,
+        )
+        .await
     }
 
     pub async fn last_operation(
@@ -350,26 +309,15 @@ impl PluginRuntime {
         kind: OperationKind,
         operation: Option<&str>,
     ) -> Result<OperationStatus, CallError> {
-        let plugin = self.serving(&instance.service_id)?;
-        let (instance, kind) = (convert::instance(instance), convert::operation_kind(kind));
-        let operation = operation.map(str::to_owned);
-        let answer = self
-            .engine()
-            .call(
-                &plugin.target(),
-                "last_operation",
-                None,
-                |guest, mut store| async move {
-                    guest
-                        .wasm_broker_plugin_broker()
-                        .call_last_operation(&mut store, &instance, kind, operation.as_deref())
-                        .await
-                },
-            )
-            .await?;
-        accept(&plugin, answer, |status| {
-            Ok(convert::operation_status(status))
-        })
+        let wit_instance = convert::instance(instance);
+        self.dispatch(
+            &instance.service_id,
+            Export::LastOperation,
+            None,
+            (&wit_instance, convert::operation_kind(kind), operation),
+            |status| Ok(convert::operation_status(status)),
+        )
+        .await
     }
 
     pub async fn last_binding_operation(
@@ -379,52 +327,32 @@ impl PluginRuntime {
         kind: OperationKind,
         operation: Option<&str>,
     ) -> Result<OperationStatus, CallError> {
-        let plugin = self.serving(&instance.service_id)?;
-        let (instance, binding) = (convert::instance(instance), convert::binding(binding));
-        let (kind, operation) = (convert::operation_kind(kind), operation.map(str::to_owned));
-        let answer = self
-            .engine()
-            .call(
-                &plugin.target(),
-                "last_binding_operation",
-                None,
-                |guest, mut store| async move {
-                    guest
-                        .wasm_broker_plugin_broker()
-                        .call_last_binding_operation(
-                            &mut store,
-                            &instance,
-                            &binding,
-                            kind,
-                            operation.as_deref(),
-                        )
-                        .await
-                },
-            )
-            .await?;
-        accept(&plugin, answer, |status| {
-            Ok(convert::operation_status(status))
-        })
+        let (wit_instance, binding) = (convert::instance(instance), convert::binding(binding));
+        self.dispatch(
+            &instance.service_id,
+            Export::LastBindingOperation,
+            None,
+            (
+                &wit_instance,
+                &binding,
+                convert::operation_kind(kind),
+                operation,
+            ),
+            |status| Ok(convert::operation_status(status)),
+        )
+        .await
     }
 
     pub async fn get_instance(&self, instance: &Instance) -> Result<InstanceDetails, CallError> {
-        let plugin = self.serving(&instance.service_id)?;
-        let instance = convert::instance(instance);
-        let answer = self
-            .engine()
-            .call(
-                &plugin.target(),
-                "get_instance",
-                None,
-                |guest, mut store| async move {
-                    guest
-                        .wasm_broker_plugin_broker()
-                        .call_get_instance(&mut store, &instance)
-                        .await
-                },
-            )
-            .await?;
-        accept(&plugin, answer, convert::instance_details)
+        let wit_instance = convert::instance(instance);
+        self.dispatch(
+            &instance.service_id,
+            Export::GetInstance,
+            None,
+            (&wit_instance,),
+            convert::instance_details,
+        )
+        .await
     }
 
     pub async fn get_binding(
@@ -432,23 +360,38 @@ impl PluginRuntime {
         instance: &Instance,
         binding: &Binding,
     ) -> Result<BindingResult, CallError> {
-        let plugin = self.serving(&instance.service_id)?;
-        let (instance, binding) = (convert::instance(instance), convert::binding(binding));
+        let (wit_instance, binding) = (convert::instance(instance), convert::binding(binding));
+        self.dispatch(
+            &instance.service_id,
+            Export::GetBinding,
+            None,
+            (&wit_instance, &binding),
+            convert::binding_result,
+        )
+        .await
+    }
+
+    /// Calls `export` of the plugin serving `service_id` (the version
+    /// current now: the call keeps it even if a reload swaps in another
+    /// meanwhile) and turns its answer into the model.
+    async fn dispatch<Params, Answer, T>(
+        &self,
+        service_id: &str,
+        export: Export,
+        request_identity: Option<&str>,
+        params: Params,
+        into_model: impl FnOnce(Answer) -> Result<T, InvalidAnswer>,
+    ) -> Result<T, CallError>
+    where
+        Params: ComponentNamedList + Lower + Send + Sync,
+        Answer: Lift + Send + Sync + 'static,
+    {
+        let plugin = self.serving(service_id)?;
         let answer = self
             .engine()
-            .call(
-                &plugin.target(),
-                "get_binding",
-                None,
-                |guest, mut store| async move {
-                    guest
-                        .wasm_broker_plugin_broker()
-                        .call_get_binding(&mut store, &instance, &binding)
-                        .await
-                },
-            )
+            .call_export(&plugin.target(), export, request_identity, params)
             .await?;
-        accept(&plugin, answer, convert::binding_result)
+        accept(&plugin, answer, into_model)
     }
 
     fn engine(&self) -> &PluginEngine {
