@@ -3,13 +3,15 @@
 //! call, and the translation of every way it can go wrong into a cause an
 //! operator understands. The store is dropped after every call.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use metrics::{Gauge, Histogram};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, ComponentNamedList, Lift, Linker, Lower};
 use wasmtime::{
@@ -55,6 +57,7 @@ pub struct PluginEngine {
     /// One permit per pooling-allocator slot: a burst of calls beyond the
     /// pool waits for a slot instead of failing to instantiate.
     slots: Arc<Semaphore>,
+    metrics: CallMetrics,
 }
 
 /// The largest linear memory any plugin may have: the pool's slots must fit it.
@@ -148,6 +151,7 @@ impl PluginEngine {
             cache_dir: config.runtime.cache_dir.clone(),
             backends,
             slots: Arc::new(Semaphore::new(slots)),
+            metrics: CallMetrics::default(),
         })
     }
 
@@ -248,7 +252,8 @@ impl PluginEngine {
         let limits = plugin.limits;
         let deadline = Duration::from_millis(limits.call_timeout_ms);
         let started = Instant::now();
-        let _in_progress = CallInProgress::start(plugin.name, operation);
+        let metrics = self.metrics.of(plugin.name, operation);
+        let _in_progress = CallInProgress::start(metrics.in_progress);
         let fault = |kind: &'static str, cause: String| {
             tracing::warn!(plugin = plugin.name, operation, %cause, "plugin call failed");
             metrics::counter!(
@@ -312,12 +317,7 @@ impl PluginEngine {
         let outcome = tokio::time::timeout(deadline + WAIT_GRACE, run(store)).await;
         stdout.finish();
         let panic = stderr.finish();
-        metrics::histogram!(
-            "plugin_call_duration_seconds",
-            "plugin" => plugin.name.to_owned(),
-            "operation" => operation
-        )
-        .record(started.elapsed().as_secs_f64());
+        metrics.duration.record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error)) => {
@@ -342,17 +342,75 @@ impl PluginEngine {
 
 /// Counts a call in `plugin_calls_in_progress{plugin, operation}` (waiting
 /// for a slot included) for as long as it lives, however the call ends.
-struct CallInProgress(metrics::Gauge);
+struct CallInProgress(Gauge);
 
 impl CallInProgress {
-    fn start(plugin: &str, operation: &'static str) -> Self {
-        let gauge = metrics::gauge!(
-            "plugin_calls_in_progress",
-            "plugin" => plugin.to_owned(),
-            "operation" => operation
-        );
+    fn start(gauge: Gauge) -> Self {
         gauge.increment(1.0);
         Self(gauge)
+    }
+}
+
+/// The metric handles of each plugin and operation, resolved on the first
+/// call: building a metric key for every call (label strings, hashing, the
+/// recorder's registry lookup) is an allocation-heavy detour on a path
+/// that is otherwise a few microseconds of wasmtime.
+#[derive(Default)]
+struct CallMetrics {
+    by_plugin: RwLock<HashMap<Box<str>, Vec<OperationMetrics>>>,
+}
+
+#[derive(Clone)]
+struct OperationMetrics {
+    operation: &'static str,
+    duration: Histogram,
+    in_progress: Gauge,
+}
+
+impl CallMetrics {
+    fn of(&self, plugin: &str, operation: &'static str) -> OperationMetrics {
+        let find = |by_plugin: &HashMap<Box<str>, Vec<OperationMetrics>>| {
+            by_plugin
+                .get(plugin)?
+                .iter()
+                .find(|known| known.operation == operation)
+                .cloned()
+        };
+        // The locks guard only this cache: nothing can leave it half-written,
+        // so a poisoned lock is still usable.
+        if let Some(known) = find(
+            &self
+                .by_plugin
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        ) {
+            return known;
+        }
+        let mut by_plugin = self
+            .by_plugin
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = find(&by_plugin) {
+            return known;
+        }
+        let resolved = OperationMetrics {
+            operation,
+            duration: metrics::histogram!(
+                "plugin_call_duration_seconds",
+                "plugin" => plugin.to_owned(),
+                "operation" => operation
+            ),
+            in_progress: metrics::gauge!(
+                "plugin_calls_in_progress",
+                "plugin" => plugin.to_owned(),
+                "operation" => operation
+            ),
+        };
+        by_plugin
+            .entry(plugin.into())
+            .or_default()
+            .push(resolved.clone());
+        resolved
     }
 }
 
@@ -649,6 +707,23 @@ mod tests {
             failure_cause(&host, &limits(), false, None),
             ("error", "failed: resource table full".to_owned())
         );
+    }
+
+    #[test]
+    fn metric_handles_are_resolved_once_per_plugin_and_operation() {
+        let metrics = CallMetrics::default();
+        for (plugin, operation) in [
+            ("mysql", "provision"),
+            ("mysql", "provision"),
+            ("mysql", "bind"),
+            ("redis", "provision"),
+        ] {
+            assert_eq!(metrics.of(plugin, operation).operation, operation);
+        }
+        let by_plugin = metrics.by_plugin.read().expect("not poisoned");
+        assert_eq!(by_plugin.len(), 2);
+        assert_eq!(by_plugin["mysql"].len(), 2);
+        assert_eq!(by_plugin["redis"].len(), 1);
     }
 
     #[test]
