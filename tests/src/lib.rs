@@ -427,6 +427,26 @@ cache_dir = "{cache}"
         send(self.osb(Method::DELETE, &path)).await
     }
 
+    /// Unbinds `binding_ids` and deprovisions the instance, each synchronously,
+    /// asserting every answer is 200 `{}`.
+    pub async fn unbind_all_and_deprovision(
+        &self,
+        instance_id: &str,
+        binding_ids: &[&str],
+        plan: &PlanIds,
+    ) {
+        for binding_id in binding_ids {
+            let (status, body) = self.unbind(instance_id, binding_id, plan).await;
+            assert_eq!((status, body), (200, json!({})), "unbind {binding_id}");
+        }
+        let (status, body) = self.deprovision(instance_id, plan).await;
+        assert_eq!(
+            (status, body),
+            (200, json!({})),
+            "deprovision {instance_id}"
+        );
+    }
+
     pub async fn catalog(&self) -> Value {
         json(
             self.osb(Method::GET, "/v2/catalog")

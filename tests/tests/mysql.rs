@@ -592,12 +592,9 @@ async fn mysql_binding_lifetime_is_the_passwords_and_mariadb_enforces_it() {
         assert!(!user_exists(&user).await, "{refused} created {user}");
     }
 
-    for binding in [&forever, &expiring] {
-        let (status, body) = broker.unbind(&instance, binding, &plan).await;
-        assert_eq!((status, body), (200, json!({})));
-    }
-    let (status, body) = broker.deprovision(&instance, &plan).await;
-    assert_eq!((status, body), (200, json!({})));
+    broker
+        .unbind_all_and_deprovision(&instance, &[&forever, &expiring], &plan)
+        .await;
 }
 
 #[tokio::test]

@@ -470,12 +470,9 @@ async fn postgres_binding_lifetime_is_the_roles_valid_until() {
         assert!(!role_exists(&role).await, "{refused} created {role}");
     }
 
-    for binding in [&forever, &expiring] {
-        let (status, body) = broker.unbind(&instance, binding, &plan).await;
-        assert_eq!((status, body), (200, json!({})));
-    }
-    let (status, body) = broker.deprovision(&instance, &plan).await;
-    assert_eq!((status, body), (200, json!({})));
+    broker
+        .unbind_all_and_deprovision(&instance, &[&forever, &expiring], &plan)
+        .await;
 }
 
 #[tokio::test]
