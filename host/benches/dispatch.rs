@@ -13,20 +13,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use serde_json::{Value, json};
 use wasm_broker::config::{Config, StateConfig};
-use wasm_broker::model::{
-    Instance, InstanceDetails, OperationKind, OperationState, OperationStatus,
-};
+use wasm_broker::model::OperationKind;
 use wasm_broker::runtime::PluginRuntime;
 use wasm_broker::state::StateStore;
 
-/// tests/fixtures/bench_noop's offering when its config sets no ids.
-const NOOP_SERVICE_ID: &str = "14365273-3119-43d7-871c-24a0cf2ec3b0";
-const NOOP_PLAN_ID: &str = "6415f556-95b7-4673-b0a8-a7d09dd18c4c";
-/// tests/fixtures/echo.
-const ECHO_SERVICE_ID: &str = "d4a7f4e4-3344-44c5-a9e0-e71290823c71";
-const ECHO_PLAN_ID: &str = "d887ddca-3b57-43fb-ba6b-a2ca0416f942";
+#[path = "support/dispatch_subjects.rs"]
+mod dispatch_subjects;
+use dispatch_subjects::{
+    ECHO_PLAN_ID, ECHO_SERVICE_ID, NOOP_PLAN_ID, NOOP_SERVICE_ID, instance,
+    native_echo_get_instance, native_last_operation,
+};
 
 fn fixture(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -38,51 +35,6 @@ fn fixture(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-fn instance(service_id: &str, plan_id: &str) -> Instance {
-    Instance {
-        id: "dispatch-bench".to_owned(),
-        service_id: service_id.to_owned(),
-        plan_id: plan_id.to_owned(),
-        parameters: Some(json!({"size": "small"})),
-        context: Some(json!({"platform": "cloudfoundry"})),
-        organization_guid: Some("org-guid-bench".to_owned()),
-        space_guid: Some("space-guid-bench".to_owned()),
-        maintenance_version: None,
-        plugin_version: "1.0.0".to_owned(),
-    }
-}
-
-/// What bench_noop's `last_operation` does.
-fn native_last_operation(_: &Instance, _: OperationKind, _: Option<&str>) -> OperationStatus {
-    OperationStatus {
-        state: OperationState::Succeeded,
-        description: None,
-        instance_usable: None,
-        update_repeatable: None,
-    }
-}
-
-/// What echo's `get_instance` does: the instance record as metadata.
-fn native_echo_get_instance(instance: &Instance) -> InstanceDetails {
-    let record = json!({
-        "id": instance.id,
-        "service_id": instance.service_id,
-        "plan_id": instance.plan_id,
-        "parameters": instance.parameters,
-        "context": instance.context,
-        "organization_guid": instance.organization_guid,
-        "space_guid": instance.space_guid,
-        "maintenance_version": instance.maintenance_version,
-        "plugin_version": instance.plugin_version,
-    });
-    let attributes: Value = json!({"served_by": "1.0.0", "instance": record});
-    InstanceDetails {
-        dashboard_url: None,
-        parameters: instance.parameters.clone(),
-        metadata: Some(json!({"attributes": attributes})),
-    }
 }
 
 fn dispatch(c: &mut Criterion) {
