@@ -354,17 +354,19 @@ fn permit_count(max_connections: u32) -> usize {
 }
 
 /// The connections one plugin may use: its broker.toml grants (alias the
-/// plugin asks for -> connection name) over the shared connections.
-pub(crate) struct Grants {
+/// plugin asks for -> connection name) over the shared connections. Both
+/// are shared, so handing a copy to each capability of each call is cheap.
+#[derive(Clone)]
+pub struct Grants {
     connections: Arc<Connections>,
-    aliases: BTreeMap<String, String>,
+    aliases: Arc<BTreeMap<String, String>>,
 }
 
 impl Grants {
-    pub(crate) fn new(connections: Arc<Connections>, aliases: &BTreeMap<String, String>) -> Self {
+    pub fn new(connections: Arc<Connections>, aliases: Arc<BTreeMap<String, String>>) -> Self {
         Self {
             connections,
-            aliases: aliases.clone(),
+            aliases,
         }
     }
 
@@ -587,7 +589,7 @@ pub(crate) mod tests {
         );
         let grants = Grants::new(
             connections,
-            &BTreeMap::from([("cache".to_owned(), "admin".to_owned())]),
+            Arc::new(BTreeMap::from([("cache".to_owned(), "admin".to_owned())])),
         );
         assert!(grants.redis("cache").is_ok());
         let not_granted = grants.redis("admin").err().expect("alias, not name");

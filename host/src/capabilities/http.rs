@@ -3,14 +3,11 @@
 //! the host prefixes the connection's base URL and adds its authentication,
 //! so no other host can be reached and the admin password stays here.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use reqwest::header::{HeaderName, HeaderValue};
 use url::Url;
 use wasmtime::component::{HasData, Linker};
 
-use super::connections::{ACQUIRE_TIMEOUT, ByteBudget, Connections, Grants};
+use super::connections::{ACQUIRE_TIMEOUT, ByteBudget, Grants};
 use crate::runtime::CallState;
 use crate::runtime::bindings::wasm_broker::plugin::http::{
     self as wit, Error, Method, Request, Response, ServerInfo,
@@ -35,13 +32,9 @@ pub struct HttpHost {
 
 impl HttpHost {
     /// `grants` maps the alias the plugin uses to a `[connections.<name>]`.
-    pub fn new(
-        connections: Arc<Connections>,
-        grants: &BTreeMap<String, String>,
-        max_host_call_bytes: u64,
-    ) -> Self {
+    pub fn new(grants: Grants, max_host_call_bytes: u64) -> Self {
         Self {
-            grants: Grants::new(connections, grants),
+            grants,
             max_host_call_bytes,
         }
     }
@@ -258,6 +251,9 @@ async fn read_response(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
     use super::*;
     use crate::capabilities::connections::tests::{connections, reachable_or_skip};
     use wit::Host as _;
@@ -269,9 +265,9 @@ mod tests {
             "rabbitmq",
             "kind = 'http'\nurl = 'http://127.0.0.1:15672'\nusername = 'guest'\npassword = 'guest'",
         )]);
+        let aliases = BTreeMap::from([("admin".to_owned(), "rabbitmq".to_owned())]);
         HttpHost::new(
-            connections,
-            &BTreeMap::from([("admin".to_owned(), "rabbitmq".to_owned())]),
+            Grants::new(connections, Arc::new(aliases)),
             max_host_call_bytes,
         )
     }
@@ -336,11 +332,8 @@ mod tests {
     async fn denied_and_ungranted_requests_never_reach_the_network() {
         // Port 9 (discard) on loopback: nothing listens, and nothing may be sent.
         let connections = connections(&[("closed", "kind = 'http'\nurl = 'http://127.0.0.1:9'")]);
-        let mut host = HttpHost::new(
-            connections,
-            &BTreeMap::from([("svc".to_owned(), "closed".to_owned())]),
-            1024,
-        );
+        let aliases = BTreeMap::from([("svc".to_owned(), "closed".to_owned())]);
+        let mut host = HttpHost::new(Grants::new(connections, Arc::new(aliases)), 1024);
         let result = host
             .send("svc".to_owned(), get("//evil.example/"))
             .await

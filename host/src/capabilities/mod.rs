@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use wasmtime::component::Linker;
 
-use self::connections::Connections;
+use self::connections::{Connections, Grants};
 use crate::runtime::CallState;
 use crate::state::StateStore;
 
@@ -31,7 +31,7 @@ pub struct PluginGrants {
     plugin: Arc<str>,
     settings: Arc<config::Settings>,
     /// Alias the plugin asks for -> `[connections.<name>]`.
-    connections: BTreeMap<String, String>,
+    connections: Arc<BTreeMap<String, String>>,
     max_host_call_bytes: u64,
 }
 
@@ -61,7 +61,7 @@ impl PluginGrants {
         Self {
             plugin: Arc::from(plugin),
             settings: Arc::new(config::Settings::from_table(&plugin_config.config)),
-            connections: plugin_config.connections.clone(),
+            connections: Arc::new(plugin_config.connections.clone()),
             max_host_call_bytes,
         }
     }
@@ -74,13 +74,14 @@ impl PluginGrants {
     /// correlated with the platform's request.
     pub fn hosts(&self, backends: &SharedBackends, request_identity: Option<&str>) -> CallHosts {
         let limit = self.max_host_call_bytes;
+        let grants = Grants::new(backends.connections.clone(), self.connections.clone());
         CallHosts {
             log: log::LogHost::new(self.plugin.clone(), request_identity.map(str::to_owned)),
             config: config::ConfigHost::new(self.settings.clone()),
             kv: kv::KvHost::new(backends.state.clone(), self.plugin.clone(), limit),
-            sql: sql::SqlHost::new(backends.connections.clone(), &self.connections, limit),
-            redis: redis::RedisHost::new(backends.connections.clone(), &self.connections, limit),
-            http: http::HttpHost::new(backends.connections.clone(), &self.connections, limit),
+            sql: sql::SqlHost::new(grants.clone(), limit),
+            redis: redis::RedisHost::new(grants.clone(), limit),
+            http: http::HttpHost::new(grants, limit),
         }
     }
 }

@@ -3,13 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::sync::Arc;
 
 use redis::aio::MultiplexedConnection;
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::component::{HasData, Linker};
 
-use super::connections::{ByteBudget, Connections, Grants};
+use super::connections::{ByteBudget, Grants};
 use crate::runtime::CallState;
 use crate::runtime::bindings::wasm_broker::plugin::redis::{
     self as wit, Error, Reply, ReplyItem, ServerInfo,
@@ -32,13 +31,9 @@ struct Session {
 
 impl RedisHost {
     /// `grants` maps the alias the plugin uses to a `[connections.<name>]`.
-    pub fn new(
-        connections: Arc<Connections>,
-        grants: &BTreeMap<String, String>,
-        max_host_call_bytes: u64,
-    ) -> Self {
+    pub fn new(grants: Grants, max_host_call_bytes: u64) -> Self {
         Self {
-            grants: Grants::new(connections, grants),
+            grants,
             max_host_call_bytes,
             sessions: BTreeMap::new(),
         }
@@ -230,6 +225,9 @@ fn flatten(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
     use super::*;
     use crate::capabilities::connections::tests::{connections, reachable_or_skip};
     use wit::Host as _;
@@ -241,9 +239,9 @@ mod tests {
             "cache",
             "kind = 'redis'\nurl = 'redis://127.0.0.1:6379'\nmax_connections = 2",
         )]);
+        let aliases = BTreeMap::from([("admin".to_owned(), "cache".to_owned())]);
         RedisHost::new(
-            connections,
-            &BTreeMap::from([("admin".to_owned(), "cache".to_owned())]),
+            Grants::new(connections, Arc::new(aliases)),
             max_host_call_bytes,
         )
     }

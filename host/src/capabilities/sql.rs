@@ -2,9 +2,6 @@
 //! connections broker.toml grants a plugin. The host holds the DSN and the
 //! admin credentials; the plugin sends text and gets typed values back.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use futures_util::TryStreamExt;
 use sqlx::mysql::{MySql, MySqlQueryResult, MySqlRow};
 use sqlx::postgres::types::Oid;
@@ -16,7 +13,7 @@ use sqlx::{
 };
 use wasmtime::component::{HasData, Linker};
 
-use super::connections::{ByteBudget, Connections, Grants, SqlPool};
+use super::connections::{ByteBudget, Grants, SqlPool};
 use crate::runtime::CallState;
 use crate::runtime::bindings::wasm_broker::plugin::sql::{
     self as wit, Dialect, Error, QueryResult, ServerInfo, Value,
@@ -30,13 +27,9 @@ pub struct SqlHost {
 
 impl SqlHost {
     /// `grants` maps the alias the plugin uses to a `[connections.<name>]`.
-    pub fn new(
-        connections: Arc<Connections>,
-        grants: &BTreeMap<String, String>,
-        max_host_call_bytes: u64,
-    ) -> Self {
+    pub fn new(grants: Grants, max_host_call_bytes: u64) -> Self {
         Self {
-            grants: Grants::new(connections, grants),
+            grants,
             max_host_call_bytes,
         }
     }
@@ -341,6 +334,9 @@ impl Engine for Postgres {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
     use super::*;
     use crate::capabilities::connections::tests::{connections, reachable_or_skip};
     use wit::Host as _;
@@ -369,7 +365,10 @@ mod tests {
             ("pg".to_owned(), "pg".to_owned()),
             ("pg-tls".to_owned(), "pg-tls".to_owned()),
         ]);
-        SqlHost::new(connections, &grants, max_host_call_bytes)
+        SqlHost::new(
+            Grants::new(connections, Arc::new(grants)),
+            max_host_call_bytes,
+        )
     }
 
     async fn query(
