@@ -381,16 +381,16 @@ impl Broker {
                     ))));
                 }
                 if let Some(op) = record.operation.as_ref().filter(|op| is_running(Some(op))) {
-                    let deleting = op.kind == OperationKind::Deprovision
-                        && op.phase == OperationPhase::InProgress;
-                    return Transition::Keep(if deleting && accepts_incomplete {
-                        Ok(Next::Answer(Changed::Accepted(AcceptedReply {
-                            operation: op.id.clone(),
-                            dashboard_url: None,
-                        })))
-                    } else {
-                        Err(concurrency_error())
-                    });
+                    return Transition::Keep(
+                        match operations::pending_deletion(
+                            op,
+                            OperationKind::Deprovision,
+                            accepts_incomplete,
+                        ) {
+                            Some(reply) => Ok(Next::Answer(Changed::Accepted(reply))),
+                            None => Err(concurrency_error()),
+                        },
+                    );
                 }
                 record.operation = Some(operations::start(
                     OperationKind::Deprovision,

@@ -3,7 +3,7 @@
 use crate::model::{OperationKind, OperationState, OperationStatus};
 use crate::state::{OperationPhase, OperationRecord};
 
-use super::new_operation_id;
+use super::{AcceptedReply, new_operation_id};
 
 /// A new operation, in the `Calling` phase: the record that keeps other
 /// requests for the same resource out while the plugin works.
@@ -28,6 +28,23 @@ pub(super) fn is_running(operation: Option<&OperationRecord>) -> bool {
             op.phase,
             OperationPhase::Calling | OperationPhase::InProgress
         )
+    })
+}
+
+/// What a delete gets while `running` is under way: a repeat of an
+/// asynchronous deletion of the same kind is answered with its operation (OSB
+/// lets the platform re-send it), anything else is a concurrency conflict
+/// (`None`).
+pub(super) fn pending_deletion(
+    running: &OperationRecord,
+    deletion: OperationKind,
+    accepts_incomplete: bool,
+) -> Option<AcceptedReply> {
+    let same_async_deletion =
+        running.kind == deletion && running.phase == OperationPhase::InProgress;
+    (same_async_deletion && accepts_incomplete).then(|| AcceptedReply {
+        operation: running.id.clone(),
+        dashboard_url: None,
     })
 }
 
