@@ -10,7 +10,7 @@ use serde_json::Value;
 /// Why a plugin (or the broker core) refused an operation. Each variant is one
 /// OSB status code and, where the spec defines one, one `error` code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BrokerError {
+pub enum Refusal {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]

@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::model::{
-    BindOutcome, Binding, BindingResult, BrokerError, DeletionOutcome, OperationKind,
+    BindOutcome, Binding, BindingResult, Refusal, DeletionOutcome, OperationKind,
     OperationState, OperationStatus,
 };
 use crate::runtime::CallError;
@@ -24,8 +24,8 @@ enum Next<T> {
     Call(Box<(InstanceRecord, BindingRecord)>),
 }
 
-fn concurrency_error() -> BrokerError {
-    BrokerError::ConcurrencyError(
+fn concurrency_error() -> Refusal {
+    Refusal::ConcurrencyError(
         "Another operation for this service binding is in progress.".to_owned(),
     )
 }
@@ -39,8 +39,8 @@ fn expiry_passed(result: Option<&BindingResult>, now: OffsetDateTime) -> Option<
     (instant <= now).then_some(expires_at)
 }
 
-fn binding_not_found(binding_id: &str) -> BrokerError {
-    BrokerError::NotFound(format!("service binding {binding_id} does not exist"))
+fn binding_not_found(binding_id: &str) -> Refusal {
+    Refusal::NotFound(format!("service binding {binding_id} does not exist"))
 }
 
 impl Broker {
@@ -49,7 +49,7 @@ impl Broker {
         let (offering, plan) = resolve_plan(&catalog, &request.service_id, &request.plan_id)?;
         if !plan.bindable.unwrap_or(offering.bindable) {
             return Err(
-                BrokerError::BadRequest(format!("plan {:?} is not bindable", plan.name)).into(),
+                Refusal::BadRequest(format!("plan {:?} is not bindable", plan.name)).into(),
             );
         }
         let schema = plan
@@ -63,7 +63,7 @@ impl Broker {
         let mut inherited_parameters = None;
         if let Some(predecessor) = &request.predecessor_binding_id {
             if !plan.binding_rotatable {
-                return Err(BrokerError::BadRequest(format!(
+                return Err(Refusal::BadRequest(format!(
                     "plan {:?} does not allow binding rotation (binding_rotatable is false)",
                     plan.name
                 ))
@@ -75,7 +75,7 @@ impl Broker {
                         && record.binding.instance_id == request.instance_id
                 })
             else {
-                return Err(BrokerError::BadRequest(format!(
+                return Err(Refusal::BadRequest(format!(
                     "predecessor_binding_id {predecessor:?} is not a binding of service instance {}",
                     request.instance_id
                 ))
@@ -85,7 +85,7 @@ impl Broker {
                 predecessor_record.result.as_ref(),
                 OffsetDateTime::now_utc(),
             ) {
-                return Err(BrokerError::BadRequest(format!(
+                return Err(Refusal::BadRequest(format!(
                     "predecessor_binding_id {predecessor:?} expired at {expires_at}: only a binding \
                      that has not expired can be rotated (its renew_before says when to rotate)"
                 ))
@@ -122,7 +122,7 @@ impl Broker {
                 |instance, existing| {
                     let Some(instance) = instance.filter(|r| r.status != ResourceStatus::Deleted)
                     else {
-                        return Transition::Keep(Err(BrokerError::NotFound(format!(
+                        return Transition::Keep(Err(Refusal::NotFound(format!(
                             "service instance {} does not exist",
                             request.instance_id
                         ))));
@@ -130,7 +130,7 @@ impl Broker {
                     if instance.instance.service_id != request.service_id
                         || instance.instance.plan_id != request.plan_id
                     {
-                        return Transition::Keep(Err(BrokerError::BadRequest(format!(
+                        return Transition::Keep(Err(Refusal::BadRequest(format!(
                             "service_id and plan_id must be those of service instance {}",
                             request.instance_id
                         ))));
@@ -143,7 +143,7 @@ impl Broker {
                         ));
                     }
                     if instance.status == ResourceStatus::Failed {
-                        return Transition::Keep(Err(BrokerError::Unprocessable(format!(
+                        return Transition::Keep(Err(Refusal::Unprocessable(format!(
                             "service instance {} failed to provision and cannot be bound",
                             request.instance_id
                         ))));
@@ -151,7 +151,7 @@ impl Broker {
                     if instance.status != ResourceStatus::Ready
                         || is_running(instance.operation.as_ref())
                     {
-                        return Transition::Keep(Err(BrokerError::ConcurrencyError(
+                        return Transition::Keep(Err(Refusal::ConcurrencyError(
                             "The service instance is being provisioned, updated or deleted."
                                 .to_owned(),
                         )));
@@ -213,7 +213,7 @@ impl Broker {
                     dashboard_url: None,
                 }))
             }
-            Err(CallError::Refused(refusal)) if !matches!(refusal, BrokerError::Internal(_)) => {
+            Err(CallError::Refused(refusal)) if !matches!(refusal, Refusal::Internal(_)) => {
                 self.finish_binding(
                     &request.binding_id,
                     &request.instance_id,
@@ -260,7 +260,7 @@ impl Broker {
                 &request.instance_id,
                 |instance, existing| {
                     let gone = || {
-                        Transition::Keep(Err(BrokerError::Gone(format!(
+                        Transition::Keep(Err(Refusal::Gone(format!(
                             "service binding {} does not exist",
                             request.binding_id
                         ))))
@@ -275,7 +275,7 @@ impl Broker {
                         return gone();
                     };
                     if record.binding.service_id != request.service_id {
-                        return Transition::Keep(Err(BrokerError::BadRequest(format!(
+                        return Transition::Keep(Err(Refusal::BadRequest(format!(
                             "service_id {:?} does not match the binding's service {:?}",
                             request.service_id, record.binding.service_id
                         ))));
@@ -315,7 +315,7 @@ impl Broker {
             .unbind(&instance.instance, &record.binding, &request.info)
             .await;
         match outcome {
-            Ok(DeletionOutcome::Done) | Err(CallError::Refused(BrokerError::Gone(_))) => {
+            Ok(DeletionOutcome::Done) | Err(CallError::Refused(Refusal::Gone(_))) => {
                 self.finish_binding(
                     &request.binding_id,
                     &request.instance_id,
@@ -407,7 +407,7 @@ impl Broker {
             .instance(&poll.instance_id)
             .await?
             .ok_or_else(|| {
-                BrokerError::NotFound(format!(
+                Refusal::NotFound(format!(
                     "service instance {} does not exist",
                     poll.instance_id
                 ))
@@ -423,7 +423,7 @@ impl Broker {
             .await;
         let mut reported = match polled {
             Ok(status) => status,
-            Err(CallError::Refused(BrokerError::Gone(_)))
+            Err(CallError::Refused(Refusal::Gone(_)))
                 if operation.kind == OperationKind::Unbind =>
             {
                 OperationStatus {
@@ -537,7 +537,7 @@ fn existing_binding(
     record: &BindingRecord,
     requested: &Binding,
     accepts_incomplete: bool,
-) -> Result<Next<Created<BindingResult>>, BrokerError> {
+) -> Result<Next<Created<BindingResult>>, Refusal> {
     let stored = &record.binding;
     let same = stored.instance_id == requested.instance_id
         && stored.service_id == requested.service_id
@@ -547,7 +547,7 @@ fn existing_binding(
         && stored.parameters == requested.parameters
         && stored.predecessor_binding_id == requested.predecessor_binding_id;
     if !same {
-        return Err(BrokerError::Conflict(format!(
+        return Err(Refusal::Conflict(format!(
             "service binding {} already exists with different attributes",
             requested.id
         )));
@@ -564,7 +564,7 @@ fn existing_binding(
                 dashboard_url: None,
             })))
         }
-        (ResourceStatus::Failed, _) => Err(BrokerError::Conflict(format!(
+        (ResourceStatus::Failed, _) => Err(Refusal::Conflict(format!(
             "binding {} failed earlier; unbind it before binding again",
             requested.id
         ))),

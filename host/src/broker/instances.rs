@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::model::{
-    BrokerError, DeletionOutcome, Instance, InstanceChanges, InstanceOutcome, InstanceResult,
+    Refusal, DeletionOutcome, Instance, InstanceChanges, InstanceOutcome, InstanceResult,
     OperationKind, OperationState, OperationStatus, RequestInfo,
 };
 use crate::runtime::CallError;
@@ -26,8 +26,8 @@ enum Next<T> {
     Call(Box<InstanceRecord>),
 }
 
-fn concurrency_error() -> BrokerError {
-    BrokerError::ConcurrencyError(
+fn concurrency_error() -> Refusal {
+    Refusal::ConcurrencyError(
         "Another operation for this service instance is in progress.".to_owned(),
     )
 }
@@ -147,7 +147,7 @@ impl Broker {
                     && record.instance.organization_guid == request.organization_guid
                     && record.instance.space_guid == request.space_guid;
                 let answer = match (record.status, record.operation.as_ref()) {
-                    _ if !same => Err(BrokerError::Conflict(format!(
+                    _ if !same => Err(Refusal::Conflict(format!(
                         "service instance {} already exists with different attributes",
                         request.instance_id
                     ))),
@@ -159,7 +159,7 @@ impl Broker {
                     {
                         accepted_reply(&record).map(Created::Accepted).map(Next::Answer).ok_or_else(concurrency_error)
                     }
-                    (ResourceStatus::Failed, _) => Err(BrokerError::Conflict(format!(
+                    (ResourceStatus::Failed, _) => Err(Refusal::Conflict(format!(
                         "provisioning service instance {} failed earlier; deprovision it before provisioning again",
                         request.instance_id
                     ))),
@@ -212,7 +212,7 @@ impl Broker {
                     .await?;
                 Err(Failure::Plugin(description))
             }
-            Err(CallError::Refused(refusal)) if !matches!(refusal, BrokerError::Internal(_)) => {
+            Err(CallError::Refused(refusal)) if !matches!(refusal, Refusal::Internal(_)) => {
                 // 4xx: the broker's resources must be as if nothing happened.
                 self.finish_instance(&request.instance_id, &operation_id, |record, operation| {
                     record.status = ResourceStatus::Deleted;
@@ -235,7 +235,7 @@ impl Broker {
     pub async fn update(&self, request: UpdateRequest) -> Result<Changed<InstanceResult>, Failure> {
         let catalog = self.catalog();
         let offering = catalog.service(&request.service_id).ok_or_else(|| {
-            BrokerError::BadRequest(format!(
+            Refusal::BadRequest(format!(
                 "service_id {:?} is not in the catalog",
                 request.service_id
             ))
@@ -252,13 +252,13 @@ impl Broker {
             .transition_instance(&request.instance_id, |existing| {
                 let Some(mut record) = existing.filter(|r| r.status != ResourceStatus::Deleted)
                 else {
-                    return Transition::Keep(Err(BrokerError::NotFound(format!(
+                    return Transition::Keep(Err(Refusal::NotFound(format!(
                         "service instance {} does not exist",
                         request.instance_id
                     ))));
                 };
                 if record.instance.service_id != request.service_id {
-                    return Transition::Keep(Err(BrokerError::BadRequest(format!(
+                    return Transition::Keep(Err(Refusal::BadRequest(format!(
                         "service_id {:?} does not match the instance's service {:?}",
                         request.service_id, record.instance.service_id
                     ))));
@@ -277,7 +277,7 @@ impl Broker {
                     });
                 }
                 if record.status != ResourceStatus::Ready {
-                    return Transition::Keep(Err(BrokerError::Unprocessable(format!(
+                    return Transition::Keep(Err(Refusal::Unprocessable(format!(
                         "service instance {} is not usable (its provisioning did not succeed)",
                         request.instance_id
                     ))));
@@ -369,13 +369,13 @@ impl Broker {
             .transition_instance(&request.instance_id, |existing| {
                 let Some(mut record) = existing.filter(|r| r.status != ResourceStatus::Deleted)
                 else {
-                    return Transition::Keep(Err(BrokerError::Gone(format!(
+                    return Transition::Keep(Err(Refusal::Gone(format!(
                         "service instance {} does not exist",
                         request.instance_id
                     ))));
                 };
                 if record.instance.service_id != request.service_id {
-                    return Transition::Keep(Err(BrokerError::BadRequest(format!(
+                    return Transition::Keep(Err(Refusal::BadRequest(format!(
                         "service_id {:?} does not match the instance's service {:?}",
                         request.service_id, record.instance.service_id
                     ))));
@@ -418,7 +418,7 @@ impl Broker {
             Err(failure) => Err(failure),
         };
         match outcome {
-            Ok(DeletionOutcome::Done) | Err(Failure::Refused(BrokerError::Gone(_))) => {
+            Ok(DeletionOutcome::Done) | Err(Failure::Refused(Refusal::Gone(_))) => {
                 self.finish_instance(&request.instance_id, &operation_id, |record, operation| {
                     record.status = ResourceStatus::Deleted;
                     operations::succeed(operation);
@@ -466,7 +466,7 @@ impl Broker {
         };
         for leftover in self.store.live_bindings(&instance.id).await? {
             if is_running(leftover.operation.as_ref()) {
-                return Err(BrokerError::ConcurrencyError(format!(
+                return Err(Refusal::ConcurrencyError(format!(
                     "binding {} of this instance is still being processed",
                     leftover.binding.id
                 ))
@@ -477,7 +477,7 @@ impl Broker {
                 .unbind(instance, &leftover.binding, &sync_info)
                 .await
             {
-                Ok(DeletionOutcome::Done) | Err(CallError::Refused(BrokerError::Gone(_))) => {}
+                Ok(DeletionOutcome::Done) | Err(CallError::Refused(Refusal::Gone(_))) => {}
                 Ok(DeletionOutcome::Accepted(_)) => {
                     return Err(Failure::Plugin(format!(
                         "binding {} must be unbound before the instance is deleted, and its unbind is asynchronous",
@@ -494,7 +494,7 @@ impl Broker {
 
     pub async fn fetch_instance(&self, instance_id: &str) -> Result<FetchedInstance, Failure> {
         let not_found =
-            || BrokerError::NotFound(format!("service instance {instance_id} does not exist"));
+            || Refusal::NotFound(format!("service instance {instance_id} does not exist"));
         let record = self
             .store
             .instance(instance_id)
@@ -508,7 +508,7 @@ impl Broker {
             .as_ref()
             .is_some_and(|op| op.kind == OperationKind::Update && is_running(Some(op)))
         {
-            return Err(BrokerError::ConcurrencyError(
+            return Err(Refusal::ConcurrencyError(
                 "The service instance is being updated.".to_owned(),
             )
             .into());
@@ -559,7 +559,7 @@ impl Broker {
     ) -> Result<OperationStatus, Failure> {
         let instance_id = &poll.instance_id;
         let not_found =
-            || BrokerError::NotFound(format!("service instance {instance_id} does not exist"));
+            || Refusal::NotFound(format!("service instance {instance_id} does not exist"));
         let record = self
             .store
             .instance(instance_id)
@@ -585,7 +585,7 @@ impl Broker {
             .await
         {
             Ok(status) => status,
-            Err(CallError::Refused(BrokerError::Gone(_)))
+            Err(CallError::Refused(Refusal::Gone(_)))
                 if operation.kind == OperationKind::Deprovision =>
             {
                 OperationStatus {
@@ -668,7 +668,7 @@ fn plan_changes(
     offering: &crate::model::ServiceOffering,
     instance: &Instance,
     request: &UpdateRequest,
-) -> Result<StoredChanges, BrokerError> {
+) -> Result<StoredChanges, Refusal> {
     let new_plan_id = request
         .plan_id
         .as_ref()
@@ -681,7 +681,7 @@ fn plan_changes(
                 .and_then(|plan| plan.plan_updateable)
                 .unwrap_or(offering.plan_updateable);
             if !updateable {
-                return Err(BrokerError::Unprocessable(format!(
+                return Err(Refusal::Unprocessable(format!(
                     "plan changes are not supported for service {:?}",
                     offering.name
                 )));
@@ -691,7 +691,7 @@ fn plan_changes(
         None => current_plan,
     };
     let Some(target_plan) = target_plan else {
-        return Err(BrokerError::Unprocessable(format!(
+        return Err(Refusal::Unprocessable(format!(
             "the instance's plan {:?} is no longer in the catalog; choose a new plan",
             instance.plan_id
         )));

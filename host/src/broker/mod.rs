@@ -23,7 +23,7 @@ pub use requests::{
 };
 
 use crate::catalog::CatalogSnapshot;
-use crate::model::{BrokerError, ServiceOffering, ServicePlan};
+use crate::model::{Refusal, ServiceOffering, ServicePlan};
 use crate::runtime::{CallError, PluginRuntime};
 use crate::state::{StateError, StateStore};
 
@@ -32,7 +32,7 @@ use crate::state::{StateError, StateStore};
 pub enum Failure {
     /// An OSB refusal, from the core or the plugin (4xx).
     #[error(transparent)]
-    Refused(#[from] BrokerError),
+    Refused(#[from] Refusal),
     /// The plugin failed (trap, timeout, out of memory, malformed answer) or
     /// is missing: the platform sees a 500 with this description.
     #[error("{0}")]
@@ -107,12 +107,12 @@ fn resolve_plan<'c>(
     catalog: &'c CatalogSnapshot,
     service_id: &str,
     plan_id: &str,
-) -> Result<(&'c ServiceOffering, &'c ServicePlan), BrokerError> {
+) -> Result<(&'c ServiceOffering, &'c ServicePlan), Refusal> {
     let offering = catalog.service(service_id).ok_or_else(|| {
-        BrokerError::BadRequest(format!("service_id {service_id:?} is not in the catalog"))
+        Refusal::BadRequest(format!("service_id {service_id:?} is not in the catalog"))
     })?;
     let plan = catalog.plan(service_id, plan_id).ok_or_else(|| {
-        BrokerError::BadRequest(format!(
+        Refusal::BadRequest(format!(
             "plan_id {plan_id:?} is not a plan of service {service_id:?}"
         ))
     })?;
@@ -123,17 +123,17 @@ fn resolve_plan<'c>(
 fn check_maintenance_version(
     plan: &ServicePlan,
     requested: Option<&str>,
-) -> Result<(), BrokerError> {
+) -> Result<(), Refusal> {
     let Some(requested) = requested else {
         return Ok(());
     };
     match &plan.maintenance_info {
         Some(info) if info.version == requested => Ok(()),
-        Some(info) => Err(BrokerError::MaintenanceInfoConflict(format!(
+        Some(info) => Err(Refusal::MaintenanceInfoConflict(format!(
             "maintenance_info.version {requested:?} does not match plan {:?}, which is at {:?}",
             plan.name, info.version
         ))),
-        None => Err(BrokerError::MaintenanceInfoConflict(format!(
+        None => Err(Refusal::MaintenanceInfoConflict(format!(
             "maintenance_info.version {requested:?} was sent, but plan {:?} has no maintenance_info",
             plan.name
         ))),
@@ -145,11 +145,11 @@ fn check_maintenance_version(
 fn validate_parameters(
     schema: Option<&Value>,
     parameters: Option<&Value>,
-) -> Result<(), BrokerError> {
+) -> Result<(), Refusal> {
     if let Some(parameters) = parameters
         && !parameters.is_object()
     {
-        return Err(BrokerError::BadRequest(
+        return Err(Refusal::BadRequest(
             "parameters must be a JSON object".to_owned(),
         ));
     }
@@ -157,7 +157,7 @@ fn validate_parameters(
         return Ok(());
     };
     let validator = jsonschema::validator_for(schema).map_err(|error| {
-        BrokerError::Internal(format!("the plan's parameter schema is invalid: {error}"))
+        Refusal::Internal(format!("the plan's parameter schema is invalid: {error}"))
     })?;
     let problems: Vec<String> = validator
         .iter_errors(parameters)
@@ -174,7 +174,7 @@ fn validate_parameters(
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(BrokerError::BadRequest(problems.join("; ")))
+        Err(Refusal::BadRequest(problems.join("; ")))
     }
 }
 
@@ -224,11 +224,11 @@ mod tests {
         let error =
             validate_parameters(Some(&schema), Some(&json!({"charset": "klingon"}))).unwrap_err();
         assert!(
-            matches!(&error, BrokerError::BadRequest(text) if text.contains("parameters/charset")),
+            matches!(&error, Refusal::BadRequest(text) if text.contains("parameters/charset")),
             "{error:?}"
         );
         let error = validate_parameters(None, Some(&json!([1]))).unwrap_err();
-        assert!(matches!(error, BrokerError::BadRequest(_)));
+        assert!(matches!(error, Refusal::BadRequest(_)));
     }
 
     #[test]

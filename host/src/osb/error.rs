@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::broker::Failure;
-use crate::model::BrokerError;
+use crate::model::Refusal;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -47,25 +47,25 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<BrokerError> for ApiError {
-    fn from(error: BrokerError) -> Self {
+impl From<Refusal> for ApiError {
+    fn from(error: Refusal) -> Self {
         let (status, code) = match &error {
-            BrokerError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
-            BrokerError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
-            BrokerError::Gone(_) => (StatusCode::GONE, "Gone"),
-            BrokerError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
-            BrokerError::AsyncRequired(_) => (StatusCode::UNPROCESSABLE_ENTITY, "AsyncRequired"),
-            BrokerError::ConcurrencyError(_) => {
+            Refusal::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            Refusal::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+            Refusal::Gone(_) => (StatusCode::GONE, "Gone"),
+            Refusal::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            Refusal::AsyncRequired(_) => (StatusCode::UNPROCESSABLE_ENTITY, "AsyncRequired"),
+            Refusal::ConcurrencyError(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "ConcurrencyError")
             }
-            BrokerError::RequiresApp(_) => (StatusCode::UNPROCESSABLE_ENTITY, "RequiresApp"),
-            BrokerError::MaintenanceInfoConflict(_) => {
+            Refusal::RequiresApp(_) => (StatusCode::UNPROCESSABLE_ENTITY, "RequiresApp"),
+            Refusal::MaintenanceInfoConflict(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "MaintenanceInfoConflict")
             }
-            BrokerError::Unprocessable(_) => {
+            Refusal::Unprocessable(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "UnprocessableEntity")
             }
-            BrokerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+            Refusal::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         };
         Self::new(status, code, error.to_string())
     }
@@ -100,24 +100,24 @@ mod tests {
     fn spec_error_codes_are_exact() {
         let cases = [
             (
-                BrokerError::AsyncRequired(String::new()),
+                Refusal::AsyncRequired(String::new()),
                 422,
                 "AsyncRequired",
             ),
             (
-                BrokerError::ConcurrencyError(String::new()),
+                Refusal::ConcurrencyError(String::new()),
                 422,
                 "ConcurrencyError",
             ),
-            (BrokerError::RequiresApp(String::new()), 422, "RequiresApp"),
+            (Refusal::RequiresApp(String::new()), 422, "RequiresApp"),
             (
-                BrokerError::MaintenanceInfoConflict(String::new()),
+                Refusal::MaintenanceInfoConflict(String::new()),
                 422,
                 "MaintenanceInfoConflict",
             ),
-            (BrokerError::Gone(String::new()), 410, "Gone"),
-            (BrokerError::Conflict(String::new()), 409, "Conflict"),
-            (BrokerError::BadRequest(String::new()), 400, "BadRequest"),
+            (Refusal::Gone(String::new()), 410, "Gone"),
+            (Refusal::Conflict(String::new()), 409, "Conflict"),
+            (Refusal::BadRequest(String::new()), 400, "BadRequest"),
         ];
         for (error, status, code) in cases {
             let api = ApiError::from(error);

@@ -107,8 +107,8 @@ pub fn operation_kind(kind: model::OperationKind) -> wit::OperationKind {
     }
 }
 
-pub fn broker_error(error: wit::BrokerError) -> model::BrokerError {
-    use model::BrokerError as Model;
+pub fn refusal(error: wit::BrokerError) -> model::Refusal {
+    use model::Refusal as Model;
     use wit::BrokerError as Wit;
     match error {
         Wit::BadRequest(text) => Model::BadRequest(text),

@@ -32,7 +32,7 @@ use crate::capabilities::{CallHosts, SharedBackends, config, http, kv, log, redi
 use crate::catalog::CatalogSnapshot;
 use crate::config::Config;
 use crate::model::{
-    BindOutcome, Binding, BindingResult, BrokerError, DeletionOutcome, Instance, InstanceChanges,
+    BindOutcome, Binding, BindingResult, Refusal, DeletionOutcome, Instance, InstanceChanges,
     InstanceDetails, InstanceOutcome, OperationKind, OperationStatus, RequestInfo,
 };
 
@@ -41,7 +41,7 @@ use crate::model::{
 pub enum CallError {
     /// The plugin answered with a typed OSB refusal.
     #[error(transparent)]
-    Refused(#[from] BrokerError),
+    Refused(#[from] Refusal),
     /// No loaded plugin serves this service id (it was removed, or never loaded).
     #[error("no plugin serves service {service_id}")]
     NoPlugin { service_id: String },
@@ -406,7 +406,7 @@ fn accept<T, U>(
     answer: Result<T, wit::BrokerError>,
     into_model: impl FnOnce(T) -> Result<U, InvalidAnswer>,
 ) -> Result<U, CallError> {
-    let answer = answer.map_err(|error| CallError::Refused(convert::broker_error(error)))?;
+    let answer = answer.map_err(|error| CallError::Refused(convert::refusal(error)))?;
     into_model(answer).map_err(|invalid| {
         tracing::warn!(plugin = %plugin.name, cause = %invalid, "plugin answered something malformed");
         CallError::Fault { plugin: plugin.name.clone(), cause: invalid.to_string() }
