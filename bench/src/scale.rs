@@ -11,10 +11,8 @@ use hyper::{Method, StatusCode};
 use serde_json::json;
 use wasm_broker::config::StateConfig;
 use wasm_broker::model::{Binding, BindingResult, Instance, OperationKind};
-use wasm_broker::state::{
-    BindingRecord, InstanceRecord, OperationPhase, OperationRecord, ResourceStatus, StateStore,
-    Transition,
-};
+use wasm_broker::lifecycle::{OperationPhase, OperationRecord, ResourceStatus};
+use wasm_broker::state::{BindingRecord, InstanceRecord, StateStore, Transition};
 
 use crate::load::{self, Connection, Measurement, Window, nanos};
 use crate::prepare::Artifacts;

@@ -12,7 +12,8 @@ use crate::runtime::{PluginRuntime, PluginStatus, RuntimeError};
 use crate::state::inventory::{
     BindingSummary, HistoryEntry, InstancePage, InstanceSummary, OperationSummary, PurgePreview,
 };
-use crate::state::{InstanceRecord, OperationPhase, ResourceStatus, StateError, StateStore};
+use crate::lifecycle::{OperationPhase, ResourceStatus};
+use crate::state::{InstanceRecord, StateError, StateStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {

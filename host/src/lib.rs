@@ -13,6 +13,7 @@ pub mod broker;
 pub mod capabilities;
 pub mod catalog;
 pub mod config;
+pub mod lifecycle;
 pub mod model;
 pub mod osb;
 pub mod runtime;

@@ -16,7 +16,8 @@ use wasm_broker::osb::{self, GuardConfig};
 use wasm_broker::runtime::PluginRuntime;
 use wasm_broker::secrets::{EncryptionKey, generate_key};
 use wasm_broker::state::inventory::{InstanceFilter, PurgeOutcome, StatusFilter};
-use wasm_broker::state::{ResourceStatus, StateStore};
+use wasm_broker::lifecycle::ResourceStatus;
+use wasm_broker::state::StateStore;
 
 /// Where `rotate-key` reads the new key when no file is given: an argument
 /// would show in `ps`.

@@ -1,34 +1,26 @@
-//! Bind, unbind, fetch and poll service bindings.
+//! Bind, unbind, fetch and poll service bindings: the lifecycle rules
+//! (`crate::lifecycle`) decide, this file reads and writes the records and
+//! calls the plugin around their decisions.
 
 use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::lifecycle::{
+    self, Admission, Found, OperationRecord, PollStep, Polled, Resource, ResourceStatus,
+};
 use crate::model::{
-    BindOutcome, Binding, BindingResult, Refusal, DeletionOutcome, OperationKind,
-    OperationState, OperationStatus,
+    Binding, BindingResult, OperationKind, OperationState, OperationStatus, Refusal,
 };
 use crate::runtime::CallError;
-use crate::state::{
-    BindingRecord, InstanceRecord, OperationPhase, OperationRecord, ResourceStatus, Transition,
-};
+use crate::state::{BindingRecord, InstanceRecord, Transition};
 
-use super::operations::{self, is_running};
+use super::instances::operation_id;
+use super::validation::{resolve_plan, validate_parameters};
 use super::{
-    AcceptedReply, BindRequest, Broker, Changed, Created, Failure, FetchedBinding, PollRequest,
-    UnbindRequest, fingerprint, resolve_plan, validate_parameters,
+    AcceptedReply, BindRequest, Broker, BrokerError, Changed, Created, FetchedBinding, Next,
+    Plugins, PollRequest, Records, UnbindRequest, answer, changed, created,
 };
-
-enum Next<T> {
-    Answer(T),
-    Call(Box<(InstanceRecord, BindingRecord)>),
-}
-
-fn concurrency_error() -> Refusal {
-    Refusal::ConcurrencyError(
-        "Another operation for this service binding is in progress.".to_owned(),
-    )
-}
 
 /// The `expires_at` of a binding whose expiry has passed. OSB 2.17 rotates
 /// only non-expired bindings. An expiry the broker cannot read does not
@@ -43,8 +35,37 @@ fn binding_not_found(binding_id: &str) -> Refusal {
     Refusal::NotFound(format!("service binding {binding_id} does not exist"))
 }
 
-impl Broker {
-    pub async fn bind(&self, request: BindRequest) -> Result<Created<BindingResult>, Failure> {
+/// Whether a repeated bind asks for the binding that is stored.
+fn same_binding(stored: &Binding, requested: &Binding) -> bool {
+    stored.instance_id == requested.instance_id
+        && stored.service_id == requested.service_id
+        && stored.plan_id == requested.plan_id
+        && stored.app_guid == requested.app_guid
+        && stored.bind_resource == requested.bind_resource
+        && stored.parameters == requested.parameters
+        && stored.predecessor_binding_id == requested.predecessor_binding_id
+}
+
+fn found_binding<'a>(record: &'a BindingRecord, differs: Option<&'a str>) -> Found<'a> {
+    Found {
+        status: record.status,
+        operation: record.operation.as_ref(),
+        differs,
+    }
+}
+
+fn found_instance<'a>(record: &'a InstanceRecord, differs: Option<&'a str>) -> Found<'a> {
+    Found {
+        status: record.status,
+        operation: record.operation.as_ref(),
+        differs,
+    }
+}
+
+type BindCall = (InstanceRecord, BindingRecord);
+
+impl<P: Plugins, R: Records> Broker<P, R> {
+    pub async fn bind(&self, request: BindRequest) -> Result<Created<BindingResult>, BrokerError> {
         let catalog = self.catalog();
         let (offering, plan) = resolve_plan(&catalog, &request.service_id, &request.plan_id)?;
         if !plan.bindable.unwrap_or(offering.bindable) {
@@ -70,7 +91,7 @@ impl Broker {
                 .into());
             }
             let Some(predecessor_record) =
-                self.store.binding(predecessor).await?.filter(|record| {
+                self.records.binding(predecessor).await?.filter(|record| {
                     record.status == ResourceStatus::Ready
                         && record.binding.instance_id == request.instance_id
                 })
@@ -114,264 +135,191 @@ impl Broker {
             predecessor_binding_id: request.predecessor_binding_id.clone(),
         };
         let accepts_incomplete = request.info.accepts_incomplete;
+        let rules = lifecycle::Request {
+            resource: Resource::Binding,
+            kind: OperationKind::Bind,
+            id: &request.binding_id,
+            attributes: &attributes,
+            accepts_incomplete,
+        };
+        let instance_mismatch = format!(
+            "service_id and plan_id must be those of service instance {}",
+            request.instance_id
+        );
         let next = self
-            .store
+            .records
             .transition_binding(
                 &request.binding_id,
                 &request.instance_id,
                 |instance, existing| {
-                    let Some(instance) = instance.filter(|r| r.status != ResourceStatus::Deleted)
-                    else {
-                        return Transition::Keep(Err(Refusal::NotFound(format!(
-                            "service instance {} does not exist",
-                            request.instance_id
-                        ))));
-                    };
-                    if instance.instance.service_id != request.service_id
-                        || instance.instance.plan_id != request.plan_id
-                    {
-                        return Transition::Keep(Err(Refusal::BadRequest(format!(
-                            "service_id and plan_id must be those of service instance {}",
-                            request.instance_id
-                        ))));
-                    }
-                    if let Some(record) = existing.filter(|r| r.status != ResourceStatus::Deleted) {
-                        return Transition::Keep(existing_binding(
-                            &record,
-                            &binding,
-                            accepts_incomplete,
-                        ));
-                    }
-                    if instance.status == ResourceStatus::Failed {
-                        return Transition::Keep(Err(Refusal::Unprocessable(format!(
-                            "service instance {} failed to provision and cannot be bound",
-                            request.instance_id
-                        ))));
-                    }
-                    if instance.status != ResourceStatus::Ready
-                        || is_running(instance.operation.as_ref())
-                    {
-                        return Transition::Keep(Err(Refusal::ConcurrencyError(
-                            "The service instance is being provisioned, updated or deleted."
-                                .to_owned(),
-                        )));
-                    }
-                    let record = BindingRecord {
-                        binding,
-                        status: ResourceStatus::Creating,
-                        result: None,
-                        operation: Some(operations::start(
-                            OperationKind::Bind,
-                            fingerprint(&attributes),
+                    let instance_found = instance.as_ref().map(|record| {
+                        let differs = record.instance.service_id != request.service_id
+                            || record.instance.plan_id != request.plan_id;
+                        found_instance(record, differs.then_some(instance_mismatch.as_str()))
+                    });
+                    let binding_found = existing.as_ref().map(|record| {
+                        let differs = !same_binding(&record.binding, &binding);
+                        found_binding(record, differs.then_some("attributes"))
+                    });
+                    let admission = lifecycle::admit_binding(
+                        &rules,
+                        &request.instance_id,
+                        instance_found,
+                        binding_found,
+                    );
+                    match (admission, instance, existing) {
+                        (Admission::Start(operation), Some(instance), _) => {
+                            let record = BindingRecord {
+                                binding,
+                                status: ResourceStatus::Creating,
+                                result: None,
+                                operation: Some(operation),
+                            };
+                            Transition::Write(
+                                record.clone(),
+                                Ok(Next::Call(Box::new((instance, record)))),
+                            )
+                        }
+                        (Admission::Existing, _, Some(record)) => Transition::Keep(Ok(
+                            Next::Answer(Created::Existing(record.result.unwrap_or_default())),
                         )),
-                    };
-                    Transition::Write(record.clone(), Ok(Next::Call(Box::new((instance, record)))))
+                        (Admission::Running { operation }, _, _) => {
+                            Transition::Keep(Ok(Next::Answer(Created::Accepted(AcceptedReply {
+                                operation,
+                                dashboard_url: None,
+                            }))))
+                        }
+                        (Admission::Refuse(refusal), _, _) => Transition::Keep(Err(refusal)),
+                        (Admission::Start(_) | Admission::Existing, _, _) => {
+                            Transition::Keep(Err(Refusal::Internal(
+                                "a bind was admitted without the records it needs".to_owned(),
+                            )))
+                        }
+                    }
                 },
             )
             .await??;
-        let (instance, record) = match next {
+        let (instance, record): BindCall = match next {
             Next::Answer(answer) => return Ok(answer),
             Next::Call(call) => *call,
         };
-        let operation_id = record
-            .operation
-            .as_ref()
-            .map(|op| op.id.clone())
-            .unwrap_or_default();
+        let operation_id = operation_id(&record.operation);
 
         let outcome = self
-            .runtime
+            .plugins
             .bind(&instance.instance, &record.binding, &request.info)
-            .await;
-        match outcome {
-            Ok(BindOutcome::Done(result)) => {
-                self.finish_binding(
-                    &request.binding_id,
-                    &request.instance_id,
-                    &operation_id,
-                    |record, operation| {
-                        record.status = ResourceStatus::Ready;
-                        record.result = Some(result.clone());
-                        operations::succeed(operation);
-                    },
-                )
-                .await?;
-                Ok(Created::New(result))
-            }
-            Ok(BindOutcome::Accepted(accepted)) if accepts_incomplete => {
-                self.finish_binding(
-                    &request.binding_id,
-                    &request.instance_id,
-                    &operation_id,
-                    |_, operation| {
-                        operations::accept(operation, accepted.operation.clone());
-                    },
-                )
-                .await?;
-                Ok(Created::Accepted(AcceptedReply {
-                    operation: operation_id,
-                    dashboard_url: None,
-                }))
-            }
-            Err(CallError::Refused(refusal)) if !matches!(refusal, Refusal::Internal(_)) => {
-                self.finish_binding(
-                    &request.binding_id,
-                    &request.instance_id,
-                    &operation_id,
-                    |record, operation| {
-                        record.status = ResourceStatus::Deleted;
-                        operations::fail(operation, refusal.to_string());
-                    },
-                )
-                .await?;
-                Err(Failure::Refused(refusal))
-            }
-            other => {
-                let failure = match other {
-                    Ok(_) => Failure::Plugin(
-                        "the plugin answered asynchronously to a request without accepts_incomplete".to_owned(),
-                    ),
-                    Err(error) => Failure::from(error),
-                };
-                // Kept as Failed: the platform's orphan-mitigation unbind
-                // must reach the plugin to revoke half-made credentials.
-                self.finish_binding(
-                    &request.binding_id,
-                    &request.instance_id,
-                    &operation_id,
-                    |record, operation| {
-                        record.status = ResourceStatus::Failed;
-                        operations::fail(operation, failure.to_string());
-                    },
-                )
-                .await?;
-                Err(failure)
-            }
-        }
+            .await
+            .map_err(BrokerError::from);
+        let settlement = lifecycle::settle(OperationKind::Bind, accepts_incomplete, answer(outcome));
+        self.finish_binding(
+            &request.binding_id,
+            &request.instance_id,
+            &operation_id,
+            |record, operation| {
+                settlement.apply(&mut record.status, operation);
+                if let lifecycle::Verdict::Done(result) = &settlement.verdict {
+                    record.result = Some(result.clone());
+                }
+            },
+        )
+        .await?;
+        created(settlement.verdict, operation_id)
     }
 
-    pub async fn unbind(&self, request: UnbindRequest) -> Result<Changed<()>, Failure> {
+    pub async fn unbind(&self, request: UnbindRequest) -> Result<Changed<()>, BrokerError> {
         let accepts_incomplete = request.info.accepts_incomplete;
         let attributes = json!({ "service_id": request.service_id, "plan_id": request.plan_id });
+        let rules = lifecycle::Request {
+            resource: Resource::Binding,
+            kind: OperationKind::Unbind,
+            id: &request.binding_id,
+            attributes: &attributes,
+            accepts_incomplete,
+        };
         let next = self
-            .store
+            .records
             .transition_binding(
                 &request.binding_id,
                 &request.instance_id,
                 |instance, existing| {
-                    let gone = || {
-                        Transition::Keep(Err(Refusal::Gone(format!(
-                            "service binding {} does not exist",
-                            request.binding_id
-                        ))))
-                    };
-                    let Some(mut record) = existing.filter(|r| {
-                        r.status != ResourceStatus::Deleted
-                            && r.binding.instance_id == request.instance_id
-                    }) else {
-                        return gone();
-                    };
-                    let Some(instance) = instance else {
-                        return gone();
-                    };
-                    if record.binding.service_id != request.service_id {
-                        return Transition::Keep(Err(Refusal::BadRequest(format!(
-                            "service_id {:?} does not match the binding's service {:?}",
-                            request.service_id, record.binding.service_id
-                        ))));
+                    // A binding of another instance is not this instance's.
+                    let existing =
+                        existing.filter(|r| r.binding.instance_id == request.instance_id);
+                    let mismatch = existing.as_ref().and_then(|record| {
+                        (record.binding.service_id != request.service_id).then(|| {
+                            format!(
+                                "service_id {:?} does not match the binding's service {:?}",
+                                request.service_id, record.binding.service_id
+                            )
+                        })
+                    });
+                    let admission = lifecycle::admit_binding(
+                        &rules,
+                        &request.instance_id,
+                        instance.as_ref().map(|record| found_instance(record, None)),
+                        existing
+                            .as_ref()
+                            .map(|record| found_binding(record, mismatch.as_deref())),
+                    );
+                    match (admission, instance, existing) {
+                        (Admission::Start(operation), Some(instance), Some(mut record)) => {
+                            record.operation = Some(operation);
+                            Transition::Write(
+                                record.clone(),
+                                Ok(Next::Call(Box::new((instance, record)))),
+                            )
+                        }
+                        (Admission::Running { operation }, _, _) => {
+                            Transition::Keep(Ok(Next::Answer(Changed::Accepted(AcceptedReply {
+                                operation,
+                                dashboard_url: None,
+                            }))))
+                        }
+                        (Admission::Refuse(refusal), _, _) => Transition::Keep(Err(refusal)),
+                        (Admission::Start(_) | Admission::Existing, _, _) => {
+                            Transition::Keep(Err(Refusal::Internal(
+                                "an unbind was admitted without the records it needs".to_owned(),
+                            )))
+                        }
                     }
-                    if let Some(op) = record.operation.as_ref().filter(|op| is_running(Some(op))) {
-                        return Transition::Keep(
-                            match operations::pending_deletion(
-                                op,
-                                OperationKind::Unbind,
-                                accepts_incomplete,
-                            ) {
-                                Some(reply) => Ok(Next::Answer(Changed::Accepted(reply))),
-                                None => Err(concurrency_error()),
-                            },
-                        );
-                    }
-                    record.operation = Some(operations::start(
-                        OperationKind::Unbind,
-                        fingerprint(&attributes),
-                    ));
-                    Transition::Write(record.clone(), Ok(Next::Call(Box::new((instance, record)))))
                 },
             )
             .await??;
-        let (instance, record) = match next {
+        let (instance, record): BindCall = match next {
             Next::Answer(answer) => return Ok(answer),
             Next::Call(call) => *call,
         };
-        let operation_id = record
-            .operation
-            .as_ref()
-            .map(|op| op.id.clone())
-            .unwrap_or_default();
+        let operation_id = operation_id(&record.operation);
 
         let outcome = self
-            .runtime
+            .plugins
             .unbind(&instance.instance, &record.binding, &request.info)
-            .await;
-        match outcome {
-            Ok(DeletionOutcome::Done) | Err(CallError::Refused(Refusal::Gone(_))) => {
-                self.finish_binding(
-                    &request.binding_id,
-                    &request.instance_id,
-                    &operation_id,
-                    |record, operation| {
-                        record.status = ResourceStatus::Deleted;
-                        record.result = None;
-                        operations::succeed(operation);
-                    },
-                )
-                .await?;
-                Ok(Changed::Done(()))
-            }
-            Ok(DeletionOutcome::Accepted(accepted)) if accepts_incomplete => {
-                self.finish_binding(
-                    &request.binding_id,
-                    &request.instance_id,
-                    &operation_id,
-                    |_, operation| {
-                        operations::accept(operation, accepted.operation.clone());
-                    },
-                )
-                .await?;
-                Ok(Changed::Accepted(AcceptedReply {
-                    operation: operation_id,
-                    dashboard_url: None,
-                }))
-            }
-            other => {
-                let failure = match other {
-                    Ok(_) => Failure::Plugin(
-                        "the plugin answered asynchronously to a request without accepts_incomplete".to_owned(),
-                    ),
-                    Err(error) => Failure::from(error),
-                };
-                self.finish_binding(
-                    &request.binding_id,
-                    &request.instance_id,
-                    &operation_id,
-                    |_, operation| {
-                        operations::fail(operation, failure.to_string());
-                    },
-                )
-                .await?;
-                Err(failure)
-            }
-        }
+            .await
+            .map_err(BrokerError::from);
+        let settlement =
+            lifecycle::settle(OperationKind::Unbind, accepts_incomplete, answer(outcome));
+        self.finish_binding(
+            &request.binding_id,
+            &request.instance_id,
+            &operation_id,
+            |record, operation| {
+                settlement.apply(&mut record.status, operation);
+                if record.status == ResourceStatus::Deleted {
+                    record.result = None;
+                }
+            },
+        )
+        .await?;
+        changed(settlement.verdict, operation_id)
     }
 
     pub async fn fetch_binding(
         &self,
         instance_id: &str,
         binding_id: &str,
-    ) -> Result<FetchedBinding, Failure> {
+    ) -> Result<FetchedBinding, BrokerError> {
         let record = self
-            .store
+            .records
             .binding(binding_id)
             .await?
             .filter(|r| r.status == ResourceStatus::Ready && r.binding.instance_id == instance_id)
@@ -385,25 +333,24 @@ impl Broker {
     pub async fn binding_last_operation(
         &self,
         poll: PollRequest,
-    ) -> Result<OperationStatus, Failure> {
+    ) -> Result<OperationStatus, BrokerError> {
         let binding_id = poll.binding_id.as_deref().unwrap_or_default();
         let record = self
-            .store
+            .records
             .binding(binding_id)
             .await?
             .filter(|r| r.binding.instance_id == poll.instance_id)
             .ok_or_else(|| binding_not_found(binding_id))?;
-        let Some(operation) = record.operation.clone() else {
-            return Err(binding_not_found(binding_id).into());
+        let operation = match lifecycle::poll_step(record.status, record.operation.as_ref()) {
+            PollStep::NotFound => return Err(binding_not_found(binding_id).into()),
+            PollStep::Stored(status) => return Ok(status),
+            PollStep::AskPlugin => record
+                .operation
+                .clone()
+                .ok_or_else(|| binding_not_found(binding_id))?,
         };
-        if record.status == ResourceStatus::Deleted && operation.kind != OperationKind::Unbind {
-            return Err(binding_not_found(binding_id).into());
-        }
-        if operation.phase != OperationPhase::InProgress {
-            return Ok(operations::status(&operation));
-        }
         let instance = self
-            .store
+            .records
             .instance(&poll.instance_id)
             .await?
             .ok_or_else(|| {
@@ -412,8 +359,8 @@ impl Broker {
                     poll.instance_id
                 ))
             })?;
-        let polled = self
-            .runtime
+        let mut polled = self
+            .plugins
             .last_binding_operation(
                 &instance.instance,
                 &record.binding,
@@ -421,65 +368,49 @@ impl Broker {
                 operation.plugin_operation.as_deref(),
             )
             .await;
-        let mut reported = match polled {
-            Ok(status) => status,
-            Err(CallError::Refused(Refusal::Gone(_)))
-                if operation.kind == OperationKind::Unbind =>
-            {
-                OperationStatus {
-                    state: OperationState::Succeeded,
-                    description: None,
-                    instance_usable: None,
-                    update_repeatable: None,
-                }
-            }
-            Err(error) => return Err(error.into()),
-        };
-        if reported.state == OperationState::InProgress {
-            return Ok(reported);
-        }
         // An asynchronous bind delivers its credentials through a fetch, so
         // get them from the plugin before telling the platform it succeeded.
         let mut result = None;
-        if operation.kind == OperationKind::Bind && reported.state == OperationState::Succeeded {
+        let bound = operation.kind == OperationKind::Bind
+            && matches!(&polled, Ok(status) if status.state == OperationState::Succeeded);
+        if bound {
             match self
-                .runtime
+                .plugins
                 .get_binding(&instance.instance, &record.binding)
                 .await
             {
                 Ok(fetched) => result = Some(fetched),
                 Err(error) => {
-                    reported = OperationStatus {
+                    polled = Ok(OperationStatus {
                         state: OperationState::Failed,
                         description: Some(format!(
                             "the binding was created but its credentials could not be read: {error}"
                         )),
                         instance_usable: None,
                         update_repeatable: None,
-                    };
+                    });
                 }
             }
         }
-        let kind = operation.kind;
+        let is_gone = |error: &CallError| matches!(error, CallError::Refused(Refusal::Gone(_)));
+        let (reported, status) = match lifecycle::settle_poll(operation.kind, polled, is_gone)? {
+            Polled::Running(reported) => return Ok(reported),
+            Polled::Finished { reported, status } => (reported, status),
+        };
         self.finish_binding(
             binding_id,
             &poll.instance_id,
             &operation.id,
             |record, operation| {
-                let succeeded = reported.state == OperationState::Succeeded;
-                match (kind, succeeded) {
-                    (OperationKind::Bind, true) => {
-                        record.status = ResourceStatus::Ready;
-                        record.result = result;
-                    }
-                    (OperationKind::Bind, false) => record.status = ResourceStatus::Failed,
-                    (OperationKind::Unbind, true) => {
-                        record.status = ResourceStatus::Deleted;
-                        record.result = None;
-                    }
+                if let Some(status) = status {
+                    record.status = status;
+                }
+                match record.status {
+                    ResourceStatus::Ready => record.result = result,
+                    ResourceStatus::Deleted => record.result = None,
                     _ => {}
                 }
-                operations::record_status(operation, &reported);
+                lifecycle::record_status(operation, &reported);
             },
         )
         .await?;
@@ -490,8 +421,8 @@ impl Broker {
         &self,
         binding_id: &str,
         instance_id: &str,
-    ) -> Result<(), Failure> {
-        self.store
+    ) -> Result<(), BrokerError> {
+        self.records
             .transition_binding(binding_id, instance_id, |_, existing| match existing {
                 Some(mut record) => {
                     record.status = ResourceStatus::Deleted;
@@ -504,14 +435,16 @@ impl Broker {
         Ok(())
     }
 
+    /// Applies `change` to the binding if its current operation is still
+    /// `operation_id` (a restart or a purge may have replaced it meanwhile).
     async fn finish_binding(
         &self,
         binding_id: &str,
         instance_id: &str,
         operation_id: &str,
         change: impl FnOnce(&mut BindingRecord, &mut OperationRecord) + Send,
-    ) -> Result<(), Failure> {
-        self.store
+    ) -> Result<(), BrokerError> {
+        self.records
             .transition_binding(binding_id, instance_id, |_, existing| match existing {
                 Some(mut record)
                     if record
@@ -529,46 +462,6 @@ impl Broker {
             })
             .await?;
         Ok(())
-    }
-}
-
-/// The answer for a bind whose binding id already exists.
-fn existing_binding(
-    record: &BindingRecord,
-    requested: &Binding,
-    accepts_incomplete: bool,
-) -> Result<Next<Created<BindingResult>>, Refusal> {
-    let stored = &record.binding;
-    let same = stored.instance_id == requested.instance_id
-        && stored.service_id == requested.service_id
-        && stored.plan_id == requested.plan_id
-        && stored.app_guid == requested.app_guid
-        && stored.bind_resource == requested.bind_resource
-        && stored.parameters == requested.parameters
-        && stored.predecessor_binding_id == requested.predecessor_binding_id;
-    if !same {
-        return Err(Refusal::Conflict(format!(
-            "service binding {} already exists with different attributes",
-            requested.id
-        )));
-    }
-    match (record.status, record.operation.as_ref()) {
-        (ResourceStatus::Ready, operation) if !is_running(operation) => Ok(Next::Answer(
-            Created::Existing(record.result.clone().unwrap_or_default()),
-        )),
-        (ResourceStatus::Creating, Some(op))
-            if op.phase == OperationPhase::InProgress && accepts_incomplete =>
-        {
-            Ok(Next::Answer(Created::Accepted(AcceptedReply {
-                operation: op.id.clone(),
-                dashboard_url: None,
-            })))
-        }
-        (ResourceStatus::Failed, _) => Err(Refusal::Conflict(format!(
-            "binding {} failed earlier; unbind it before binding again",
-            requested.id
-        ))),
-        _ => Err(concurrency_error()),
     }
 }
 

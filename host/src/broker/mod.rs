@@ -1,52 +1,65 @@
 //! The broker core: everything OSB demands that is not HTTP and not the
-//! plugin's business. Request validation against the catalog, idempotency
-//! (same id and attributes answer the same, different attributes conflict),
-//! per-resource concurrency control, and durable operation records: every
-//! state change is committed before the platform hears of it.
+//! plugin's business. It checks requests against the catalog
+//! (`validation`), asks the lifecycle rules (`crate::lifecycle`) what to do,
+//! keeps the records (`Records`, the state store) and calls the plugins
+//! (`Plugins`, the runtime): every state change is committed before the
+//! platform hears of it.
 //!
 //! Plugin calls happen outside store transactions; the store's operation
 //! record (phase `Calling` / `InProgress`) is the lock that keeps a second
 //! request for the same resource out meanwhile.
 
 mod bindings;
+mod changes;
+#[cfg(test)]
+mod fakes;
 mod instances;
-mod operations;
 mod requests;
+mod seams;
+#[cfg(test)]
+mod tests;
+mod validation;
 
 use std::sync::Arc;
-
-use serde_json::Value;
 
 pub use requests::{
     BindRequest, DeleteRequest, FetchedBinding, FetchedInstance, PollRequest, ProvisionRequest,
     UnbindRequest, UpdateRequest,
 };
+pub use seams::{Plugins, Records};
 
 use crate::catalog::CatalogSnapshot;
-use crate::model::{Refusal, ServiceOffering, ServicePlan};
+use crate::lifecycle::{Answer, Verdict};
+use crate::model::Refusal;
 use crate::runtime::{CallError, PluginRuntime};
 use crate::state::{StateError, StateStore};
 
 /// Why the broker could not serve a request.
 #[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    /// An OSB refusal, from the core or the plugin (4xx).
+pub enum BrokerError {
+    /// An OSB refusal, from the core or the plugin (4xx, or a plugin's own
+    /// `internal` 500).
     #[error(transparent)]
     Refused(#[from] Refusal),
     /// The plugin failed (trap, timeout, out of memory, malformed answer) or
-    /// is missing: the platform sees a 500 with this description.
+    /// no plugin serves the service: the platform sees a 500 with this
+    /// description. Never `CallError::Refused`, which is `Refused`.
+    #[error(transparent)]
+    Plugin(CallError),
+    /// The plugin answered in a way the contract forbids (for example 202
+    /// to a request without `accepts_incomplete`): a 500.
     #[error("{0}")]
-    Plugin(String),
+    PluginContract(String),
     /// The state store failed: 500.
     #[error(transparent)]
     State(#[from] StateError),
 }
 
-impl From<CallError> for Failure {
+impl From<CallError> for BrokerError {
     fn from(error: CallError) -> Self {
         match error {
-            CallError::Refused(refusal) => Failure::Refused(refusal),
-            other => Failure::Plugin(other.to_string()),
+            CallError::Refused(refusal) => Self::Refused(refusal),
+            other => Self::Plugin(other),
         }
     }
 }
@@ -78,161 +91,87 @@ pub struct AcceptedReply {
     pub dashboard_url: Option<String>,
 }
 
-/// The broker core: catalog and plugins from the runtime, records in the store.
-pub struct Broker {
-    runtime: Arc<PluginRuntime>,
-    store: StateStore,
+/// The broker core over its two seams: the plugins (the runtime in the
+/// service, a scripted fake in unit tests) and the records (the state
+/// store, or an in-memory fake).
+pub struct Broker<P = PluginRuntime, R = StateStore> {
+    plugins: Arc<P>,
+    records: R,
 }
 
-impl Broker {
-    pub fn new(runtime: Arc<PluginRuntime>, store: StateStore) -> Self {
-        Self { runtime, store }
+impl<P: Plugins, R: Records> Broker<P, R> {
+    pub fn new(plugins: Arc<P>, records: R) -> Self {
+        Self { plugins, records }
     }
 
     pub fn catalog(&self) -> Arc<CatalogSnapshot> {
-        self.runtime.catalog()
+        self.plugins.catalog()
     }
 
-    pub fn runtime(&self) -> &Arc<PluginRuntime> {
-        &self.runtime
+    pub fn plugins(&self) -> &Arc<P> {
+        &self.plugins
     }
 
-    pub fn store(&self) -> &StateStore {
-        &self.store
-    }
-}
-
-/// The offering and plan a request names, or 400 naming what is unknown.
-fn resolve_plan<'c>(
-    catalog: &'c CatalogSnapshot,
-    service_id: &str,
-    plan_id: &str,
-) -> Result<(&'c ServiceOffering, &'c ServicePlan), Refusal> {
-    let offering = catalog.service(service_id).ok_or_else(|| {
-        Refusal::BadRequest(format!("service_id {service_id:?} is not in the catalog"))
-    })?;
-    let plan = catalog.plan(service_id, plan_id).ok_or_else(|| {
-        Refusal::BadRequest(format!(
-            "plan_id {plan_id:?} is not a plan of service {service_id:?}"
-        ))
-    })?;
-    Ok((offering, plan))
-}
-
-/// OSB: a requested maintenance_info version must equal the plan's.
-fn check_maintenance_version(
-    plan: &ServicePlan,
-    requested: Option<&str>,
-) -> Result<(), Refusal> {
-    let Some(requested) = requested else {
-        return Ok(());
-    };
-    match &plan.maintenance_info {
-        Some(info) if info.version == requested => Ok(()),
-        Some(info) => Err(Refusal::MaintenanceInfoConflict(format!(
-            "maintenance_info.version {requested:?} does not match plan {:?}, which is at {:?}",
-            plan.name, info.version
-        ))),
-        None => Err(Refusal::MaintenanceInfoConflict(format!(
-            "maintenance_info.version {requested:?} was sent, but plan {:?} has no maintenance_info",
-            plan.name
-        ))),
+    pub fn records(&self) -> &R {
+        &self.records
     }
 }
 
-/// Validates `parameters` against a plan's JSON Schema; 400 naming every
-/// offending field.
-fn validate_parameters(
-    schema: Option<&Value>,
-    parameters: Option<&Value>,
-) -> Result<(), Refusal> {
-    if let Some(parameters) = parameters
-        && !parameters.is_object()
-    {
-        return Err(Refusal::BadRequest(
-            "parameters must be a JSON object".to_owned(),
-        ));
-    }
-    let (Some(schema), Some(parameters)) = (schema, parameters) else {
-        return Ok(());
-    };
-    let validator = jsonschema::validator_for(schema).map_err(|error| {
-        Refusal::Internal(format!("the plan's parameter schema is invalid: {error}"))
-    })?;
-    let problems: Vec<String> = validator
-        .iter_errors(parameters)
-        .map(|error| {
-            let path = error.instance_path.to_string();
-            let field = if path.is_empty() {
-                "parameters".to_owned()
-            } else {
-                format!("parameters{path}")
-            };
-            format!("{field}: {error}")
-        })
-        .collect();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Refusal::BadRequest(problems.join("; ")))
+/// What a transition decided to do next.
+enum Next<T, C> {
+    /// Answer now without calling the plugin.
+    Answer(T),
+    /// The operation record was written; call the plugin with this.
+    Call(Box<C>),
+}
+
+/// A plugin call's result in lifecycle terms: a refusal is the plugin's
+/// answer, anything else a fault.
+fn answer<O, T>(outcome: Result<O, BrokerError>) -> Answer<T, BrokerError>
+where
+    O: Into<Answer<T, BrokerError>>,
+{
+    match outcome {
+        Ok(outcome) => outcome.into(),
+        Err(BrokerError::Refused(refusal)) => Answer::Refused(refusal),
+        Err(fault) => Answer::Fault(fault),
     }
 }
 
-/// A fresh operation id: what the platform sees in 202 bodies and polls with.
-fn new_operation_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    hex::encode(bytes)
+/// What a settled operation tells the platform, short of the wording of
+/// success: `Ok(Ok(result))` done, `Ok(Err(dashboard_url))` accepted.
+type Reply<T> = Result<Result<T, Option<String>>, BrokerError>;
+
+fn reply<T>(verdict: Verdict<T, BrokerError>) -> Reply<T> {
+    match verdict {
+        Verdict::Done(result) => Ok(Ok(result)),
+        Verdict::Accepted { dashboard_url } => Ok(Err(dashboard_url)),
+        Verdict::Refused(refusal) => Err(BrokerError::Refused(refusal)),
+        Verdict::Failed(fault) => Err(fault),
+        Verdict::BrokenContract(description) => {
+            Err(BrokerError::PluginContract(description.to_owned()))
+        }
+    }
 }
 
-/// Request attributes as a JSON value, so identical requests compare equal
-/// whatever the key order of their parameters.
-fn fingerprint(attributes: &Value) -> String {
-    attributes.to_string()
+/// The reply to a create: 201 with the result, or 202 with `operation`.
+fn created<T>(verdict: Verdict<T, BrokerError>, operation: String) -> Result<Created<T>, BrokerError> {
+    Ok(match reply(verdict)? {
+        Ok(result) => Created::New(result),
+        Err(dashboard_url) => Created::Accepted(AcceptedReply {
+            operation,
+            dashboard_url,
+        }),
+    })
 }
 
-fn same_fingerprint(stored: &str, attributes: &Value) -> bool {
-    serde_json::from_str::<Value>(stored).is_ok_and(|stored| &stored == attributes)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn fingerprints_ignore_key_order() {
-        let stored = fingerprint(&json!({"a": 1, "b": {"x": 1, "y": 2}}));
-        assert!(same_fingerprint(
-            &stored,
-            &json!({"b": {"y": 2, "x": 1}, "a": 1})
-        ));
-        assert!(!same_fingerprint(
-            &stored,
-            &json!({"a": 2, "b": {"x": 1, "y": 2}})
-        ));
-    }
-
-    #[test]
-    fn parameters_are_checked_against_the_schema() {
-        let schema = json!({
-            "$schema": "http://json-schema.org/draft-07/schema#",
-            "type": "object",
-            "properties": {"charset": {"enum": ["utf8mb4", "latin1"]}},
-            "additionalProperties": false
-        });
-        assert!(validate_parameters(Some(&schema), Some(&json!({"charset": "latin1"}))).is_ok());
-        let error =
-            validate_parameters(Some(&schema), Some(&json!({"charset": "klingon"}))).unwrap_err();
-        assert!(
-            matches!(&error, Refusal::BadRequest(text) if text.contains("parameters/charset")),
-            "{error:?}"
-        );
-        let error = validate_parameters(None, Some(&json!([1]))).unwrap_err();
-        assert!(matches!(error, Refusal::BadRequest(_)));
-    }
-
-    #[test]
-    fn operation_ids_are_unique() {
-        assert_ne!(new_operation_id(), new_operation_id());
-    }
+/// The reply to an update or delete: 200, or 202 with `operation`.
+fn changed<T>(verdict: Verdict<T, BrokerError>, operation: String) -> Result<Changed<T>, BrokerError> {
+    Ok(match reply(verdict)? {
+        Ok(result) => Changed::Done(result),
+        Err(dashboard_url) => Changed::Accepted(AcceptedReply {
+            operation,
+            dashboard_url,
+        }),
+    })
 }

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::broker::Failure;
+use crate::broker::BrokerError;
 use crate::model::Refusal;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,16 +71,16 @@ impl From<Refusal> for ApiError {
     }
 }
 
-impl From<Failure> for ApiError {
-    fn from(failure: Failure) -> Self {
-        match failure {
-            Failure::Refused(refusal) => refusal.into(),
-            Failure::Plugin(description) => Self::new(
+impl From<BrokerError> for ApiError {
+    fn from(error: BrokerError) -> Self {
+        match error {
+            BrokerError::Refused(refusal) => refusal.into(),
+            BrokerError::Plugin(_) | BrokerError::PluginContract(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "PluginFailure",
-                description,
+                error.to_string(),
             ),
-            Failure::State(error) => {
+            BrokerError::State(error) => {
                 tracing::error!(%error, "state store failure");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

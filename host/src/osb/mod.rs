@@ -127,7 +127,7 @@ async fn healthz() -> &'static str {
 
 /// Ready when the state store answers and at least one plugin is loaded.
 async fn readyz(State(state): State<AppState>) -> Response {
-    if let Err(error) = state.broker.store().ping().await {
+    if let Err(error) = state.broker.records().ping().await {
         // The cause (host, database, user names) is for the log, not for
         // whoever can reach this unauthenticated probe.
         tracing::warn!(%error, "readiness: the state store does not answer");
@@ -143,7 +143,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn prometheus(State(state): State<AppState>) -> Response {
     match &state.metrics {
         Some(handle) => {
-            observe::record_store_gauges(state.broker.store()).await;
+            observe::record_store_gauges(state.broker.records()).await;
             (
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                 handle.render(),
@@ -169,7 +169,7 @@ fn request_info(headers: &HeaderMap, accepts_incomplete: bool) -> Result<Request
 /// operation cut short between its plugin call and its final state write
 /// would leave the resource locked as "in progress".
 async fn detached<T: Send + 'static>(
-    operation: impl std::future::Future<Output = Result<T, crate::broker::Failure>> + Send + 'static,
+    operation: impl std::future::Future<Output = Result<T, crate::broker::BrokerError>> + Send + 'static,
 ) -> Result<T, ApiError> {
     match tokio::spawn(operation).await {
         Ok(result) => result.map_err(ApiError::from),

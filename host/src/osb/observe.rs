@@ -17,7 +17,8 @@ use tower::{Layer, Service};
 use tracing::Instrument as _;
 
 use super::guard::REQUEST_IDENTITY;
-use crate::state::{OperationPhase, StateStore};
+use crate::lifecycle::OperationPhase;
+use crate::state::StateStore;
 
 /// The metric handles of each kind of request seen, resolved on its first
 /// occurrence: building a metric key for every request (label strings,

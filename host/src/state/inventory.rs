@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::OperationKind;
 
-use super::{OperationPhase, ResourceStatus, StateError, StateStore};
+use super::{StateError, StateStore};
+use crate::lifecycle::{OperationPhase, ResourceStatus};
 
 /// The `kind` of the history row a purge leaves. Not an [`OperationKind`]:
 /// no plugin ever runs one.

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::SqliteConnectOptions;
@@ -30,7 +29,8 @@ use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::{StateBackend, StateConfig};
-use crate::model::{Binding, BindingResult, Instance, InstanceChanges, OperationKind};
+use crate::lifecycle::{OperationRecord, ResourceStatus};
+use crate::model::{Binding, BindingResult, Instance};
 use crate::secrets::{EncryptionKey, KeyId, Keyring, SecretsError};
 
 use tables::ResourceKind;
@@ -97,86 +97,6 @@ pub enum StateError {
     CredentialsUnreadable { count: i64, cause: SecretsError },
     #[error("cannot use the credentials of service binding {id}: {cause}")]
     Credentials { id: String, cause: SecretsError },
-}
-
-/// Where a resource (instance or binding) is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResourceStatus {
-    /// Provision/bind started and has not succeeded yet.
-    Creating,
-    /// Usable.
-    Ready,
-    /// Creation failed; the platform will send a delete (orphan mitigation),
-    /// which must still reach the plugin to clean up half-made resources.
-    Failed,
-    /// Deleted; kept as a tombstone so `last_operation` can still report the
-    /// deletion's success. A new create may reuse the id.
-    Deleted,
-}
-
-/// Phase of an operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OperationPhase {
-    /// A synchronous plugin call is under way. Found with no live broker
-    /// process making the call (at startup on SQLite; once the calling
-    /// replica's lease ran out on PostgreSQL), it becomes `Failed`.
-    Calling,
-    /// The plugin accepted the work asynchronously; polled via last_operation.
-    InProgress,
-    Succeeded,
-    Failed,
-}
-
-/// The latest operation on a resource.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OperationRecord {
-    /// The id the platform sees (`operation` in 202 bodies).
-    pub id: String,
-    pub kind: OperationKind,
-    pub phase: OperationPhase,
-    /// The plugin's own token from `accepted`, passed back when polling.
-    pub plugin_operation: Option<String>,
-    pub description: Option<String>,
-    pub instance_usable: Option<bool>,
-    pub update_repeatable: Option<bool>,
-    /// For an update: what to apply to the instance when it succeeds.
-    pub changes: Option<StoredChanges>,
-    /// Fingerprint of the request that started it, so a re-sent identical
-    /// request gets the same answer.
-    pub request_fingerprint: String,
-}
-
-/// `InstanceChanges` in storable form.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct StoredChanges {
-    pub plan_id: Option<String>,
-    pub parameters: Option<serde_json::Value>,
-    pub context: Option<serde_json::Value>,
-    pub maintenance_version: Option<String>,
-}
-
-impl From<&InstanceChanges> for StoredChanges {
-    fn from(changes: &InstanceChanges) -> Self {
-        Self {
-            plan_id: changes.plan_id.clone(),
-            parameters: changes.parameters.clone(),
-            context: changes.context.clone(),
-            maintenance_version: changes.maintenance_version.clone(),
-        }
-    }
-}
-
-impl From<&StoredChanges> for InstanceChanges {
-    fn from(changes: &StoredChanges) -> Self {
-        Self {
-            plan_id: changes.plan_id.clone(),
-            parameters: changes.parameters.clone(),
-            context: changes.context.clone(),
-            maintenance_version: changes.maintenance_version.clone(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -467,7 +387,7 @@ impl StateStore {
         {
             let before = tables::OperationMark::of(record.operation.as_ref());
             if let Some(operation) = record.operation.as_mut() {
-                fail_interrupted(operation, &mut record.status, description);
+                crate::lifecycle::fail_interrupted(operation, &mut record.status, description);
                 tables::write_instance(&mut write.transaction, &self.replica, &record).await?;
                 let id = &record.instance.id;
                 tables::append_history(
@@ -487,7 +407,7 @@ impl StateStore {
         {
             let before = tables::OperationMark::of(record.operation.as_ref());
             if let Some(operation) = record.operation.as_mut() {
-                fail_interrupted(operation, &mut record.status, description);
+                crate::lifecycle::fail_interrupted(operation, &mut record.status, description);
                 tables::write_binding(
                     &mut write.transaction,
                     &self.keyring,
@@ -721,25 +641,6 @@ fn redacted(url: &url::Url) -> String {
 fn new_replica_id() -> String {
     let nonce: [u8; 6] = rand::random();
     format!("{}-{}", std::process::id(), hex::encode(nonce))
-}
-
-/// The end of a crash-interrupted call. A creation that never finished left
-/// at most half-made resources, which the platform's orphan mitigation
-/// (a delete of a `Failed` resource) cleans up; an interrupted update or
-/// deletion leaves the resource as it was.
-fn fail_interrupted(
-    operation: &mut OperationRecord,
-    status: &mut ResourceStatus,
-    description: &str,
-) {
-    if matches!(
-        operation.kind,
-        OperationKind::Provision | OperationKind::Bind
-    ) {
-        *status = ResourceStatus::Failed;
-    }
-    operation.phase = OperationPhase::Failed;
-    operation.description = Some(description.to_owned());
 }
 
 /// The smallest string above every string that starts with `prefix`, or

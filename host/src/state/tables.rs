@@ -12,9 +12,8 @@ use sqlx::{AnyConnection, Row};
 use crate::model::{Binding, BindingResult, Instance};
 use crate::secrets::{self, KeyId, Keyring, SecretsError};
 
-use super::{
-    BindingRecord, InstanceRecord, OperationPhase, OperationRecord, ResourceStatus, StateError,
-};
+use super::{BindingRecord, InstanceRecord, StateError};
+use crate::lifecycle::{OperationPhase, OperationRecord, ResourceStatus};
 
 pub(super) const SELECT_INSTANCE: &str =
     "SELECT id, status, record, operation FROM instances WHERE id = $1";
