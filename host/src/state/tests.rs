@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 
 use super::*;
 use crate::lifecycle::{OperationPhase, OperationRecord, ResourceStatus, StoredChanges};
-use crate::model::{InstanceChanges, OperationKind};
+use crate::model::OperationKind;
 use crate::model::{BindingMetadata, Endpoint, EndpointProtocol};
 use crate::secrets::generate_key;
 use crate::state::inventory::{InstanceFilter, PURGE_KIND, PurgeOutcome, StatusFilter};
