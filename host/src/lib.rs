@@ -4,6 +4,7 @@
 //! - [`osb`]: the HTTP layer; knows OSB, nothing of wasmtime.
 //! - [`broker`]: idempotency, concurrency, operation records.
 //! - [`runtime`]: loads and calls plugin components; knows nothing of HTTP.
+//! - [`contract`]: the WIT contract with plugins, as generated Rust.
 //! - [`capabilities`]: what a plugin may reach (sql, redis, http, kv, log, config).
 //! - [`state`]: durable instances, bindings and operations.
 //! - [`secrets`]: encryption at rest of the credentials in [`state`].
@@ -13,6 +14,7 @@ pub mod broker;
 pub mod capabilities;
 pub mod catalog;
 pub mod config;
+pub mod contract;
 pub mod model;
 pub mod osb;
 pub mod runtime;

@@ -9,7 +9,7 @@ use serde_json::Value;
 use wasmtime::component::{HasData, Linker};
 
 use crate::runtime::CallState;
-use crate::runtime::bindings::wasm_broker::plugin::config as wit;
+use crate::contract::wasm_broker::plugin::config as wit;
 
 /// A plugin's settings, converted once when the plugin loads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,7 +86,7 @@ pub fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::bindings::wasm_broker::plugin::config::Host;
+    use crate::contract::wasm_broker::plugin::config::Host;
 
     fn host(toml: &str) -> ConfigHost {
         let table: toml::Table = toml::from_str(toml).expect("valid toml");

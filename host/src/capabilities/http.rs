@@ -9,7 +9,7 @@ use wasmtime::component::{HasData, Linker};
 
 use super::connections::{ACQUIRE_TIMEOUT, ByteBudget, Grants};
 use crate::runtime::CallState;
-use crate::runtime::bindings::wasm_broker::plugin::http::{
+use crate::contract::wasm_broker::plugin::http::{
     self as wit, Error, Method, Request, Response, ServerInfo,
 };
 

@@ -8,7 +8,7 @@ use wasmtime::component::{HasData, Linker};
 
 use super::connections::ByteBudget;
 use crate::runtime::CallState;
-use crate::runtime::bindings::wasm_broker::plugin::kv::{self as wit, Error};
+use crate::contract::wasm_broker::plugin::kv::{self as wit, Error};
 use crate::state::{StateError, StateStore};
 
 /// The `kv` import of one plugin call.
@@ -113,7 +113,7 @@ pub fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
 mod tests {
     use super::*;
     use crate::config::StateConfig;
-    use crate::runtime::bindings::wasm_broker::plugin::kv::Host;
+    use crate::contract::wasm_broker::plugin::kv::Host;
 
     async fn store(directory: &tempfile::TempDir) -> StateStore {
         let config = StateConfig {

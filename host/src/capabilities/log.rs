@@ -7,7 +7,7 @@ use std::sync::Arc;
 use wasmtime::component::{HasData, Linker};
 
 use crate::runtime::CallState;
-use crate::runtime::bindings::wasm_broker::plugin::log::{self as wit, Level};
+use crate::contract::wasm_broker::plugin::log::{self as wit, Level};
 
 /// Log target of everything plugins write, so operators can filter it
 /// (`RUST_LOG=plugin=debug`).

@@ -10,7 +10,7 @@ use wasmtime::component::{HasData, Linker};
 
 use super::connections::{ByteBudget, Grants};
 use crate::runtime::CallState;
-use crate::runtime::bindings::wasm_broker::plugin::redis::{
+use crate::contract::wasm_broker::plugin::redis::{
     self as wit, Error, Reply, ReplyItem, ServerInfo,
 };
 

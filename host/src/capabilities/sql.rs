@@ -15,7 +15,7 @@ use wasmtime::component::{HasData, Linker};
 
 use super::connections::{ByteBudget, Grants, SqlPool};
 use crate::runtime::CallState;
-use crate::runtime::bindings::wasm_broker::plugin::sql::{
+use crate::contract::wasm_broker::plugin::sql::{
     self as wit, Dialect, Error, QueryResult, ServerInfo, Value,
 };
 

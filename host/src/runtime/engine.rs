@@ -20,7 +20,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
-use super::bindings::ServicePlugin;
+use crate::contract::ServicePlugin;
 use super::guest_output::{GuestOutput, Stream};
 use super::{CallError, CallState, RuntimeError};
 use crate::capabilities::{self, PluginGrants, SharedBackends};
@@ -473,7 +473,7 @@ impl Export {
 /// What a plugin call needs to know about the plugin.
 pub struct CallTarget<'a> {
     pub name: &'a str,
-    pub pre: &'a super::bindings::ServicePluginPre<CallState>,
+    pub pre: &'a crate::contract::ServicePluginPre<CallState>,
     pub grants: &'a PluginGrants,
     pub limits: CallLimits,
 }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use super::bindings::ServicePluginPre;
+use crate::contract::ServicePluginPre;
 use super::engine::{CallTarget, PluginEngine, compile_cached};
 use super::{CallError, CallState, PluginStatus, RuntimeError, convert};
 use crate::capabilities::PluginGrants;

@@ -2,13 +2,12 @@
 //! `wasm-broker:plugin` contract and calls them, each call in a fresh,
 //! limited instance. Knows components, nothing of HTTP.
 //!
-//! - [`bindings`]: the contract as generated Rust.
+//! - [`crate::contract`]: the contract as generated Rust, shared with the capabilities.
 //! - `engine`: wasmtime setup, compile cache, the life of one call.
 //! - `loader`: the plugin directory -> a validated, merged set of plugins.
 //! - `watcher`: hot reload.
 //! - `convert`: model <-> WIT.
 
-pub mod bindings;
 mod convert;
 mod engine;
 mod guest_output;
@@ -23,7 +22,7 @@ use arc_swap::ArcSwap;
 use wasmtime::component::{ComponentNamedList, Lift, Lower, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use self::bindings::wasm_broker::plugin::types as wit;
+use crate::contract::wasm_broker::plugin::types as wit;
 use self::convert::InvalidAnswer;
 use self::engine::{CallLimiter, Export, PluginEngine};
 use self::loader::{LoadedPlugin, Loader, PluginSet};
