@@ -5,6 +5,7 @@
 //! - [`broker`]: idempotency, concurrency, operation records.
 //! - [`runtime`]: loads and calls plugin components; knows nothing of HTTP.
 //! - [`contract`]: the WIT contract with plugins, as generated Rust.
+//! - [`limits`]: the fixed limits on a plugin call, shared by runtime and capabilities.
 //! - [`capabilities`]: what a plugin may reach (sql, redis, http, kv, log, config).
 //! - [`state`]: durable instances, bindings and operations.
 //! - [`secrets`]: encryption at rest of the credentials in [`state`].
@@ -15,6 +16,7 @@ pub mod capabilities;
 pub mod catalog;
 pub mod config;
 pub mod contract;
+pub mod limits;
 pub mod model;
 pub mod osb;
 pub mod runtime;

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::Value;
-use wasmtime::component::{HasData, Linker};
+use wasmtime::component::{HasSelf, Linker};
 
-use crate::runtime::CallState;
+use super::{CallContext, Capability};
 use crate::contract::wasm_broker::plugin::config as wit;
 
 /// A plugin's settings, converted once when the plugin loads.
@@ -73,14 +73,17 @@ impl wit::Host for ConfigHost {
     }
 }
 
-struct HasConfig;
+impl Capability for ConfigHost {
+    fn for_call(call: &CallContext<'_>) -> Self {
+        Self::new(call.grants.settings.clone())
+    }
 
-impl HasData for HasConfig {
-    type Data<'a> = &'a mut ConfigHost;
-}
-
-pub fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<CallState, HasConfig>(linker, |state| &mut state.config)
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        wit::add_to_linker::<T, HasSelf<Self>>(linker, get)
+    }
 }
 
 #[cfg(test)]

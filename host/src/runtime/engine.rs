@@ -20,11 +20,11 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
-use crate::contract::ServicePlugin;
 use super::guest_output::{GuestOutput, Stream};
 use super::{CallError, CallState, RuntimeError};
-use crate::capabilities::{self, PluginGrants, SharedBackends};
+use crate::capabilities::{self, CallContext, CallHosts, PluginGrants, SharedBackends};
 use crate::config::{CallLimits, Config};
+use crate::contract::ServicePlugin;
 
 /// How often the epoch advances. Deadlines are checked, and long-running
 /// guests yield to other tasks, at this granularity.
@@ -297,7 +297,11 @@ impl PluginEngine {
         let state = CallState::new(
             sandbox_wasi(stdout.clone(), stderr.clone()),
             CallLimiter::new(memory_limit, memory_exhausted.clone()),
-            plugin.grants.hosts(&self.backends, request_identity),
+            CallHosts::for_call(&CallContext {
+                grants: plugin.grants,
+                backends: &self.backends,
+                request_identity,
+            }),
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);

@@ -22,17 +22,17 @@ use arc_swap::ArcSwap;
 use wasmtime::component::{ComponentNamedList, Lift, Lower, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::contract::wasm_broker::plugin::types as wit;
 use self::convert::InvalidAnswer;
 use self::engine::{CallLimiter, Export, PluginEngine};
 use self::loader::{LoadedPlugin, Loader, PluginSet};
 use crate::capabilities::connections::{ConnectionError, Connections};
-use crate::capabilities::{CallHosts, SharedBackends, config, http, kv, log, redis, sql};
+use crate::capabilities::{CallHosts, CapabilityView, SharedBackends};
 use crate::catalog::CatalogSnapshot;
 use crate::config::Config;
+use crate::contract::wasm_broker::plugin::types as wit;
 use crate::model::{
-    BindOutcome, Binding, BindingResult, Refusal, DeletionOutcome, Instance, InstanceChanges,
-    InstanceDetails, InstanceOutcome, OperationKind, OperationStatus, RequestInfo,
+    BindOutcome, Binding, BindingResult, DeletionOutcome, Instance, InstanceChanges,
+    InstanceDetails, InstanceOutcome, OperationKind, OperationStatus, Refusal, RequestInfo,
 };
 
 /// Why a plugin call did not produce an answer from the plugin.
@@ -82,35 +82,23 @@ pub struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: CallLimiter,
-    pub log: log::LogHost,
-    pub config: config::ConfigHost,
-    pub kv: kv::KvHost,
-    pub sql: sql::SqlHost,
-    pub redis: redis::RedisHost,
-    pub http: http::HttpHost,
+    hosts: CallHosts,
 }
 
 impl CallState {
     fn new(wasi: WasiCtx, limiter: CallLimiter, hosts: CallHosts) -> Self {
-        let CallHosts {
-            log,
-            config,
-            kv,
-            sql,
-            redis,
-            http,
-        } = hosts;
         Self {
             wasi,
             table: ResourceTable::new(),
             limiter,
-            log,
-            config,
-            kv,
-            sql,
-            redis,
-            http,
+            hosts,
         }
+    }
+}
+
+impl CapabilityView for CallState {
+    fn hosts(&mut self) -> &mut CallHosts {
+        &mut self.hosts
     }
 }
 
