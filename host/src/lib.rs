@@ -6,7 +6,7 @@
 //! - [`runtime`]: loads and calls plugin components; knows nothing of HTTP.
 //! - [`contract`]: the WIT contract with plugins, as generated Rust.
 //! - [`limits`]: the fixed limits on a plugin call, shared by runtime and capabilities.
-//! - [`capabilities`]: what a plugin may reach (sql, redis, http, kv, log, config).
+//! - [`capabilities`]: what a plugin may reach (sql, redis, http, kv, log, settings).
 //! - [`state`]: durable instances, bindings and operations.
 //! - [`secrets`]: encryption at rest of the credentials in [`state`].
 

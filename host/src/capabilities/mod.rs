@@ -19,12 +19,12 @@
 //! 3. one line in the `registry!` below;
 //! 4. the wrapper plugins call, in the SDK (`plugins/sdk`).
 
-pub mod config;
 pub mod connections;
 pub mod http;
 pub mod kv;
 pub mod log;
 pub mod redis;
+pub mod settings;
 pub mod sql;
 
 use std::collections::BTreeMap;
@@ -88,7 +88,7 @@ macro_rules! registry {
 
 registry! {
     log: log::LogHost,
-    config: config::ConfigHost,
+    settings: settings::SettingsHost,
     kv: kv::KvHost,
     sql: sql::SqlHost,
     redis: redis::RedisHost,
@@ -103,7 +103,7 @@ pub struct PluginGrants {
     /// The file stem: the name broker.toml and the kv namespace use, which
     /// the plugin cannot choose.
     plugin: Arc<str>,
-    settings: Arc<config::Settings>,
+    settings: Arc<settings::Settings>,
     /// Alias the plugin asks for -> `[connections.<name>]`.
     connections: Arc<BTreeMap<String, String>>,
     max_host_call_bytes: u64,
@@ -117,7 +117,7 @@ impl PluginGrants {
     ) -> Self {
         Self {
             plugin: Arc::from(plugin),
-            settings: Arc::new(config::Settings::from_table(&plugin_config.config)),
+            settings: Arc::new(settings::Settings::from_table(&plugin_config.config)),
             connections: Arc::new(plugin_config.connections.clone()),
             max_host_call_bytes,
         }

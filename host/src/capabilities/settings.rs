@@ -1,6 +1,11 @@
-//! The `config` import: the plugin's `[plugins.<name>.config]` table of
-//! broker.toml, read-only. Strings come as they are, other TOML values as
-//! JSON text, so a plugin parses structured settings with any JSON library.
+//! The plugin-settings capability: the plugin's `[plugins.<name>.config]`
+//! table of broker.toml, read-only. Strings come as they are, other TOML
+//! values as JSON text, so a plugin parses structured settings with any JSON
+//! library.
+//!
+//! Its WIT interface keeps its published name, `config`: renaming it would
+//! break every built plugin. In the host, "config" means broker.toml
+//! ([`crate::config`]); what a plugin reads of it are its settings.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,24 +61,24 @@ fn toml_to_json(value: &toml::Value) -> Value {
     }
 }
 
-/// The `config` import of one plugin call.
-pub struct ConfigHost {
+/// The settings (WIT `config`) import of one plugin call.
+pub struct SettingsHost {
     settings: Arc<Settings>,
 }
 
-impl ConfigHost {
+impl SettingsHost {
     pub fn new(settings: Arc<Settings>) -> Self {
         Self { settings }
     }
 }
 
-impl wit::Host for ConfigHost {
+impl wit::Host for SettingsHost {
     async fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
         Ok(self.settings.get(&key).map(str::to_owned))
     }
 }
 
-impl Capability for ConfigHost {
+impl Capability for SettingsHost {
     fn for_call(call: &CallContext<'_>) -> Self {
         Self::new(call.grants.settings.clone())
     }
@@ -91,9 +96,9 @@ mod tests {
     use super::*;
     use crate::contract::wasm_broker::plugin::config::Host;
 
-    fn host(toml: &str) -> ConfigHost {
+    fn host(toml: &str) -> SettingsHost {
         let table: toml::Table = toml::from_str(toml).expect("valid toml");
-        ConfigHost::new(Arc::new(Settings::from_table(&table)))
+        SettingsHost::new(Arc::new(Settings::from_table(&table)))
     }
 
     #[tokio::test]
