@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use super::engine::{CallTarget, PluginEngine, compile_cached};
+use super::call::CallTarget;
+use super::compile_cache::compile_cached;
+use super::engine::PluginEngine;
 use super::{CallError, CallState, PluginStatus, RuntimeError, convert};
 use crate::capabilities::PluginGrants;
 use crate::catalog::{self, CatalogSnapshot, PluginCatalog};

@@ -3,14 +3,22 @@
 //! limited instance. Knows components, nothing of HTTP.
 //!
 //! - [`crate::contract`]: the contract as generated Rust, shared with the capabilities.
-//! - `engine`: wasmtime setup, compile cache, the life of one call.
+//! - `engine`: the wasmtime engine, its pooling allocator and linker.
+//! - `call`: the life of one call: store, limits, deadline, faults.
+//! - `call_metrics`, `limiter`: a call's metrics and its resource limiter.
+//! - `compile_cache`: compiled plugin code kept on disk.
 //! - `loader`: the plugin directory -> a validated, merged set of plugins.
+//! - `guest_output`: a plugin's stdout and stderr, into the host log.
 //! - `watcher`: hot reload.
 //! - `convert`: model <-> WIT.
 
+mod call;
+mod call_metrics;
+mod compile_cache;
 mod convert;
 mod engine;
 mod guest_output;
+mod limiter;
 mod loader;
 #[cfg(test)]
 mod tests;
@@ -22,8 +30,10 @@ use arc_swap::ArcSwap;
 use wasmtime::component::{ComponentNamedList, Lift, Lower, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use self::call::Export;
 use self::convert::InvalidAnswer;
-use self::engine::{CallLimiter, Export, PluginEngine};
+use self::engine::PluginEngine;
+use self::limiter::CallLimiter;
 use self::loader::{LoadedPlugin, Loader, PluginSet};
 use crate::capabilities::connections::{ConnectionError, Connections};
 use crate::capabilities::{CallHosts, CapabilityView, SharedBackends};
