@@ -18,6 +18,9 @@
 //!    with `HasSelf<Self>`);
 //! 3. one line in the `registry!` below;
 //! 4. the wrapper plugins call, in the SDK (`plugins/sdk`).
+//!
+//! A capability that needs something of the plugin's `[plugins.<name>]`
+//! section resolves it once, when the plugin loads, into [`PluginGrants`].
 
 pub mod connections;
 pub mod http;
