@@ -4,7 +4,9 @@
 //! - [`osb`]: the HTTP layer; knows OSB, nothing of wasmtime.
 //! - [`broker`]: idempotency, concurrency, operation records.
 //! - [`runtime`]: loads and calls plugin components; knows nothing of HTTP.
-//! - [`capabilities`]: what a plugin may reach (sql, redis, http, kv, log, config).
+//! - [`contract`]: the WIT contract with plugins, as generated Rust.
+//! - [`limits`]: the fixed limits on a plugin call, shared by runtime and capabilities.
+//! - [`capabilities`]: what a plugin may reach (sql, redis, http, kv, log, settings).
 //! - [`state`]: durable instances, bindings and operations.
 //! - [`secrets`]: encryption at rest of the credentials in [`state`].
 
@@ -13,7 +15,9 @@ pub mod broker;
 pub mod capabilities;
 pub mod catalog;
 pub mod config;
+pub mod contract;
 pub mod lifecycle;
+pub mod limits;
 pub mod model;
 pub mod osb;
 pub mod runtime;

@@ -5,13 +5,14 @@
 
 use reqwest::header::{HeaderName, HeaderValue};
 use url::Url;
-use wasmtime::component::{HasData, Linker};
+use wasmtime::component::{HasSelf, Linker};
 
-use super::connections::{ACQUIRE_TIMEOUT, ByteBudget, Grants};
-use crate::runtime::CallState;
-use crate::runtime::bindings::wasm_broker::plugin::http::{
+use super::connections::{ACQUIRE_TIMEOUT, Grants};
+use super::{CallContext, Capability};
+use crate::contract::wasm_broker::plugin::http::{
     self as wit, Error, Method, Request, Response, ServerInfo,
 };
+use crate::limits::ByteBudget;
 
 /// Headers the host owns: authentication is the connection's, and framing
 /// is the HTTP client's (a plugin's Content-Length could desynchronise it).
@@ -120,14 +121,17 @@ impl wit::Host for HttpHost {
     }
 }
 
-struct HasHttp;
+impl Capability for HttpHost {
+    fn for_call(call: &CallContext<'_>) -> Self {
+        Self::new(call.connections(), call.max_host_call_bytes())
+    }
 
-impl HasData for HasHttp {
-    type Data<'a> = &'a mut HttpHost;
-}
-
-pub fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<CallState, HasHttp>(linker, |state| &mut state.http)
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        wit::add_to_linker::<T, HasSelf<Self>>(linker, get)
+    }
 }
 
 fn method(method: Method) -> reqwest::Method {

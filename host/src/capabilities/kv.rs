@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use wasmtime::component::{HasData, Linker};
+use wasmtime::component::{HasSelf, Linker};
 
-use super::connections::ByteBudget;
-use crate::runtime::CallState;
-use crate::runtime::bindings::wasm_broker::plugin::kv::{self as wit, Error};
+use super::{CallContext, Capability};
+use crate::contract::wasm_broker::plugin::kv::{self as wit, Error};
+use crate::limits::ByteBudget;
 use crate::state::{StateError, StateStore};
 
 /// The `kv` import of one plugin call.
@@ -99,21 +99,28 @@ impl wit::Host for KvHost {
     }
 }
 
-struct HasKv;
+impl Capability for KvHost {
+    fn for_call(call: &CallContext<'_>) -> Self {
+        Self::new(
+            call.backends.state.clone(),
+            call.plugin().clone(),
+            call.max_host_call_bytes(),
+        )
+    }
 
-impl HasData for HasKv {
-    type Data<'a> = &'a mut KvHost;
-}
-
-pub fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<CallState, HasKv>(linker, |state| &mut state.kv)
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        wit::add_to_linker::<T, HasSelf<Self>>(linker, get)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::StateConfig;
-    use crate::runtime::bindings::wasm_broker::plugin::kv::Host;
+    use crate::contract::wasm_broker::plugin::kv::Host;
 
     async fn store(directory: &tempfile::TempDir) -> StateStore {
         let config = StateConfig {

@@ -4,17 +4,15 @@
 
 use std::sync::Arc;
 
-use wasmtime::component::{HasData, Linker};
+use wasmtime::component::{HasSelf, Linker};
 
-use crate::runtime::CallState;
-use crate::runtime::bindings::wasm_broker::plugin::log::{self as wit, Level};
+use super::{CallContext, Capability};
+use crate::contract::wasm_broker::plugin::log::{self as wit, Level};
+use crate::limits::MAX_LOG_LINE_BYTES;
 
 /// Log target of everything plugins write, so operators can filter it
 /// (`RUST_LOG=plugin=debug`).
 pub const TARGET: &str = "plugin";
-
-/// Longest message kept; a plugin cannot flood the log with one line.
-const MAX_MESSAGE_BYTES: usize = 8 * 1024;
 
 /// The `log` import of one plugin call.
 pub struct LogHost {
@@ -55,7 +53,7 @@ macro_rules! plugin_event {
 
 impl wit::Host for LogHost {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        let message = truncated(&message, MAX_MESSAGE_BYTES);
+        let message = truncated(&message, MAX_LOG_LINE_BYTES);
         match level {
             Level::Trace => plugin_event!(tracing::Level::TRACE, self, message),
             Level::Debug => plugin_event!(tracing::Level::DEBUG, self, message),
@@ -67,14 +65,20 @@ impl wit::Host for LogHost {
     }
 }
 
-struct HasLog;
+impl Capability for LogHost {
+    fn for_call(call: &CallContext<'_>) -> Self {
+        Self::new(
+            call.plugin().clone(),
+            call.request_identity.map(str::to_owned),
+        )
+    }
 
-impl HasData for HasLog {
-    type Data<'a> = &'a mut LogHost;
-}
-
-pub fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<CallState, HasLog>(linker, |state| &mut state.log)
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        wit::add_to_linker::<T, HasSelf<Self>>(linker, get)
+    }
 }
 
 #[cfg(test)]

@@ -1,15 +1,33 @@
-//! Host capabilities granted to plugins: one module per WIT interface.
+//! Host capabilities granted to plugins: one module per WIT interface, each
+//! behind the one trait [`Capability`], listed once in the registry below.
 //!
-//! Each module owns its host struct (one per call, stored in
-//! [`CallState`]) and an `add_to_linker` that links its interface with a
-//! projection to that struct, so no capability sees another one's state.
+//! A capability's host struct is built fresh for every call from a
+//! [`CallContext`] and dropped with it, so no state leaks from one call into
+//! the next. The registry gathers the hosts of one call in [`CallHosts`];
+//! the runtime keeps that in its store and exposes it through
+//! [`CapabilityView`], and [`add_all_to_linker`] links every interface with
+//! a projection to its own host, so no capability sees another one's state
+//! and none of them knows the runtime.
+//!
+//! Adding a capability:
+//! 1. its interface in the WIT contract (`wit/`), imported by the
+//!    `service-plugin` world, so [`crate::contract`] generates its `Host` trait;
+//! 2. a module here with its host struct, the generated `Host` trait and
+//!    [`Capability`] implemented for it (`for_call` takes what it needs from
+//!    the [`CallContext`]; `add_to_linker` calls the generated `add_to_linker`
+//!    with `HasSelf<Self>`);
+//! 3. one line in the `registry!` below;
+//! 4. the wrapper plugins call, in the SDK (`plugins/sdk`).
+//!
+//! A capability that needs something of the plugin's `[plugins.<name>]`
+//! section resolves it once, when the plugin loads, into [`PluginGrants`].
 
-pub mod config;
 pub mod connections;
 pub mod http;
 pub mod kv;
 pub mod log;
 pub mod redis;
+pub mod settings;
 pub mod sql;
 
 use std::collections::BTreeMap;
@@ -18,8 +36,67 @@ use std::sync::Arc;
 use wasmtime::component::Linker;
 
 use self::connections::{Connections, Grants};
-use crate::runtime::CallState;
 use crate::state::StateStore;
+
+/// One host capability: the host of one WIT import, built for each call.
+pub trait Capability: Sized + Send + 'static {
+    /// The host serving one call of the plugin in `call`.
+    fn for_call(call: &CallContext<'_>) -> Self;
+
+    /// Links the capability's interface, reaching its host in a store's data
+    /// through `get`.
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()>;
+}
+
+/// Store data that holds the capability hosts of its call: what
+/// [`add_all_to_linker`] needs to link every capability over it.
+pub trait CapabilityView: Send + 'static {
+    fn hosts(&mut self) -> &mut CallHosts;
+}
+
+/// Lists every capability once, as `field: HostType`, and generates from the
+/// list [`CallHosts`], [`CallHosts::for_call`] and [`add_all_to_linker`].
+/// Each host is a plain field, reached by a projection the compiler inlines:
+/// no lookup and no dynamic dispatch on the per-call path.
+macro_rules! registry {
+    ($($field:ident: $host:ty),+ $(,)?) => {
+        /// The capability hosts of one call, one per WIT import.
+        pub struct CallHosts {
+            $(pub $field: $host,)+
+        }
+
+        impl CallHosts {
+            /// Fresh hosts for one call.
+            pub fn for_call(call: &CallContext<'_>) -> Self {
+                Self {
+                    $($field: <$host as Capability>::for_call(call),)+
+                }
+            }
+        }
+
+        /// Links every capability interface of the `service-plugin` world.
+        pub fn add_all_to_linker<T: CapabilityView>(
+            linker: &mut Linker<T>,
+        ) -> wasmtime::Result<()> {
+            $(<$host as Capability>::add_to_linker(linker, |state: &mut T| {
+                &mut state.hosts().$field
+            })?;)+
+            Ok(())
+        }
+    };
+}
+
+registry! {
+    log: log::LogHost,
+    settings: settings::SettingsHost,
+    kv: kv::KvHost,
+    sql: sql::SqlHost,
+    redis: redis::RedisHost,
+    http: http::HttpHost,
+}
 
 /// What one plugin may reach, resolved from its `[plugins.<name>]` section
 /// when it loads. Every call builds fresh capability hosts from it, so no
@@ -29,27 +106,10 @@ pub struct PluginGrants {
     /// The file stem: the name broker.toml and the kv namespace use, which
     /// the plugin cannot choose.
     plugin: Arc<str>,
-    settings: Arc<config::Settings>,
+    settings: Arc<settings::Settings>,
     /// Alias the plugin asks for -> `[connections.<name>]`.
     connections: Arc<BTreeMap<String, String>>,
     max_host_call_bytes: u64,
-}
-
-/// Backends every plugin's calls share.
-#[derive(Clone)]
-pub struct SharedBackends {
-    pub connections: Arc<Connections>,
-    pub state: StateStore,
-}
-
-/// The capability hosts of one call, one per WIT import.
-pub struct CallHosts {
-    pub log: log::LogHost,
-    pub config: config::ConfigHost,
-    pub kv: kv::KvHost,
-    pub sql: sql::SqlHost,
-    pub redis: redis::RedisHost,
-    pub http: http::HttpHost,
 }
 
 impl PluginGrants {
@@ -60,7 +120,7 @@ impl PluginGrants {
     ) -> Self {
         Self {
             plugin: Arc::from(plugin),
-            settings: Arc::new(config::Settings::from_table(&plugin_config.config)),
+            settings: Arc::new(settings::Settings::from_table(&plugin_config.config)),
             connections: Arc::new(plugin_config.connections.clone()),
             max_host_call_bytes,
         }
@@ -69,30 +129,42 @@ impl PluginGrants {
     pub fn plugin(&self) -> &str {
         &self.plugin
     }
-
-    /// `request_identity` tags the plugin's log lines, so they can be
-    /// correlated with the platform's request.
-    pub fn hosts(&self, backends: &SharedBackends, request_identity: Option<&str>) -> CallHosts {
-        let limit = self.max_host_call_bytes;
-        let grants = Grants::new(backends.connections.clone(), self.connections.clone());
-        CallHosts {
-            log: log::LogHost::new(self.plugin.clone(), request_identity.map(str::to_owned)),
-            config: config::ConfigHost::new(self.settings.clone()),
-            kv: kv::KvHost::new(backends.state.clone(), self.plugin.clone(), limit),
-            sql: sql::SqlHost::new(grants.clone(), limit),
-            redis: redis::RedisHost::new(grants.clone(), limit),
-            http: http::HttpHost::new(grants, limit),
-        }
-    }
 }
 
-/// Links every capability interface of the `service-plugin` world.
-pub fn add_all_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
-    log::add_to_linker(linker)?;
-    config::add_to_linker(linker)?;
-    kv::add_to_linker(linker)?;
-    sql::add_to_linker(linker)?;
-    redis::add_to_linker(linker)?;
-    http::add_to_linker(linker)?;
-    Ok(())
+/// Backends every plugin's calls share.
+#[derive(Clone)]
+pub struct SharedBackends {
+    pub connections: Arc<Connections>,
+    pub state: StateStore,
+}
+
+/// What the capability hosts of one call are built from. Everything in it
+/// is borrowed or shared: building the hosts copies `Arc`s, never tables.
+pub struct CallContext<'a> {
+    /// What the calling plugin may reach.
+    pub grants: &'a PluginGrants,
+    pub backends: &'a SharedBackends,
+    /// The platform's identity of the request, which tags the plugin's log
+    /// lines so they can be correlated with it.
+    pub request_identity: Option<&'a str>,
+}
+
+impl CallContext<'_> {
+    /// The plugin's file stem, which the plugin cannot choose.
+    fn plugin(&self) -> &Arc<str> {
+        &self.grants.plugin
+    }
+
+    /// The connections granted to the plugin.
+    fn connections(&self) -> Grants {
+        Grants::new(
+            self.backends.connections.clone(),
+            self.grants.connections.clone(),
+        )
+    }
+
+    /// Most bytes one host call may move across the sandbox boundary.
+    fn max_host_call_bytes(&self) -> u64 {
+        self.grants.max_host_call_bytes
+    }
 }

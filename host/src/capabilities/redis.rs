@@ -6,13 +6,14 @@ use std::collections::btree_map::Entry;
 
 use redis::aio::MultiplexedConnection;
 use tokio::sync::OwnedSemaphorePermit;
-use wasmtime::component::{HasData, Linker};
+use wasmtime::component::{HasSelf, Linker};
 
-use super::connections::{ByteBudget, Grants};
-use crate::runtime::CallState;
-use crate::runtime::bindings::wasm_broker::plugin::redis::{
+use super::connections::Grants;
+use super::{CallContext, Capability};
+use crate::contract::wasm_broker::plugin::redis::{
     self as wit, Error, Reply, ReplyItem, ServerInfo,
 };
+use crate::limits::ByteBudget;
 
 /// The `redis` import of one plugin call.
 pub struct RedisHost {
@@ -104,14 +105,17 @@ impl wit::Host for RedisHost {
     }
 }
 
-struct HasRedis;
+impl Capability for RedisHost {
+    fn for_call(call: &CallContext<'_>) -> Self {
+        Self::new(call.connections(), call.max_host_call_bytes())
+    }
 
-impl HasData for HasRedis {
-    type Data<'a> = &'a mut RedisHost;
-}
-
-pub fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<CallState, HasRedis>(linker, |state| &mut state.redis)
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        wit::add_to_linker::<T, HasSelf<Self>>(linker, get)
+    }
 }
 
 /// A reply reduced to what the WIT `reply` can say. RESP3 types fold into

@@ -11,13 +11,14 @@ use sqlx::{
     Column, Database, Decode, Either, Encode, Executor, IntoArguments, Pool, Row, TypeInfo,
     ValueRef,
 };
-use wasmtime::component::{HasData, Linker};
+use wasmtime::component::{HasSelf, Linker};
 
-use super::connections::{ByteBudget, Grants, SqlPool};
-use crate::runtime::CallState;
-use crate::runtime::bindings::wasm_broker::plugin::sql::{
+use super::connections::{Grants, SqlPool};
+use super::{CallContext, Capability};
+use crate::contract::wasm_broker::plugin::sql::{
     self as wit, Dialect, Error, QueryResult, ServerInfo, Value,
 };
+use crate::limits::ByteBudget;
 
 /// The `sql` import of one plugin call.
 pub struct SqlHost {
@@ -82,14 +83,17 @@ impl wit::Host for SqlHost {
     }
 }
 
-struct HasSql;
+impl Capability for SqlHost {
+    fn for_call(call: &CallContext<'_>) -> Self {
+        Self::new(call.connections(), call.max_host_call_bytes())
+    }
 
-impl HasData for HasSql {
-    type Data<'a> = &'a mut SqlHost;
-}
-
-pub fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<CallState, HasSql>(linker, |state| &mut state.sql)
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        wit::add_to_linker::<T, HasSelf<Self>>(linker, get)
+    }
 }
 
 /// Bytes a value moves across the sandbox boundary.

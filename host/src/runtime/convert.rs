@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::bindings::wasm_broker::plugin::types as wit;
+use crate::contract::wasm_broker::plugin::types as wit;
 use crate::model;
 
 /// OSB limits the `operation` of a 202 answer to this many characters.

@@ -14,12 +14,11 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 use crate::capabilities::log::TARGET;
+use crate::limits::MAX_LOG_LINE_BYTES;
 
 /// Output a plugin may log per stream and call; beyond it lines are dropped,
 /// so a chatty plugin cannot flood the log.
 const MAX_LOGGED_BYTES: usize = 64 * 1024;
-/// Longest line logged; longer ones are cut.
-const MAX_LINE_BYTES: usize = 8 * 1024;
 /// How much the guest may hand over per write; it never has to wait.
 const WRITE_PERMIT: usize = 64 * 1024;
 
@@ -72,7 +71,7 @@ impl PanicCapture {
                 ..Self::default()
             };
         } else if self.location.is_some() && !self.complete {
-            if line.starts_with("note:") || self.message.len() > MAX_LINE_BYTES {
+            if line.starts_with("note:") || self.message.len() > MAX_LOG_LINE_BYTES {
                 self.complete = true;
             } else if !line.trim().is_empty() {
                 if !self.message.is_empty() {
@@ -107,7 +106,7 @@ impl LineSink {
     }
 
     fn append(&mut self, bytes: &[u8]) {
-        let room = MAX_LINE_BYTES.saturating_sub(self.partial.len());
+        let room = MAX_LOG_LINE_BYTES.saturating_sub(self.partial.len());
         self.partial
             .extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
@@ -269,8 +268,8 @@ mod tests {
         assert_eq!(stdout.finish(), None, "only stderr carries panics");
 
         let stderr = GuestOutput::new(Arc::from("mysql"), Stream::Stderr);
-        stderr.push(&vec![b'x'; MAX_LINE_BYTES * 2]);
-        assert_eq!(stderr.sink().partial.len(), MAX_LINE_BYTES);
+        stderr.push(&vec![b'x'; MAX_LOG_LINE_BYTES * 2]);
+        assert_eq!(stderr.sink().partial.len(), MAX_LOG_LINE_BYTES);
         assert_eq!(stderr.finish(), None);
         assert!(
             stderr.sink().partial.is_empty(),

@@ -11,12 +11,14 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use super::bindings::ServicePluginPre;
-use super::engine::{CallTarget, PluginEngine, compile_cached};
+use super::call::CallTarget;
+use super::compile_cache::compile_cached;
+use super::engine::PluginEngine;
 use super::{CallError, CallState, PluginStatus, RuntimeError, convert};
 use crate::capabilities::PluginGrants;
 use crate::catalog::{self, CatalogSnapshot, PluginCatalog};
 use crate::config::{CallLimits, Config};
+use crate::contract::ServicePluginPre;
 use crate::model::PluginInfo;
 
 /// The interface every plugin exports, without version.

@@ -2,16 +2,23 @@
 //! `wasm-broker:plugin` contract and calls them, each call in a fresh,
 //! limited instance. Knows components, nothing of HTTP.
 //!
-//! - [`bindings`]: the contract as generated Rust.
-//! - `engine`: wasmtime setup, compile cache, the life of one call.
+//! - [`crate::contract`]: the contract as generated Rust, shared with the capabilities.
+//! - `engine`: the wasmtime engine, its pooling allocator and linker.
+//! - `call`: the life of one call: store, limits, deadline, faults.
+//! - `call_metrics`, `limiter`: a call's metrics and its resource limiter.
+//! - `compile_cache`: compiled plugin code kept on disk.
 //! - `loader`: the plugin directory -> a validated, merged set of plugins.
+//! - `guest_output`: a plugin's stdout and stderr, into the host log.
 //! - `watcher`: hot reload.
 //! - `convert`: model <-> WIT.
 
-pub mod bindings;
+mod call;
+mod call_metrics;
+mod compile_cache;
 mod convert;
 mod engine;
 mod guest_output;
+mod limiter;
 mod loader;
 #[cfg(test)]
 mod tests;
@@ -23,17 +30,19 @@ use arc_swap::ArcSwap;
 use wasmtime::component::{ComponentNamedList, Lift, Lower, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use self::bindings::wasm_broker::plugin::types as wit;
+use self::call::Export;
 use self::convert::InvalidAnswer;
-use self::engine::{CallLimiter, Export, PluginEngine};
+use self::engine::PluginEngine;
+use self::limiter::CallLimiter;
 use self::loader::{LoadedPlugin, Loader, PluginSet};
 use crate::capabilities::connections::{ConnectionError, Connections};
-use crate::capabilities::{CallHosts, SharedBackends, config, http, kv, log, redis, sql};
+use crate::capabilities::{CallHosts, CapabilityView, SharedBackends};
 use crate::catalog::CatalogSnapshot;
 use crate::config::Config;
+use crate::contract::wasm_broker::plugin::types as wit;
 use crate::model::{
-    BindOutcome, Binding, BindingResult, Refusal, DeletionOutcome, Instance, InstanceChanges,
-    InstanceDetails, InstanceOutcome, OperationKind, OperationStatus, RequestInfo,
+    BindOutcome, Binding, BindingResult, DeletionOutcome, Instance, InstanceChanges,
+    InstanceDetails, InstanceOutcome, OperationKind, OperationStatus, Refusal, RequestInfo,
 };
 
 /// Why a plugin call did not produce an answer from the plugin.
@@ -83,35 +92,23 @@ pub struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: CallLimiter,
-    pub log: log::LogHost,
-    pub config: config::ConfigHost,
-    pub kv: kv::KvHost,
-    pub sql: sql::SqlHost,
-    pub redis: redis::RedisHost,
-    pub http: http::HttpHost,
+    hosts: CallHosts,
 }
 
 impl CallState {
     fn new(wasi: WasiCtx, limiter: CallLimiter, hosts: CallHosts) -> Self {
-        let CallHosts {
-            log,
-            config,
-            kv,
-            sql,
-            redis,
-            http,
-        } = hosts;
         Self {
             wasi,
             table: ResourceTable::new(),
             limiter,
-            log,
-            config,
-            kv,
-            sql,
-            redis,
-            http,
+            hosts,
         }
+    }
+}
+
+impl CapabilityView for CallState {
+    fn hosts(&mut self) -> &mut CallHosts {
+        &mut self.hosts
     }
 }
 

@@ -1,15 +1,20 @@
-//! The `config` import: the plugin's `[plugins.<name>.config]` table of
-//! broker.toml, read-only. Strings come as they are, other TOML values as
-//! JSON text, so a plugin parses structured settings with any JSON library.
+//! The plugin-settings capability: the plugin's `[plugins.<name>.config]`
+//! table of broker.toml, read-only. Strings come as they are, other TOML
+//! values as JSON text, so a plugin parses structured settings with any JSON
+//! library.
+//!
+//! Its WIT interface keeps its published name, `config`: renaming it would
+//! break every built plugin. In the host, "config" means broker.toml
+//! ([`crate::config`]); what a plugin reads of it are its settings.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::Value;
-use wasmtime::component::{HasData, Linker};
+use wasmtime::component::{HasSelf, Linker};
 
-use crate::runtime::CallState;
-use crate::runtime::bindings::wasm_broker::plugin::config as wit;
+use super::{CallContext, Capability};
+use crate::contract::wasm_broker::plugin::config as wit;
 
 /// A plugin's settings, converted once when the plugin loads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,41 +61,44 @@ fn toml_to_json(value: &toml::Value) -> Value {
     }
 }
 
-/// The `config` import of one plugin call.
-pub struct ConfigHost {
+/// The settings (WIT `config`) import of one plugin call.
+pub struct SettingsHost {
     settings: Arc<Settings>,
 }
 
-impl ConfigHost {
+impl SettingsHost {
     pub fn new(settings: Arc<Settings>) -> Self {
         Self { settings }
     }
 }
 
-impl wit::Host for ConfigHost {
+impl wit::Host for SettingsHost {
     async fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
         Ok(self.settings.get(&key).map(str::to_owned))
     }
 }
 
-struct HasConfig;
+impl Capability for SettingsHost {
+    fn for_call(call: &CallContext<'_>) -> Self {
+        Self::new(call.grants.settings.clone())
+    }
 
-impl HasData for HasConfig {
-    type Data<'a> = &'a mut ConfigHost;
-}
-
-pub fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<CallState, HasConfig>(linker, |state| &mut state.config)
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        wit::add_to_linker::<T, HasSelf<Self>>(linker, get)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::bindings::wasm_broker::plugin::config::Host;
+    use crate::contract::wasm_broker::plugin::config::Host;
 
-    fn host(toml: &str) -> ConfigHost {
+    fn host(toml: &str) -> SettingsHost {
         let table: toml::Table = toml::from_str(toml).expect("valid toml");
-        ConfigHost::new(Arc::new(Settings::from_table(&table)))
+        SettingsHost::new(Arc::new(Settings::from_table(&table)))
     }
 
     #[tokio::test]
