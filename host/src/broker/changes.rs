@@ -116,6 +116,7 @@ pub(super) fn plan_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn parameters_merge_key_by_key() {

@@ -69,26 +69,20 @@ pub struct PollRequest {
     pub binding_id: Option<String>,
 }
 
-/// `GET /v2/service_instances/:id` body.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// What a fetch of an instance answers (`GET /v2/service_instances/:id`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct FetchedInstance {
     pub service_id: String,
     pub plan_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub dashboard_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub maintenance_info: Option<MaintenanceInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
 }
 
-/// `GET .../service_bindings/:id` body.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// What a fetch of a binding answers (`GET .../service_bindings/:id`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct FetchedBinding {
-    #[serde(flatten)]
     pub result: BindingResult,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Value>,
 }

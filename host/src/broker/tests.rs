@@ -13,7 +13,7 @@ use super::fakes::{
 };
 use super::*;
 use crate::lifecycle::{OperationPhase, ResourceStatus};
-use crate::model::{OperationState, OperationStatus, RequestInfo};
+use crate::model::{InstanceResult, OperationState, OperationStatus, RequestInfo};
 
 type TestBroker = Broker<ScriptedPlugins, MemoryRecords>;
 

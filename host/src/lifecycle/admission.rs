@@ -109,7 +109,6 @@ pub fn admit_binding(
     instance: Option<Found<'_>>,
     binding: Option<Found<'_>>,
 ) -> Admission {
-    let live = |found: Option<Found<'_>>| found.filter(|f| f.status != ResourceStatus::Deleted);
     if request.kind != OperationKind::Bind {
         // Unbind (and any delete): a binding whose instance is gone is gone.
         if live(binding).is_none() || instance.is_none() {
@@ -162,6 +161,11 @@ pub fn fetchable_instance(
         ));
     }
     Ok(())
+}
+
+/// A stored resource that is not a tombstone.
+fn live(found: Option<Found<'_>>) -> Option<Found<'_>> {
+    found.filter(|found| found.status != ResourceStatus::Deleted)
 }
 
 fn fresh(request: &Request<'_>) -> Admission {

@@ -5,10 +5,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::broker::{BindRequest, Changed, Created, PollRequest, UnbindRequest};
+use crate::model::BindingResult;
 
 use super::extract::{OsbJson, OsbPath, OsbQuery, object, optional, parse_flag, required};
 use super::instances::{AsyncQuery, DeleteQuery, PollQuery, accepted, check_poll_hints};
@@ -100,7 +101,21 @@ pub async fn fetch(
         .broker
         .fetch_binding(&instance_id, &binding_id)
         .await?;
-    Ok((StatusCode::OK, Json(binding)).into_response())
+    let body = FetchedBindingBody {
+        result: binding.result,
+        parameters: binding.parameters,
+    };
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// `GET .../service_bindings/:id` body: the binding result (its serde form
+/// is OSB's) and the parameters it was bound with.
+#[derive(Serialize)]
+struct FetchedBindingBody {
+    #[serde(flatten)]
+    result: BindingResult,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
 }
 
 pub async fn last_operation(

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::broker::{
     AcceptedReply, Changed, Created, DeleteRequest, PollRequest, ProvisionRequest, UpdateRequest,
 };
-use crate::model::InstanceResult;
+use crate::model::{InstanceResult, MaintenanceInfo};
 
 use super::extract::{OsbJson, OsbPath, OsbQuery, object, optional, parse_flag, required};
 use super::{ApiError, AppState, detached, empty_object, request_info};
@@ -188,12 +188,35 @@ pub async fn deprovision(
     })
 }
 
+/// `GET /v2/service_instances/:id` body.
+#[derive(Serialize)]
+struct FetchedInstanceBody {
+    service_id: String,
+    plan_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dashboard_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    maintenance_info: Option<MaintenanceInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Value>,
+}
+
 pub async fn fetch(
     State(state): State<AppState>,
     OsbPath(instance_id): OsbPath<String>,
 ) -> Result<Response, ApiError> {
     let instance = state.broker.fetch_instance(&instance_id).await?;
-    Ok((StatusCode::OK, Json(instance)).into_response())
+    let body = FetchedInstanceBody {
+        service_id: instance.service_id,
+        plan_id: instance.plan_id,
+        dashboard_url: instance.dashboard_url,
+        parameters: instance.parameters,
+        maintenance_info: instance.maintenance_info,
+        metadata: instance.metadata,
+    };
+    Ok((StatusCode::OK, Json(body)).into_response())
 }
 
 pub async fn last_operation(
