@@ -10,7 +10,6 @@
 //! - [`state`]: durable instances, bindings and operations.
 //! - [`secrets`]: encryption at rest of the credentials in [`state`].
 
-pub mod admin;
 pub mod broker;
 pub mod capabilities;
 pub mod catalog;

@@ -12,8 +12,22 @@
 //! Credentials are stored encrypted (see [`crate::secrets`]) and never
 //! without a key: with none configured, the store opens only if it holds no
 //! credentials, and refuses to create bindings.
+//!
+//! This file is the store itself: opening either backend, the write
+//! transaction, and reading and transitioning instances and bindings. The
+//! rest of [`StateStore`] lives beside it, one job per file:
+//! - `kv`: the plugins' private key-value store (`kv` capability);
+//! - `replicas`: serving as one replica among several, and failing the
+//!   operations a crashed broker left under way;
+//! - `keys`: the encryption keys of the stored credentials (checked at
+//!   open, rotated by `wasm-broker rotate-key`);
+//! - [`inventory`]: what operators ask outside the OSB flow;
+//! - `tables`: the SQL and the stored documents behind all of it.
 
 pub mod inventory;
+mod keys;
+mod kv;
+mod replicas;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -31,9 +45,9 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::config::{StateBackend, StateConfig};
 use crate::lifecycle::{OperationRecord, ResourceStatus};
 use crate::model::{Binding, BindingResult, Instance};
-use crate::secrets::{EncryptionKey, KeyId, Keyring, SecretsError};
+use crate::secrets::{Keyring, SecretsError};
 
-use tables::ResourceKind;
+use tables::history::{self, OperationMark, ResourceKind};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -55,10 +69,6 @@ const SQLITE_SESSION: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FU
 /// The PostgreSQL advisory lock every write transaction holds: the one
 /// writer at a time that SQLite has by design. ("wasm-brk" in ASCII.)
 const POSTGRES_WRITE_LOCK: i64 = 0x7761_736d_2d62_726b;
-
-/// Credentials re-encrypted per transaction by a key rotation: small enough
-/// that a broker serving meanwhile waits only briefly for the write lock.
-const ROTATION_BATCH: i64 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -167,21 +177,6 @@ impl StateStore {
         Self::open_with_keys(config, keyring).await
     }
 
-    /// Re-encrypts every stored credential not yet encrypted with `new_key`,
-    /// reading with the keys of `config`. Each batch commits on its own, so
-    /// a rotation cut short resumes when run again, and a broker serving
-    /// meanwhile is held up only briefly. Returns how many were re-encrypted.
-    pub async fn rotate_encryption_key(
-        config: &StateConfig,
-        new_key: EncryptionKey,
-    ) -> Result<u64, StateError> {
-        let keyring = Keyring::from_config(config)?.rotating_to(new_key);
-        let store = Self::open_with_keys(config, keyring).await?;
-        let rotated = store.reencrypt_credentials().await;
-        store.close().await;
-        rotated
-    }
-
     async fn open_with_keys(config: &StateConfig, keyring: Keyring) -> Result<Self, StateError> {
         sqlx::any::install_default_drivers();
         let pool = match config.backend {
@@ -193,58 +188,11 @@ impl StateStore {
             backend: config.backend,
             keyring: Arc::new(keyring),
             write_gate: Arc::new(Mutex::new(())),
-            replica: Arc::from(new_replica_id()),
+            replica: Arc::from(replicas::new_replica_id()),
             replica_lease: Duration::from_secs(config.replica_lease_seconds),
         };
         store.check_credentials_readable().await?;
         Ok(store)
-    }
-
-    /// Refuses a store holding credentials that no configured key decrypts:
-    /// serving it would fail every fetch and unbind of those bindings.
-    /// Damaged values are left to be reported when their binding is read.
-    async fn check_credentials_readable(&self) -> Result<(), StateError> {
-        let mut connection = self.pool.acquire().await?;
-        let headers = tables::count_results_by_header(&mut connection).await?;
-        let count: i64 = headers.iter().map(|(_, count)| count).sum();
-        if count > 0 && self.keyring.is_empty() {
-            return Err(StateError::CredentialsWithoutKey {
-                count,
-                key_env: self.keyring.key_env().to_owned(),
-            });
-        }
-        for (header, count) in headers {
-            let Ok(key_id) = crate::secrets::sealed_key_id(&header) else {
-                continue;
-            };
-            if let Err(cause) = self.keyring.key_for(key_id) {
-                return Err(StateError::CredentialsUnreadable { count, cause });
-            }
-        }
-        Ok(())
-    }
-
-    async fn reencrypt_credentials(&self) -> Result<u64, StateError> {
-        let target: KeyId = self.keyring.require_current()?.id();
-        let mut rotated = 0;
-        loop {
-            let mut write = self.begin_write().await?;
-            let batch = tables::read_results_not_sealed_with(
-                &mut write.transaction,
-                target,
-                ROTATION_BATCH,
-            )
-            .await?;
-            if batch.is_empty() {
-                return Ok(rotated);
-            }
-            for (id, sealed) in &batch {
-                let resealed = tables::reseal_result(&self.keyring, id, sealed)?;
-                tables::replace_result(&mut write.transaction, id, &resealed).await?;
-            }
-            write.transaction.commit().await?;
-            rotated += batch.len() as u64;
-        }
     }
 
     /// Waits for the connections to finish and closes them (so SQLite's WAL
@@ -269,7 +217,7 @@ impl StateStore {
     ) -> Result<R, StateError> {
         let mut write = self.begin_write().await?;
         let current = tables::read_instance(&mut write.transaction, id).await?;
-        let before = tables::OperationMark::of(
+        let before = OperationMark::of(
             current
                 .as_ref()
                 .and_then(|record| record.operation.as_ref()),
@@ -285,7 +233,7 @@ impl StateStore {
                     "a transition must not move a record to another id"
                 );
                 tables::write_instance(&mut write.transaction, &self.replica, &record).await?;
-                tables::append_history(
+                history::append(
                     &mut write.transaction,
                     ResourceKind::Instance,
                     id,
@@ -319,7 +267,7 @@ impl StateStore {
         let mut write = self.begin_write().await?;
         let instance = tables::read_instance(&mut write.transaction, instance_id).await?;
         let current = tables::read_binding(&mut write.transaction, &self.keyring, id).await?;
-        let before = tables::OperationMark::of(
+        let before = OperationMark::of(
             current
                 .as_ref()
                 .and_then(|record| record.operation.as_ref()),
@@ -347,7 +295,7 @@ impl StateStore {
                     &record,
                 )
                 .await?;
-                tables::append_history(
+                history::append(
                     &mut write.transaction,
                     ResourceKind::Binding,
                     id,
@@ -365,183 +313,6 @@ impl StateStore {
     pub async fn live_bindings(&self, instance_id: &str) -> Result<Vec<BindingRecord>, StateError> {
         let mut connection = self.pool.acquire().await?;
         tables::read_live_bindings(&mut connection, &self.keyring, instance_id).await
-    }
-
-    /// Marks the operations a crash cut short `Failed` with `description`
-    /// (creations become `Failed` resources, other kinds leave the resource
-    /// as it was): on SQLite, run at startup, every operation still
-    /// `Calling`; on PostgreSQL, those whose calling replica's lease ran out.
-    /// Returns how many were marked.
-    pub async fn fail_interrupted_operations(&self, description: &str) -> Result<u64, StateError> {
-        let interrupted = match self.backend {
-            StateBackend::Sqlite => tables::Interrupted::All,
-            StateBackend::Postgres => tables::Interrupted::LeaseExpired {
-                replica: &self.replica,
-                lease: self.replica_lease,
-            },
-        };
-        let mut write = self.begin_write().await?;
-        let mut marked = 0;
-        for mut record in
-            tables::read_interrupted_instances(&mut write.transaction, &interrupted).await?
-        {
-            let before = tables::OperationMark::of(record.operation.as_ref());
-            if let Some(operation) = record.operation.as_mut() {
-                crate::lifecycle::fail_interrupted(operation, &mut record.status, description);
-                tables::write_instance(&mut write.transaction, &self.replica, &record).await?;
-                let id = &record.instance.id;
-                tables::append_history(
-                    &mut write.transaction,
-                    ResourceKind::Instance,
-                    id,
-                    &before,
-                    &record.operation,
-                )
-                .await?;
-                marked += 1;
-            }
-        }
-        for mut record in
-            tables::read_interrupted_bindings(&mut write.transaction, &self.keyring, &interrupted)
-                .await?
-        {
-            let before = tables::OperationMark::of(record.operation.as_ref());
-            if let Some(operation) = record.operation.as_mut() {
-                crate::lifecycle::fail_interrupted(operation, &mut record.status, description);
-                tables::write_binding(
-                    &mut write.transaction,
-                    &self.keyring,
-                    &self.replica,
-                    &record,
-                )
-                .await?;
-                let id = &record.binding.id;
-                tables::append_history(
-                    &mut write.transaction,
-                    ResourceKind::Binding,
-                    id,
-                    &before,
-                    &record.operation,
-                )
-                .await?;
-                marked += 1;
-            }
-        }
-        if let tables::Interrupted::LeaseExpired { replica, lease } = interrupted {
-            tables::forget_expired_replicas(&mut write.transaction, replica, lease).await?;
-        }
-        write.transaction.commit().await?;
-        Ok(marked)
-    }
-
-    /// Starts serving from this store: fails the operations a crash cut
-    /// short (see `fail_interrupted_operations`) and, on PostgreSQL, takes a
-    /// lease for this replica and keeps it in the background, failing the
-    /// operations of replicas whose lease runs out, until the store closes.
-    /// Returns how many operations were failed now.
-    pub async fn start_serving(&self, interrupted: &'static str) -> Result<u64, StateError> {
-        if self.backend == StateBackend::Postgres {
-            self.renew_lease().await?;
-            tracing::info!(
-                replica = %self.replica,
-                lease_seconds = self.replica_lease.as_secs(),
-                "serving as a replica of a shared PostgreSQL state store"
-            );
-            tokio::spawn(self.clone().keep_lease(interrupted));
-        }
-        self.fail_interrupted_operations(interrupted).await
-    }
-
-    /// Renews this replica's lease (a few times per lease, so a late renewal
-    /// or two never lets it run out) and fails the operations of replicas
-    /// whose lease ran out. A failed round is logged and retried.
-    async fn keep_lease(self, interrupted: &'static str) {
-        let period = self.replica_lease / 3;
-        while !self.pool.is_closed() {
-            tokio::time::sleep(period).await;
-            if let Err(error) = self.renew_lease().await {
-                tracing::warn!(%error, replica = %self.replica, "cannot renew this replica's lease");
-                continue;
-            }
-            match self.fail_interrupted_operations(interrupted).await {
-                Ok(0) => {}
-                Ok(failed) => tracing::warn!(
-                    failed,
-                    "marked operations of a replica whose lease ran out as failed"
-                ),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot fail the operations of dead replicas")
-                }
-            }
-        }
-    }
-
-    async fn renew_lease(&self) -> Result<(), StateError> {
-        let mut connection = self.pool.acquire().await?;
-        tables::renew_lease(&mut connection, &self.replica).await
-    }
-
-    /// The plugin's private key-value store (`kv` capability).
-    pub async fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        let value =
-            sqlx::query_scalar("SELECT value FROM plugin_kv WHERE plugin = $1 AND key = $2")
-                .bind(plugin)
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(value)
-    }
-
-    pub async fn kv_set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), StateError> {
-        let _turn = self.write_gate.lock().await;
-        sqlx::query(
-            "INSERT INTO plugin_kv (plugin, key, value) VALUES ($1, $2, $3) \
-             ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(plugin)
-        .bind(key)
-        .bind(value)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn kv_delete(&self, plugin: &str, key: &str) -> Result<(), StateError> {
-        let _turn = self.write_gate.lock().await;
-        sqlx::query("DELETE FROM plugin_kv WHERE plugin = $1 AND key = $2")
-            .bind(plugin)
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Keys of `plugin` starting with `prefix`, in byte order.
-    pub async fn kv_list_keys(
-        &self,
-        plugin: &str,
-        prefix: &str,
-    ) -> Result<Vec<String>, StateError> {
-        // A range on the primary key rather than LIKE/GLOB: no wildcard
-        // escaping, and the database walks only the matching keys.
-        let keys = match prefix_successor(prefix) {
-            Some(end) => {
-                sqlx::query_scalar(tables::KV_KEYS_IN_RANGE)
-                    .bind(plugin)
-                    .bind(prefix)
-                    .bind(end)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query_scalar(tables::KV_KEYS_FROM)
-                    .bind(plugin)
-                    .bind(prefix)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
-        Ok(keys)
     }
 
     /// Whether the database answers (for `/readyz`).
@@ -633,29 +404,4 @@ fn redacted(url: &url::Url) -> String {
     let _ = shown.set_password(None);
     shown.set_query(None);
     shown.to_string()
-}
-
-/// Unique per process and start: a replica that restarts is a new replica,
-/// and the operations its previous life had under way are failed once that
-/// life's lease runs out.
-fn new_replica_id() -> String {
-    let nonce: [u8; 6] = rand::random();
-    format!("{}-{}", std::process::id(), hex::encode(nonce))
-}
-
-/// The smallest string above every string that starts with `prefix`, or
-/// `None` when there is none (empty prefix, or only `char::MAX`s). UTF-8
-/// byte order, which both backends compare keys in (SQLite's BINARY
-/// collation, PostgreSQL's "C"), is code point order, so bumping the last
-/// code point that can be bumped is exact.
-fn prefix_successor(prefix: &str) -> Option<String> {
-    let mut chars: Vec<char> = prefix.chars().collect();
-    while let Some(last) = chars.pop() {
-        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
-        if let Some(next) = next {
-            chars.push(next);
-            return Some(chars.into_iter().collect());
-        }
-    }
-    None
 }

@@ -1,6 +1,14 @@
 //! Rows <-> records: the SQL of the state tables (schemas in
 //! `host/migrations/{sqlite,postgres}`) and the JSON documents stored in
 //! them. One text per statement serves both backends unless marked.
+//!
+//! This file holds the rows of `instances` and `bindings`; `credentials`
+//! the sealed column of `bindings` that holds what a binding handed out;
+//! `history` the `operations` table. (`plugin_kv` and `replicas` each have
+//! a single user, whose file holds their SQL.)
+
+pub(super) mod credentials;
+pub(super) mod history;
 
 use std::time::Duration;
 
@@ -9,11 +17,10 @@ use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use crate::model::{Binding, BindingResult, Instance};
-use crate::secrets::{self, KeyId, Keyring, SecretsError};
-
 use super::{BindingRecord, InstanceRecord, StateError};
 use crate::lifecycle::{OperationPhase, OperationRecord, ResourceStatus};
+use crate::model::{Binding, Instance};
+use crate::secrets::Keyring;
 
 pub(super) const SELECT_INSTANCE: &str =
     "SELECT id, status, record, operation FROM instances WHERE id = $1";
@@ -70,41 +77,6 @@ const UPSERT_BINDING: &str = "\
         created_at = CASE WHEN bindings.status = $8 THEN excluded.created_at ELSE bindings.created_at END, \
         updated_at = excluded.updated_at";
 
-const INSERT_HISTORY: &str = "\
-    INSERT INTO operations (resource_kind, resource_id, operation_id, kind, phase, description) \
-    VALUES ($1, $2, $3, $4, $5, $6)";
-
-/// The header of each stored credential, counted: which keys the store
-/// needs. Headers hold no secret.
-const COUNT_RESULTS_BY_HEADER: &str = "\
-    SELECT substr(result, 1, $1) AS header, count(*) FROM bindings \
-    WHERE result IS NOT NULL GROUP BY header";
-
-/// Credentials whose key id (bytes 2..9 of the header) is not `$1`.
-const SELECT_RESULTS_NOT_SEALED_WITH: &str = "\
-    SELECT id, result FROM bindings \
-    WHERE result IS NOT NULL AND substr(result, 2, $2) IS DISTINCT FROM $1 LIMIT $3";
-
-const UPDATE_RESULT: &str = "UPDATE bindings SET result = $2 WHERE id = $1";
-
-pub(super) const KV_KEYS_IN_RANGE: &str =
-    "SELECT key FROM plugin_kv WHERE plugin = $1 AND key >= $2 AND key < $3 ORDER BY key";
-
-pub(super) const KV_KEYS_FROM: &str =
-    "SELECT key FROM plugin_kv WHERE plugin = $1 AND key >= $2 ORDER BY key";
-
-/// PostgreSQL only: a replica's lease, renewed (or taken again, should
-/// another replica have given it up for dead meanwhile).
-const RENEW_LEASE: &str = "\
-    INSERT INTO replicas (id) VALUES ($1) \
-    ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp()";
-
-/// PostgreSQL only: replicas whose lease ran out, once their operations are
-/// failed. `$1` is the replica asking, `$2` the lease in seconds.
-const DELETE_EXPIRED_REPLICAS: &str = "\
-    DELETE FROM replicas \
-    WHERE id <> $1 AND heartbeat_at <= clock_timestamp() - make_interval(secs => $2)";
-
 /// Which `Calling` operations were cut short by a crash.
 pub(super) enum Interrupted<'a> {
     /// All of them (SQLite, at startup: one broker per store).
@@ -144,33 +116,6 @@ impl OperationPhase {
             OperationPhase::Succeeded => "succeeded",
             OperationPhase::Failed => "failed",
         }
-    }
-}
-
-/// `resource_kind` in the history table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ResourceKind {
-    Instance,
-    Binding,
-}
-
-impl ResourceKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            ResourceKind::Instance => "instance",
-            ResourceKind::Binding => "binding",
-        }
-    }
-}
-
-/// What identifies one step of an operation in the history: a new id or a
-/// new phase is a new step, anything else is detail.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct OperationMark(Option<(String, OperationPhase)>);
-
-impl OperationMark {
-    pub(super) fn of(operation: Option<&OperationRecord>) -> Self {
-        Self(operation.map(|op| (op.id.clone(), op.phase)))
     }
 }
 
@@ -319,7 +264,7 @@ pub(super) async fn write_binding(
     let result = record
         .result
         .as_ref()
-        .map(|result| seal_result(keyring, id, result))
+        .map(|result| credentials::seal_result(keyring, id, result))
         .transpose()?;
     sqlx::query(UPSERT_BINDING)
         .bind(id)
@@ -349,164 +294,6 @@ fn calling_replica<'a>(replica: &'a str, operation: Option<&OperationRecord>) ->
     operation
         .is_some_and(|op| op.phase == OperationPhase::Calling)
         .then_some(replica)
-}
-
-pub(super) async fn renew_lease(
-    connection: &mut AnyConnection,
-    replica: &str,
-) -> Result<(), StateError> {
-    sqlx::query(RENEW_LEASE)
-        .bind(replica)
-        .execute(connection)
-        .await?;
-    Ok(())
-}
-
-pub(super) async fn forget_expired_replicas(
-    connection: &mut AnyConnection,
-    replica: &str,
-    lease: Duration,
-) -> Result<(), StateError> {
-    sqlx::query(DELETE_EXPIRED_REPLICAS)
-        .bind(replica)
-        .bind(lease.as_secs_f64())
-        .execute(connection)
-        .await?;
-    Ok(())
-}
-
-/// (header, how many credentials have it).
-pub(super) async fn count_results_by_header(
-    connection: &mut AnyConnection,
-) -> Result<Vec<(Vec<u8>, i64)>, StateError> {
-    // i32: PostgreSQL's substr takes an integer, and does not narrow a bigint.
-    let header_len = i32::try_from(secrets::HEADER_LEN).unwrap_or(i32::MAX);
-    Ok(sqlx::query_as(COUNT_RESULTS_BY_HEADER)
-        .bind(header_len)
-        .fetch_all(connection)
-        .await?)
-}
-
-/// Up to `limit` (binding id, sealed credentials) not sealed with `key`.
-pub(super) async fn read_results_not_sealed_with(
-    connection: &mut AnyConnection,
-    key: KeyId,
-    limit: i64,
-) -> Result<Vec<(String, Vec<u8>)>, StateError> {
-    let key_id = key.as_bytes();
-    Ok(sqlx::query_as(SELECT_RESULTS_NOT_SEALED_WITH)
-        .bind(key_id)
-        .bind(i32::try_from(key_id.len()).unwrap_or(i32::MAX))
-        .bind(limit)
-        .fetch_all(connection)
-        .await?)
-}
-
-pub(super) async fn replace_result(
-    connection: &mut AnyConnection,
-    id: &str,
-    sealed: &[u8],
-) -> Result<(), StateError> {
-    sqlx::query(UPDATE_RESULT)
-        .bind(id)
-        .bind(sealed)
-        .execute(connection)
-        .await?;
-    Ok(())
-}
-
-/// Stored credentials decrypted with any key of `keyring` and encrypted
-/// again with its current one.
-pub(super) fn reseal_result(
-    keyring: &Keyring,
-    id: &str,
-    sealed: &[u8],
-) -> Result<Vec<u8>, StateError> {
-    let context = result_context(id);
-    let plaintext = keyring
-        .open(sealed, &context)
-        .map_err(|source| credentials_error(id, source))?;
-    keyring
-        .seal(&plaintext, &context)
-        .map_err(|source| credentials_error(id, source))
-}
-
-/// What a `result` value is bound to: its binding, and this column (should
-/// another column ever be encrypted with the same key).
-fn result_context(id: &str) -> Vec<u8> {
-    [b"bindings.result:".as_slice(), id.as_bytes()].concat()
-}
-
-fn seal_result(keyring: &Keyring, id: &str, result: &BindingResult) -> Result<Vec<u8>, StateError> {
-    let plaintext = serde_json::to_vec(result)
-        .map(secrecy::zeroize::Zeroizing::new)
-        .map_err(|source| StateError::Encode {
-            id: id.to_owned(),
-            source,
-        })?;
-    keyring
-        .seal(&plaintext, &result_context(id))
-        .map_err(|source| credentials_error(id, source))
-}
-
-fn open_result(keyring: &Keyring, id: &str, sealed: &[u8]) -> Result<BindingResult, StateError> {
-    let plaintext = keyring
-        .open(sealed, &result_context(id))
-        .map_err(|source| credentials_error(id, source))?;
-    // serde's messages can quote the offending value: only its kind and
-    // place go into the error, which is logged and shown to the platform.
-    serde_json::from_slice(&plaintext).map_err(|error| {
-        corrupt(
-            id,
-            "result",
-            format!(
-                "{:?} error at line {} column {}",
-                error.classify(),
-                error.line(),
-                error.column()
-            ),
-        )
-    })
-}
-
-/// A damaged value is corrupt; one this broker has no key for, or that was
-/// altered or moved, is a credentials problem the operator must act on.
-fn credentials_error(id: &str, source: SecretsError) -> StateError {
-    match source {
-        SecretsError::UnknownFormat { .. } | SecretsError::Truncated { .. } => {
-            corrupt(id, "result", source)
-        }
-        cause => StateError::Credentials {
-            id: id.to_owned(),
-            cause,
-        },
-    }
-}
-
-/// Appends `after` to the history if it is a new step compared to `before`.
-pub(super) async fn append_history(
-    connection: &mut AnyConnection,
-    kind: ResourceKind,
-    resource_id: &str,
-    before: &OperationMark,
-    after: &Option<OperationRecord>,
-) -> Result<(), StateError> {
-    let Some(operation) = after else {
-        return Ok(());
-    };
-    if *before == OperationMark::of(Some(operation)) {
-        return Ok(());
-    }
-    sqlx::query(INSERT_HISTORY)
-        .bind(kind.as_str())
-        .bind(resource_id)
-        .bind(&operation.id)
-        .bind(operation.kind.as_str())
-        .bind(operation.phase.as_str())
-        .bind(&operation.description)
-        .execute(connection)
-        .await?;
-    Ok(())
 }
 
 fn decode_instance(row: &AnyRow) -> Result<InstanceRecord, StateError> {
@@ -544,7 +331,7 @@ fn decode_binding(row: &AnyRow, keyring: &Keyring) -> Result<BindingRecord, Stat
         .try_get::<Option<Vec<u8>>, _>("result")
         .map_err(|error| corrupt(&id, "result", error))?;
     let result = result
-        .map(|sealed| open_result(keyring, &id, &sealed))
+        .map(|sealed| credentials::open_result(keyring, &id, &sealed))
         .transpose()?;
     Ok(BindingRecord {
         binding,

@@ -1,0 +1,65 @@
+//! The `operations` table: the history of every instance and binding, one
+//! row per step of an operation (a new operation, or a new phase of one),
+//! appended in the transaction that writes the step.
+
+use sqlx::AnyConnection;
+
+use crate::lifecycle::{OperationPhase, OperationRecord};
+use crate::state::StateError;
+
+const INSERT_HISTORY: &str = "\
+    INSERT INTO operations (resource_kind, resource_id, operation_id, kind, phase, description) \
+    VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// `resource_kind` in the history table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::state) enum ResourceKind {
+    Instance,
+    Binding,
+}
+
+impl ResourceKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Instance => "instance",
+            ResourceKind::Binding => "binding",
+        }
+    }
+}
+
+/// What identifies one step of an operation in the history: a new id or a
+/// new phase is a new step, anything else is detail.
+#[derive(Debug, PartialEq, Eq)]
+pub(in crate::state) struct OperationMark(Option<(String, OperationPhase)>);
+
+impl OperationMark {
+    pub(in crate::state) fn of(operation: Option<&OperationRecord>) -> Self {
+        Self(operation.map(|op| (op.id.clone(), op.phase)))
+    }
+}
+
+/// Appends `after` to the history if it is a new step compared to `before`.
+pub(in crate::state) async fn append(
+    connection: &mut AnyConnection,
+    kind: ResourceKind,
+    resource_id: &str,
+    before: &OperationMark,
+    after: &Option<OperationRecord>,
+) -> Result<(), StateError> {
+    let Some(operation) = after else {
+        return Ok(());
+    };
+    if *before == OperationMark::of(Some(operation)) {
+        return Ok(());
+    }
+    sqlx::query(INSERT_HISTORY)
+        .bind(kind.as_str())
+        .bind(resource_id)
+        .bind(&operation.id)
+        .bind(operation.kind.as_str())
+        .bind(operation.phase.as_str())
+        .bind(&operation.description)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
