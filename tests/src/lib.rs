@@ -113,7 +113,9 @@ static CPU: Semaphore = Semaphore::const_new(CPU_SHARES as usize);
 /// [`CPU_SHARES`] of them at once, so a slow neighbour does not make it
 /// miss its deadline.
 pub async fn timed() -> SemaphorePermit<'static> {
-    CPU.acquire().await.expect("the CPU semaphore is never closed")
+    CPU.acquire()
+        .await
+        .expect("the CPU semaphore is never closed")
 }
 
 /// For a test that keeps every core busy on purpose (plugins looping on
@@ -668,6 +670,32 @@ pub async fn bind_refused_lifetimes(
         tried.push(binding_id);
     }
     tried
+}
+
+/// `yyyy-mm-ddThh:mm:ss.sZ`, the binding metadata format OSB fixes.
+#[track_caller]
+pub fn assert_osb_timestamp(text: &str) {
+    let shape: String = text
+        .chars()
+        .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+        .collect();
+    assert_eq!(shape, "dddd-dd-ddTdd:dd:dd.dZ", "{text}");
+}
+
+/// The `metadata` of a bind or fetch-binding body: (`expires_at`,
+/// `renew_before`), each checked to be an OSB timestamp.
+#[track_caller]
+pub fn binding_metadata(body: &Value) -> (String, String) {
+    let field = |name: &str| {
+        body["metadata"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no metadata.{name} in {body}"))
+            .to_owned()
+    };
+    let (expires_at, renew_before) = (field("expires_at"), field("renew_before"));
+    assert_osb_timestamp(&expires_at);
+    assert_osb_timestamp(&renew_before);
+    (expires_at, renew_before)
 }
 
 /// The `credentials` object of a bind or fetch-binding body.

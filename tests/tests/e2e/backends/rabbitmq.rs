@@ -1,6 +1,8 @@
 //! The rabbitmq plugin end to end: the real broker, the real plugin, a real
 //! RabbitMQ (AMQP and the management API); what the users it hands out can
-//! and cannot do.
+//! and cannot do. The lifecycle every plugin shares runs here through
+//! [`Rabbitmq`]; plan and parameter updates of a virtual host are this
+//! plugin's own.
 
 use std::time::{Duration, Instant};
 
@@ -13,9 +15,11 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use reqwest::Url;
 use serde_json::{Value, json};
 use wasm_broker_tests::{
-    BrokerSetup, TestBroker, bind_body, binding_path, credential, credentials, encode_id,
-    instance_path, service_available, unique_id,
+    BrokerSetup, TestBroker, credential, credentials, derived_name, encode_id, service_available,
+    unique_id,
 };
+
+use super::{Backend, Credentials};
 
 const MANAGEMENT: &str = "http://127.0.0.1:15672/api";
 
@@ -110,193 +114,164 @@ fn uri_for_vhost(uri: &str, vhost: &str) -> String {
     format!("{base}/{}", encode_id(vhost))
 }
 
-#[tokio::test]
-async fn rabbitmq_lifecycle_isolation_and_revocation() {
-    if !services_available() {
-        return;
-    }
-    let broker = rabbitmq_broker().await;
-    let plan = broker.plan("rabbitmq", "small").await;
+/// Whether a management API answer refuses the request.
+fn refused(status: u16) -> bool {
+    status == 401 || status == 403
+}
 
-    let instance_a = unique_id("rabbit-a");
-    let (status, body) = broker
-        .provision(&instance_a, &plan, Some(json!({"queue_max_length": 2})))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let binding_a = unique_id("rabbit-a-binding");
-    let (status, bound) = broker.bind(&instance_a, &binding_a, &plan, None).await;
-    assert_eq!(status, 201, "{bound}");
-    let creds = credentials(&bound).clone();
-    for field in [
+/// The rabbitmq plugin: a virtual host per instance, a user per binding.
+struct Rabbitmq;
+
+impl Backend for Rabbitmq {
+    const PLUGIN: &'static str = "rabbitmq";
+    const ID_PREFIX: &'static str = "rabbit";
+    const CREDENTIAL_FIELDS: &'static [&'static str] = &[
         "uri",
         "hostname",
         "username",
         "password",
         "vhost",
         "http_api_uri",
-    ] {
-        credential(&creds, field);
+    ];
+    const PORT: u16 = 5672;
+    const URI_SCHEMES: &'static [&'static str] = &["amqp://"];
+    const RESOURCE: &'static str = "vhost";
+    const ROTATABLE: bool = false;
+    type Session = Connection;
+
+    fn available() -> bool {
+        services_available()
     }
-    assert_eq!(creds.get("port"), Some(&json!(5672)), "{creds:?}");
-    let uri = credential(&creds, "uri").to_owned();
-    let vhost = credential(&creds, "vhost").to_owned();
-    let user = credential(&creds, "username").to_owned();
-    let password = credential(&creds, "password").to_owned();
-    let api_uri = credential(&creds, "http_api_uri").to_owned();
-    assert!(uri.starts_with("amqp://"), "{uri}");
 
-    // The plan's limits and the queue_max_length policy are on the vhost.
-    let (status, limits) = management(&format!("/vhost-limits/{}", encode_id(&vhost))).await;
-    assert_eq!(status, 200, "{limits}");
-    assert_eq!(
-        limits[0]["value"],
-        json!({"max-connections": 20, "max-queues": 100}),
-        "{limits}"
-    );
-    let (status, policy) = management(&format!(
-        "/policies/{}/wasm-broker-queue-limits",
-        encode_id(&vhost)
-    ))
-    .await;
-    assert_eq!(status, 200, "{policy}");
-    assert_eq!(policy["definition"]["max-length"], 2, "{policy}");
+    fn provision_parameters() -> Option<Value> {
+        Some(json!({"queue_max_length": 2}))
+    }
 
-    // AMQP with the binding's uri: declare, publish, consume.
-    let app_a = connect(&uri).await.expect("the binding's uri logs in");
-    let queue = unique_id("e2e-queue");
-    round_trip(&app_a, &queue, b"hello from the e2e test").await;
-
-    // The management API with the binding's own login sees its vhost only.
-    let (status, whoami) = with_api_uri(&api_uri, "whoami").await;
-    assert_eq!(status, 200, "{whoami}");
-    assert_eq!(whoami["name"], user.as_str());
-    let (status, queues) = with_api_uri(&api_uri, &format!("queues/{}", encode_id(&vhost))).await;
-    assert_eq!(status, 200, "{queues}");
-    assert!(
-        queues
-            .as_array()
-            .is_some_and(|q| q.iter().any(|q| q["name"] == queue.as_str())),
-        "{queues}"
-    );
-    let (status, body) = with_api_uri(&api_uri, "queues/%2F").await;
-    assert!(
-        status == 401 || status == 403,
-        "the binding reads the default vhost's queues: {status} {body}"
-    );
-    let (status, body) = with_api_uri(&api_uri, "users").await;
-    assert!(
-        status == 401 || status == 403,
-        "the binding lists the server's users: {status} {body}"
-    );
-
-    assert!(
-        !broker.logs().contains(&password),
-        "the binding's password is in the broker log"
-    );
-
-    let (status, fetched) = broker.get(&binding_path(&instance_a, &binding_a)).await;
-    assert_eq!(status, 200, "{fetched}");
-    assert_eq!(fetched["credentials"], bound["credentials"]);
-
-    // Rotation is not offered for these plans.
-    let mut rotation = bind_body(&plan, None);
-    rotation["predecessor_binding_id"] = json!(binding_a);
-    let (status, body) = broker
-        .put_binding(&instance_a, &unique_id("rabbit-rotate"), &rotation)
+    /// The plan's limits and the queue_max_length policy are on the vhost.
+    async fn check_binding(bound: &Value) {
+        let vhost = credential(credentials(bound), "vhost");
+        let (status, limits) = management(&format!("/vhost-limits/{}", encode_id(vhost))).await;
+        assert_eq!(status, 200, "{limits}");
+        assert_eq!(
+            limits[0]["value"],
+            json!({"max-connections": 20, "max-queues": 100}),
+            "{limits}"
+        );
+        let (status, policy) = management(&format!(
+            "/policies/{}/wasm-broker-queue-limits",
+            encode_id(vhost)
+        ))
         .await;
-    assert_eq!(
-        status, 400,
-        "rotation on a plan that is not binding_rotatable: {body}"
-    );
+        assert_eq!(status, 200, "{policy}");
+        assert_eq!(policy["definition"]["max-length"], 2, "{policy}");
+    }
 
-    // Instance B's binding cannot reach A's vhost.
-    let instance_b = unique_id("rabbit-b");
-    let (status, body) = broker.provision(&instance_b, &plan, None).await;
-    assert_eq!(status, 201, "{body}");
-    let binding_b = unique_id("rabbit-b-binding");
-    let (status, bound_b) = broker.bind(&instance_b, &binding_b, &plan, None).await;
-    assert_eq!(status, 201, "{bound_b}");
-    let creds_b = credentials(&bound_b).clone();
-    let vhost_b = credential(&creds_b, "vhost").to_owned();
-    let user_b = credential(&creds_b, "username").to_owned();
-    assert_ne!(vhost_b, vhost);
-    assert!(
-        connect(&uri_for_vhost(credential(&creds_b, "uri"), &vhost))
+    /// AMQP with the binding's uri: declare, publish, consume; the
+    /// management API with the binding's own login sees that queue.
+    async fn use_credentials(creds: &Credentials) -> Connection {
+        let app = connect(credential(creds, "uri"))
             .await
-            .is_err(),
-        "B's user opened A's vhost"
-    );
-    let (status, body) = with_api_uri(
-        credential(&creds_b, "http_api_uri"),
-        &format!("queues/{}", encode_id(&vhost)),
-    )
-    .await;
-    assert!(
-        status == 401 || status == 403,
-        "B reads A's queues over HTTP: {status} {body}"
-    );
-    let app_b = connect(credential(&creds_b, "uri"))
-        .await
-        .expect("B logs in");
-    round_trip(&app_b, &unique_id("e2e-queue-b"), b"b").await;
-    drop(app_b);
+            .expect("the binding's uri logs in");
+        let queue = unique_id("e2e-queue");
+        round_trip(&app, &queue, b"hello from the e2e test").await;
 
-    // Unbind: the user is gone, logins fail, its connection is closed.
-    let (status, body) = broker.unbind(&instance_a, &binding_a, &plan).await;
-    assert_eq!((status, body), (200, json!({})));
-    let (status, _) = management(&format!("/users/{}", encode_id(&user))).await;
-    assert_eq!(status, 404, "unbind left user {user}");
-    assert!(
-        connect(&uri).await.is_err(),
-        "the binding's credentials log in after unbind"
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app_a.status().connected() {
+        let api_uri = credential(creds, "http_api_uri");
+        let vhost = credential(creds, "vhost");
+        let (status, whoami) = with_api_uri(api_uri, "whoami").await;
+        assert_eq!(status, 200, "{whoami}");
+        assert_eq!(whoami["name"], credential(creds, "username"));
+        let (status, queues) = with_api_uri(api_uri, &format!("queues/{}", encode_id(vhost))).await;
+        assert_eq!(status, 200, "{queues}");
         assert!(
-            Instant::now() < deadline,
-            "a connection opened before the unbind is still open 10 s after it"
+            queues
+                .as_array()
+                .is_some_and(|q| q.iter().any(|q| q["name"] == queue.as_str())),
+            "{queues}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        app
     }
-    let (status, _) = broker.get(&binding_path(&instance_a, &binding_a)).await;
-    assert_eq!(status, 404);
 
-    // Deprovision deletes the vhost.
-    let (status, body) = broker.deprovision(&instance_a, &plan).await;
-    assert_eq!((status, body), (200, json!({})));
-    let (status, _) = management(&format!("/vhosts/{}", encode_id(&vhost))).await;
-    assert_eq!(status, 404, "deprovision left vhost {vhost}");
-    let (status, operation) = broker
-        .get(&format!("{}/last_operation", instance_path(&instance_a)))
-        .await;
-    assert_eq!(
-        (status, &operation["state"]),
-        (200, &json!("succeeded")),
-        "{operation}"
-    );
-
-    // B goes with its binding still there: its user goes too.
-    let (status, body) = broker.deprovision(&instance_b, &plan).await;
-    assert_eq!((status, body), (200, json!({})));
-    let (status, _) = management(&format!("/vhosts/{}", encode_id(&vhost_b))).await;
-    assert_eq!(status, 404);
-    let (status, _) = management(&format!("/users/{}", encode_id(&user_b))).await;
-    assert_eq!(
-        status, 404,
-        "deprovision left the user of a binding never unbound: {user_b}"
-    );
-
-    let logs = broker.logs();
-    for secret in [password.as_str(), credential(&creds_b, "password")] {
+    /// The management API shows the binding its own vhost only.
+    async fn check_confined(_session: &mut Connection, creds: &Credentials) {
+        let api_uri = credential(creds, "http_api_uri");
+        let (status, body) = with_api_uri(api_uri, "queues/%2F").await;
         assert!(
-            !logs.contains(secret),
-            "a binding's password is in the broker log after unbind/deprovision"
+            refused(status),
+            "the binding reads the default vhost's queues: {status} {body}"
         );
+        let (status, body) = with_api_uri(api_uri, "users").await;
+        assert!(
+            refused(status),
+            "the binding lists the server's users: {status} {body}"
+        );
+    }
+
+    async fn check_isolated(a: &Credentials, b: &Credentials) {
+        let vhost = credential(a, "vhost");
+        assert!(
+            connect(&uri_for_vhost(credential(b, "uri"), vhost))
+                .await
+                .is_err(),
+            "B's user opened A's vhost"
+        );
+        let (status, body) = with_api_uri(
+            credential(b, "http_api_uri"),
+            &format!("queues/{}", encode_id(vhost)),
+        )
+        .await;
+        assert!(
+            refused(status),
+            "B reads A's queues over HTTP: {status} {body}"
+        );
+        let app_b = connect(credential(b, "uri")).await.expect("B logs in");
+        round_trip(&app_b, &unique_id("e2e-queue-b"), b"b").await;
+    }
+
+    async fn user_exists(creds: &Credentials) -> bool {
+        let user = credential(creds, "username");
+        let (status, _) = management(&format!("/users/{}", encode_id(user))).await;
+        status != 404
+    }
+
+    async fn assert_login_refused(creds: &Credentials, what: &str) {
+        assert!(
+            connect(credential(creds, "uri")).await.is_err(),
+            "{what}: the binding's credentials log in"
+        );
+    }
+
+    /// RabbitMQ closes the connections of a deleted user, soon rather than
+    /// at once.
+    async fn assert_session_ended(session: Connection) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while session.status().connected() {
+            assert!(
+                Instant::now() < deadline,
+                "a connection opened before the unbind is still open 10 s after it"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn resource_exists(creds: &Credentials) -> bool {
+        let vhost = credential(creds, "vhost");
+        let (status, _) = management(&format!("/vhosts/{}", encode_id(vhost))).await;
+        status != 404
+    }
+
+    async fn leave_data(_creds: &Credentials) {
+        unreachable!("rabbitmq plans are not binding_rotatable");
+    }
+
+    async fn check_data(_creds: &Credentials) {
+        unreachable!("rabbitmq plans are not binding_rotatable");
     }
 }
 
+shared_suite!(Rabbitmq);
+
 #[tokio::test]
-async fn rabbitmq_plan_and_parameter_updates_change_the_vhost() {
+async fn plan_and_parameter_updates_change_the_vhost() {
     if !services_available() {
         return;
     }
@@ -306,7 +281,7 @@ async fn rabbitmq_plan_and_parameter_updates_change_the_vhost() {
     let instance = unique_id("rabbit-update");
     let (status, body) = broker.provision(&instance, &plan, None).await;
     assert_eq!(status, 201, "{body}");
-    let vhost = wasm_broker_tests::derived_name("inst_", &instance, 64);
+    let vhost = derived_name("inst_", &instance, 64);
     let (status, _) = management(&format!("/vhosts/{vhost}")).await;
     assert_eq!(status, 200, "the vhost of {instance} is {vhost}");
     let (status, _) = management(&format!("/policies/{vhost}/wasm-broker-queue-limits")).await;
