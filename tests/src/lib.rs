@@ -2,14 +2,18 @@
 //! binary on a free port with a temporary config and plugin directory, and
 //! talks OSB to it over HTTP.
 
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{Value, json};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 pub mod faults;
 
@@ -78,11 +82,49 @@ pub fn service_available(name: &str, address: &str) -> bool {
     reachable
 }
 
+/// A port no broker of this process was given before. The tests share one
+/// process and run in parallel: the port is free when asked for, but only
+/// bound when the broker starts (or restarts, after a kill), so the kernel
+/// could hand it to another test meanwhile; remembering every port given
+/// out keeps each broker's port its own.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|addr| addr.port())
+            .expect("a free port");
+        if given.insert(port) {
+            return port;
+        }
+    }
+}
+
+/// At most this many [`timed`] tests run at once, and a [`saturating`] one
+/// only alone among them.
+const CPU_SHARES: u32 = 2;
+static CPU: Semaphore = Semaphore::const_new(CPU_SHARES as usize);
+
+/// For a test whose assertions measure time (a deadline, a reload within
+/// seconds, a lease): hold it for the whole test. The tests share one
+/// process and run in parallel threads; this keeps the ones that keep every
+/// core busy ([`saturating`]) out of its way, and at most
+/// [`CPU_SHARES`] of them at once, so a slow neighbour does not make it
+/// miss its deadline.
+pub async fn timed() -> SemaphorePermit<'static> {
+    CPU.acquire()
+        .await
+        .expect("the CPU semaphore is never closed")
+}
+
+/// For a test that keeps every core busy on purpose (plugins looping on
+/// every executor thread, a fuzzer): hold it for the whole test; no
+/// [`timed`] test runs meanwhile.
+pub async fn saturating() -> SemaphorePermit<'static> {
+    CPU.acquire_many(CPU_SHARES)
+        .await
+        .expect("the CPU semaphore is never closed")
 }
 
 /// The connections and grants of the shipped broker.toml, for test configs.
@@ -492,13 +534,18 @@ pub fn offering_plan(catalog: &Value, service_name: &str, plan: &str) -> (String
     )
 }
 
-/// A fresh id, unique per test run.
+/// A fresh id, unique per test run. The counter keeps two ids apart that
+/// parallel tests of one process ask for in the same clock tick: the
+/// backing services are shared, and the plugins name what they create
+/// after these ids.
 pub fn unique_id(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{prefix}-{nanos:x}-{}", std::process::id())
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{nanos:x}-{}-{count}", std::process::id())
 }
 
 /// The ids a request names an offering's plan by.
@@ -623,6 +670,32 @@ pub async fn bind_refused_lifetimes(
         tried.push(binding_id);
     }
     tried
+}
+
+/// `yyyy-mm-ddThh:mm:ss.sZ`, the binding metadata format OSB fixes.
+#[track_caller]
+pub fn assert_osb_timestamp(text: &str) {
+    let shape: String = text
+        .chars()
+        .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+        .collect();
+    assert_eq!(shape, "dddd-dd-ddTdd:dd:dd.dZ", "{text}");
+}
+
+/// The `metadata` of a bind or fetch-binding body: (`expires_at`,
+/// `renew_before`), each checked to be an OSB timestamp.
+#[track_caller]
+pub fn binding_metadata(body: &Value) -> (String, String) {
+    let field = |name: &str| {
+        body["metadata"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no metadata.{name} in {body}"))
+            .to_owned()
+    };
+    let (expires_at, renew_before) = (field("expires_at"), field("renew_before"));
+    assert_osb_timestamp(&expires_at);
+    assert_osb_timestamp(&renew_before);
+    (expires_at, renew_before)
 }
 
 /// The `credentials` object of a bind or fetch-binding body.

@@ -10,6 +10,7 @@ use wasm_broker_tests::{BrokerSetup, TestBroker, instance_path, provision_body, 
 
 #[tokio::test]
 async fn an_operation_outlives_the_client_that_gave_up() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = TestBroker::start(BrokerSetup {
         plugins: vec![FAULT_LOOP.plugin()],
         runtime: "call_timeout_ms = 1500".to_owned(),

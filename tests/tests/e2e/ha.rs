@@ -44,6 +44,7 @@ async fn replicas(
 
 #[tokio::test]
 async fn idempotency_and_conflicts_hold_across_replicas() {
+    let _cpu = wasm_broker_tests::timed().await;
     let Some((_database, a, b)) = replicas(&[ECHO], "").await else {
         return;
     };
@@ -127,6 +128,7 @@ fn assert_one_created(answers: &[(u16, Value)]) {
 
 #[tokio::test]
 async fn racing_creates_on_both_replicas_make_one_resource() {
+    let _cpu = wasm_broker_tests::timed().await;
     let Some((_database, a, b)) = replicas(&[ECHO], "").await else {
         return;
     };
@@ -177,6 +179,7 @@ async fn racing_creates_on_both_replicas_make_one_resource() {
 
 #[tokio::test]
 async fn racing_async_provisions_on_both_replicas_share_one_operation() {
+    let _cpu = wasm_broker_tests::timed().await;
     let Some((_database, a, b)) = replicas(&[SLOW_ASYNC], "").await else {
         return;
     };
@@ -219,6 +222,7 @@ async fn racing_async_provisions_on_both_replicas_share_one_operation() {
 
 #[tokio::test]
 async fn an_operation_started_on_one_replica_finishes_on_the_other() {
+    let _cpu = wasm_broker_tests::timed().await;
     let Some((_database, a, b)) = replicas(&[SLOW_ASYNC], "").await else {
         return;
     };
@@ -265,6 +269,7 @@ async fn an_operation_started_on_one_replica_finishes_on_the_other() {
 
 #[tokio::test]
 async fn credentials_sealed_by_one_replica_are_read_by_the_other() {
+    let _cpu = wasm_broker_tests::timed().await;
     let Some((database, a, b)) = replicas(&[ECHO], "").await else {
         return;
     };
@@ -298,6 +303,7 @@ async fn credentials_sealed_by_one_replica_are_read_by_the_other() {
 /// restarted replica's startup, leave the survivor's call alone.
 #[tokio::test]
 async fn a_dead_replicas_call_fails_after_its_lease_and_a_live_ones_does_not() {
+    let _cpu = wasm_broker_tests::timed().await;
     // Long enough that only the kill ends A's call, and B's outlives the test.
     let Some((_database, mut a, b)) = replicas(
         &[FAULT_LOOP],
@@ -399,6 +405,7 @@ fn command(broker: &TestBroker, key: &str, args: &[&str], extra_env: &[(&str, &s
 /// replica restarted with the new key reads it.
 #[tokio::test]
 async fn operator_commands_work_on_the_shared_store() {
+    let _cpu = wasm_broker_tests::timed().await;
     let Some((_database, a, mut b)) = replicas(&[ECHO], "").await else {
         return;
     };

@@ -133,6 +133,7 @@ async fn assert_fixture_still_serves(broker: &TestBroker, fixture: Fixture) {
 
 #[tokio::test]
 async fn a_looping_plugin_is_cut_at_its_cpu_deadline_while_the_others_serve() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = Arc::new(sandbox_broker().await);
     let loop_id = unique_id("loop");
     let looping = {
@@ -199,6 +200,7 @@ async fn a_looping_plugin_is_cut_at_its_cpu_deadline_while_the_others_serve() {
 
 #[tokio::test]
 async fn a_plugin_hoarding_memory_is_stopped_at_its_limit() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = sandbox_broker().await;
     let instance_id = unique_id("memory");
     let started = Instant::now();
@@ -238,6 +240,7 @@ async fn a_plugin_hoarding_memory_is_stopped_at_its_limit() {
 
 #[tokio::test]
 async fn a_panicking_plugin_answers_500_with_its_panic_message() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = sandbox_broker().await;
     let instance_id = unique_id("panic");
     let (status, body) = broker
@@ -269,6 +272,7 @@ async fn a_panicking_plugin_answers_500_with_its_panic_message() {
 
 #[tokio::test]
 async fn garbage_answers_never_reach_the_platform() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = sandbox_broker().await;
     let plan = FAULT_GARBAGE.plan();
 
@@ -321,6 +325,7 @@ async fn garbage_answers_never_reach_the_platform() {
 
 #[tokio::test]
 async fn files_that_are_not_plugins_of_this_contract_are_refused_at_load() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = sandbox_broker().await;
     let catalog = broker.catalog().await;
     let mut names: Vec<&str> = catalog["services"]
@@ -379,6 +384,7 @@ async fn files_that_are_not_plugins_of_this_contract_are_refused_at_load() {
 
 #[tokio::test]
 async fn clashing_offering_ids_are_served_once() {
+    let _cpu = wasm_broker_tests::timed().await;
     let mut setup = BrokerSetup::shipped(&["mysql"]);
     setup.plugins.push(CLASH.plugin());
     let broker = TestBroker::start(setup).await;
@@ -406,6 +412,7 @@ async fn clashing_offering_ids_are_served_once() {
 
 #[tokio::test]
 async fn escape_attempts_are_all_denied() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = sandbox_broker().await;
     let plan = ESCAPE.plan();
     let instance_id = unique_id("escape");
@@ -454,6 +461,7 @@ fn assert_report_denies_everything(report: &Value, context: &str) {
 
 #[tokio::test]
 async fn a_per_plugin_deadline_overrides_the_global_one() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = TestBroker::start(BrokerSetup {
         plugins: vec![FAULT_LOOP.plugin(), ECHO.plugin()],
         extra_config: "[plugins.fault_loop]\ncall_timeout_ms = 500\n".to_owned(),
@@ -489,6 +497,7 @@ async fn a_per_plugin_deadline_overrides_the_global_one() {
 
 #[tokio::test]
 async fn a_per_plugin_memory_limit_may_exceed_the_global_one() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = TestBroker::start(BrokerSetup {
         plugins: vec![FAULT_MEMORY.plugin(), ECHO.plugin()],
         extra_config: "[plugins.fault_memory]\nmemory_limit_mb = 48\n".to_owned(),
@@ -524,6 +533,7 @@ async fn a_per_plugin_memory_limit_may_exceed_the_global_one() {
 /// faults in a row and then a burst of echo calls all get one.
 #[tokio::test]
 async fn faulted_calls_free_their_instance_slots() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = Arc::new(
         TestBroker::start(BrokerSetup {
             plugins: [FAULT_MEMORY, FAULT_PANIC, FAULT_GARBAGE, ECHO]
@@ -585,6 +595,7 @@ async fn faulted_calls_free_their_instance_slots() {
 /// the test instead of hanging it.
 #[tokio::test]
 async fn more_looping_calls_than_cores_do_not_hang_the_broker() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = Arc::new(sandbox_broker().await);
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let loop_count = 2 * cores.max(2);
@@ -641,6 +652,7 @@ async fn more_looping_calls_than_cores_do_not_hang_the_broker() {
 /// anyway, so it is reported and can be cleaned up.
 #[tokio::test]
 async fn a_platform_hang_up_does_not_leave_the_instance_locked() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = TestBroker::start(BrokerSetup {
         plugins: vec![FAULT_LOOP.plugin()],
         extra_config: "[plugins.fault_loop]\ncall_timeout_ms = 1000\n".to_owned(),

@@ -9,6 +9,7 @@ use wasm_broker_tests::{BrokerSetup, TestBroker, instance_path, json, provision_
 
 #[tokio::test]
 async fn looping_calls_on_every_core_are_all_interrupted() {
+    let _cpu = wasm_broker_tests::saturating().await;
     let broker = TestBroker::start(BrokerSetup {
         plugins: vec![FAULT_LOOP.plugin()],
         runtime: "call_timeout_ms = 1000".to_owned(),

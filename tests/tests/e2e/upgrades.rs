@@ -61,6 +61,7 @@ fn maintenance_update(version: &str) -> Value {
 
 #[tokio::test]
 async fn instances_keep_their_creators_version_and_upgrade_only_to_the_plans() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = TestBroker::start(BrokerSetup {
         plugins: vec![ECHO.plugin()],
         ..BrokerSetup::default()

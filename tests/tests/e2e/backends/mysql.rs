@@ -1,12 +1,18 @@
 //! The mysql plugin end to end: the real broker, the real plugin, a real
-//! MariaDB; what the credentials it hands out can and cannot do.
+//! MariaDB; what the credentials it hands out can and cannot do. The
+//! lifecycle every plugin shares runs here through [`Mysql`]; the charset
+//! parameter and binding lifetimes (MariaDB password expiry) are this
+//! plugin's own.
 
 use serde_json::{Value, json};
 use sqlx::{Connection as _, MySqlConnection};
 use wasm_broker_tests::{
-    BrokerSetup, TestBroker, bind_body, bind_refused_lifetimes, binding_path, credential,
-    credentials, instance_path, mariadb_has_database, mariadb_root, service_available, unique_id,
+    BrokerSetup, TestBroker, bind_body, bind_refused_lifetimes, binding_metadata, binding_path,
+    credential, credentials, derived_name, instance_path, mariadb_has_database, mariadb_root,
+    service_available, unique_id,
 };
+
+use super::{Backend, Credentials};
 
 async fn connect(uri: &str) -> Result<MySqlConnection, sqlx::Error> {
     MySqlConnection::connect(uri).await
@@ -52,293 +58,160 @@ async fn default_charset(database: &str) -> String {
     charset
 }
 
-#[tokio::test]
-async fn mysql_lifecycle_isolation_and_revocation() {
-    if !service_available("MariaDB", "127.0.0.1:3306") {
-        return;
+/// The mysql plugin: a database per instance, a user per binding.
+struct Mysql;
+
+impl Backend for Mysql {
+    const PLUGIN: &'static str = "mysql";
+    const ID_PREFIX: &'static str = "mysql";
+    const CREDENTIAL_FIELDS: &'static [&'static str] =
+        &["uri", "jdbcUrl", "hostname", "name", "username", "password"];
+    const PORT: u16 = 3306;
+    const URI_SCHEMES: &'static [&'static str] = &["mysql://"];
+    const RESOURCE: &'static str = "name";
+    const ROTATABLE: bool = true;
+    type Session = MySqlConnection;
+
+    fn available() -> bool {
+        service_available("MariaDB", "127.0.0.1:3306")
     }
-    let broker = mysql_broker().await;
-    let catalog = broker.catalog().await;
-    let offering = catalog["services"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == "mysql"))
-        .expect("mysql");
-    assert_eq!(offering["bindable"], true, "{offering}");
-    assert_eq!(offering["bindings_retrievable"], true, "{offering}");
-    let plan = broker.plan("mysql", "small").await;
 
-    // Provision and bind instance A.
-    let instance_a = unique_id("mysql-a");
-    let (status, body) = broker.provision(&instance_a, &plan, None).await;
-    assert_eq!(status, 201, "{body}");
-    assert!(body.is_object(), "{body}");
-    let binding_a = unique_id("mysql-a-binding");
-    let (status, bound) = broker.bind(&instance_a, &binding_a, &plan, None).await;
-    assert_eq!(status, 201, "{bound}");
-    let creds = credentials(&bound).clone();
-    for field in ["uri", "jdbcUrl", "hostname", "name", "username", "password"] {
-        credential(&creds, field);
+    fn provision_parameters() -> Option<Value> {
+        None
     }
-    assert_eq!(creds.get("port"), Some(&json!(3306)), "{creds:?}");
-    let uri = credential(&creds, "uri").to_owned();
-    let database = credential(&creds, "name").to_owned();
-    let username = credential(&creds, "username").to_owned();
-    let password = credential(&creds, "password").to_owned();
-    assert!(uri.starts_with("mysql://"), "{uri}");
-    assert!(uri.ends_with(&format!("/{database}")), "{uri}");
-    let jdbc = credential(&creds, "jdbcUrl");
-    assert!(
-        jdbc.starts_with("jdbc:mysql://") && jdbc.contains(&database),
-        "{jdbc}"
-    );
-    assert!(password.len() >= 16, "a short password: {password}");
-    assert_eq!(bound["endpoints"][0]["host"], creds["hostname"], "{bound}");
-    assert_eq!(bound["endpoints"][0]["ports"], json!(["3306"]), "{bound}");
 
-    // The credentials work: a table, a row, read back.
-    let mut app_a = connect(&uri).await.expect("the binding's uri logs in");
-    sqlx::query("CREATE TABLE notes (id INT PRIMARY KEY, body VARCHAR(100))")
-        .execute(&mut app_a)
-        .await
-        .expect("create table");
-    sqlx::query("INSERT INTO notes VALUES (1, 'hello from the e2e test')")
-        .execute(&mut app_a)
-        .await
-        .expect("insert");
-    let (body_text,): (String,) = sqlx::query_as("SELECT body FROM notes WHERE id = 1")
-        .fetch_one(&mut app_a)
-        .await
-        .expect("select");
-    assert_eq!(body_text, "hello from the e2e test");
-
-    // No secret in the broker's logs (which do hold the plugin's lines).
-    let logs = broker.logs();
-    assert!(
-        logs.contains(&username),
-        "the plugin's log line about {username} is not in the broker log"
-    );
-    assert!(
-        !logs.contains(&password),
-        "the binding's password is in the broker log"
-    );
-    assert!(
-        !logs.contains(&uri),
-        "the binding's uri is in the broker log"
-    );
-
-    // Fetching the binding gives the same credentials.
-    let (status, fetched) = broker.get(&binding_path(&instance_a, &binding_a)).await;
-    assert_eq!(status, 200, "{fetched}");
-    assert_eq!(fetched["credentials"], bound["credentials"]);
-
-    // Instance B's binding cannot reach A's database, nor A's binding B's.
-    let instance_b = unique_id("mysql-b");
-    let (status, body) = broker.provision(&instance_b, &plan, None).await;
-    assert_eq!(status, 201, "{body}");
-    let binding_b = unique_id("mysql-b-binding");
-    let (status, bound_b) = broker.bind(&instance_b, &binding_b, &plan, None).await;
-    assert_eq!(status, 201, "{bound_b}");
-    let creds_b = credentials(&bound_b).clone();
-    let database_b = credential(&creds_b, "name").to_owned();
-    let user_b = credential(&creds_b, "username").to_owned();
-    assert_ne!(database_b, database, "two instances share a database");
-    assert_ne!(user_b, username, "two bindings share a user");
-    let mut app_b = connect(credential(&creds_b, "uri"))
-        .await
-        .expect("B's uri logs in");
-    assert_denied(
-        sqlx::query_as::<_, (String,)>(&format!("SELECT body FROM `{database}`.notes"))
-            .fetch_all(&mut app_b)
-            .await,
-        "B reading A's table",
-    );
-    assert_denied(
-        sqlx::query(&format!("CREATE TABLE `{database}`.intruder (id INT)"))
-            .execute(&mut app_b)
-            .await,
-        "B creating a table in A's database",
-    );
-    let b_into_a = format!(
-        "mysql://{user_b}:{}@127.0.0.1:3306/{database}",
-        credential(&creds_b, "password")
-    );
-    assert_denied(
-        connect(&b_into_a).await.map(|_| ()),
-        "B logging into A's database",
-    );
-    assert_denied(
-        sqlx::query("SELECT 1 FROM mysql.user")
-            .fetch_all(&mut app_a)
-            .await,
-        "A reading the server's user table",
-    );
-    let visible: Vec<(String,)> =
-        sqlx::query_as("SELECT CAST(SCHEMA_NAME AS CHAR) FROM information_schema.SCHEMATA")
-            .fetch_all(&mut app_b)
-            .await
-            .expect("B lists schemata");
-    assert!(
-        !visible.iter().any(|(name,)| *name == database),
-        "B sees A's database: {visible:?}"
-    );
-    drop(app_b);
-
-    // Unbind: 200 {}, the user is gone, new logins fail, open sessions end.
-    let (status, body) = broker.unbind(&instance_a, &binding_a, &plan).await;
-    assert_eq!((status, body), (200, json!({})));
-    assert!(!user_exists(&username).await, "unbind left user {username}");
-    assert_denied(connect(&uri).await.map(|_| ()), "logging in after unbind");
-    assert!(
-        sqlx::query("SELECT 1").execute(&mut app_a).await.is_err(),
-        "a session opened before the unbind still works after it"
-    );
-    let (status, body) = broker.get(&binding_path(&instance_a, &binding_a)).await;
-    assert_eq!(status, 404, "fetching an unbound binding: {body}");
-
-    // Deprovision: 200 {}, the database and its data are gone.
-    assert!(mariadb_has_database(&database).await);
-    let (status, body) = broker.deprovision(&instance_a, &plan).await;
-    assert_eq!((status, body), (200, json!({})));
-    assert!(
-        !mariadb_has_database(&database).await,
-        "deprovision left database {database}"
-    );
-    let (status, operation) = broker
-        .get(&format!("{}/last_operation", instance_path(&instance_a)))
-        .await;
-    assert_eq!(status, 200, "last_operation after deprovision: {operation}");
-    assert_eq!(operation["state"], "succeeded", "{operation}");
-    let (status, body) = broker.get(&instance_path(&instance_a)).await;
-    assert_eq!(status, 404, "fetching a deprovisioned instance: {body}");
-
-    // Deprovisioning B with its binding still there revokes that binding too.
-    let (status, body) = broker.deprovision(&instance_b, &plan).await;
-    assert_eq!((status, body), (200, json!({})));
-    assert!(
-        !mariadb_has_database(&database_b).await,
-        "deprovision left database {database_b}"
-    );
-    assert!(
-        !user_exists(&user_b).await,
-        "deprovision left the user of a binding never unbound: {user_b}"
-    );
-    let (status, body) = broker.get(&binding_path(&instance_b, &binding_b)).await;
-    assert_eq!(status, 404, "{body}");
-
-    let logs = broker.logs();
-    for secret in [password.as_str(), credential(&creds_b, "password")] {
+    async fn check_binding(bound: &Value) {
+        let creds = credentials(bound);
+        let uri = credential(creds, "uri");
+        let database = credential(creds, "name");
+        assert!(uri.ends_with(&format!("/{database}")), "{uri}");
+        let jdbc = credential(creds, "jdbcUrl");
         assert!(
-            !logs.contains(secret),
-            "a binding's password is in the broker log after unbind/deprovision"
+            jdbc.starts_with("jdbc:mysql://") && jdbc.contains(database),
+            "{jdbc}"
+        );
+        let password = credential(creds, "password");
+        assert!(password.len() >= 16, "a short password: {password}");
+        assert_eq!(bound["endpoints"][0]["host"], creds["hostname"], "{bound}");
+        assert_eq!(bound["endpoints"][0]["ports"], json!(["3306"]), "{bound}");
+    }
+
+    /// A table, a row, read back.
+    async fn use_credentials(creds: &Credentials) -> MySqlConnection {
+        let mut app = connect(credential(creds, "uri"))
+            .await
+            .expect("the binding's uri logs in");
+        sqlx::query("CREATE TABLE notes (id INT PRIMARY KEY, body VARCHAR(100))")
+            .execute(&mut app)
+            .await
+            .expect("create table");
+        sqlx::query("INSERT INTO notes VALUES (1, 'hello from the e2e test')")
+            .execute(&mut app)
+            .await
+            .expect("insert");
+        let (body_text,): (String,) = sqlx::query_as("SELECT body FROM notes WHERE id = 1")
+            .fetch_one(&mut app)
+            .await
+            .expect("select");
+        assert_eq!(body_text, "hello from the e2e test");
+        app
+    }
+
+    async fn check_confined(session: &mut MySqlConnection, _creds: &Credentials) {
+        assert_denied(
+            sqlx::query("SELECT 1 FROM mysql.user")
+                .fetch_all(session)
+                .await,
+            "A reading the server's user table",
         );
     }
-}
 
-#[tokio::test]
-async fn mysql_binding_rotation_keeps_both_credentials_until_unbound() {
-    if !service_available("MariaDB", "127.0.0.1:3306") {
-        return;
-    }
-    let broker = mysql_broker().await;
-    let catalog = broker.catalog().await;
-    let plan = broker.plan("mysql", "small").await;
-    let rotatable = catalog["services"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == "mysql"))
-        .and_then(|s| s["plans"].as_array())
-        .and_then(|plans| plans.iter().find(|p| p["id"] == plan.plan_id.as_str()))
-        .map(|p| p["binding_rotatable"] == true);
-    assert_eq!(
-        rotatable,
-        Some(true),
-        "the mysql plugin declares its plans rotatable"
-    );
-
-    let instance = unique_id("mysql-rotate");
-    let (status, body) = broker.provision(&instance, &plan, None).await;
-    assert_eq!(status, 201, "{body}");
-    let old = unique_id("mysql-rotate-old");
-    let (status, old_bound) = broker.bind(&instance, &old, &plan, None).await;
-    assert_eq!(status, 201, "{old_bound}");
-    let old_uri = credential(credentials(&old_bound), "uri").to_owned();
-    let mut app = connect(&old_uri).await.expect("old credentials log in");
-    sqlx::query("CREATE TABLE rotated (v INT)")
-        .execute(&mut app)
-        .await
-        .expect("create");
-    sqlx::query("INSERT INTO rotated VALUES (42)")
-        .execute(&mut app)
-        .await
-        .expect("insert");
-    drop(app);
-
-    // A predecessor that is not a binding of this instance is refused.
-    let mut stray = bind_body(&plan, None);
-    stray["predecessor_binding_id"] = json!(unique_id("no-such-binding"));
-    let (status, body) = broker
-        .put_binding(&instance, &unique_id("mysql-rotate-stray"), &stray)
-        .await;
-    assert_eq!(status, 400, "rotation from an unknown binding: {body}");
-
-    let new = unique_id("mysql-rotate-new");
-    let mut rotation = bind_body(&plan, None);
-    rotation["predecessor_binding_id"] = json!(old);
-    let (status, new_bound) = broker.put_binding(&instance, &new, &rotation).await;
-    assert_eq!(status, 201, "{new_bound}");
-    let old_creds = credentials(&old_bound);
-    let new_creds = credentials(&new_bound);
-    assert_ne!(
-        credential(new_creds, "username"),
-        credential(old_creds, "username")
-    );
-    assert_ne!(
-        credential(new_creds, "password"),
-        credential(old_creds, "password")
-    );
-    assert_eq!(
-        credential(new_creds, "name"),
-        credential(old_creds, "name"),
-        "a rotation keeps the database"
-    );
-    let (status, again) = broker.put_binding(&instance, &new, &rotation).await;
-    assert_eq!(status, 200, "identical rotation re-sent: {again}");
-
-    let new_uri = credential(new_creds, "uri").to_owned();
-    for uri in [&old_uri, &new_uri] {
-        let mut app = connect(uri)
+    async fn check_isolated(a: &Credentials, b: &Credentials) {
+        let database = credential(a, "name");
+        let user_b = credential(b, "username");
+        let mut app_b = connect(credential(b, "uri"))
             .await
-            .expect("both credentials log in during a rotation");
+            .expect("B's uri logs in");
+        assert_denied(
+            sqlx::query_as::<_, (String,)>(&format!("SELECT body FROM `{database}`.notes"))
+                .fetch_all(&mut app_b)
+                .await,
+            "B reading A's table",
+        );
+        assert_denied(
+            sqlx::query(&format!("CREATE TABLE `{database}`.intruder (id INT)"))
+                .execute(&mut app_b)
+                .await,
+            "B creating a table in A's database",
+        );
+        let b_into_a = format!(
+            "mysql://{user_b}:{}@127.0.0.1:3306/{database}",
+            credential(b, "password")
+        );
+        assert_denied(
+            connect(&b_into_a).await.map(|_| ()),
+            "B logging into A's database",
+        );
+        let visible: Vec<(String,)> =
+            sqlx::query_as("SELECT CAST(SCHEMA_NAME AS CHAR) FROM information_schema.SCHEMATA")
+                .fetch_all(&mut app_b)
+                .await
+                .expect("B lists schemata");
+        assert!(
+            !visible.iter().any(|(name,)| name == database),
+            "B sees A's database: {visible:?}"
+        );
+    }
+
+    async fn user_exists(creds: &Credentials) -> bool {
+        user_exists(credential(creds, "username")).await
+    }
+
+    async fn assert_login_refused(creds: &Credentials, what: &str) {
+        assert_denied(connect(credential(creds, "uri")).await.map(|_| ()), what);
+    }
+
+    async fn assert_session_ended(mut session: MySqlConnection) {
+        assert!(
+            sqlx::query("SELECT 1").execute(&mut session).await.is_err(),
+            "a session opened before the unbind still works after it"
+        );
+    }
+
+    async fn resource_exists(creds: &Credentials) -> bool {
+        mariadb_has_database(credential(creds, "name")).await
+    }
+
+    async fn leave_data(creds: &Credentials) {
+        let mut app = connect(credential(creds, "uri"))
+            .await
+            .expect("old credentials log in");
+        sqlx::query("CREATE TABLE rotated (v INT)")
+            .execute(&mut app)
+            .await
+            .expect("create");
+        sqlx::query("INSERT INTO rotated VALUES (42)")
+            .execute(&mut app)
+            .await
+            .expect("insert");
+    }
+
+    async fn check_data(creds: &Credentials) {
+        let mut app = connect(credential(creds, "uri"))
+            .await
+            .expect("credentials of a binding not unbound log in");
         let (value,): (i32,) = sqlx::query_as("SELECT v FROM rotated")
             .fetch_one(&mut app)
             .await
             .expect("select");
         assert_eq!(value, 42);
     }
-
-    let (status, body) = broker.unbind(&instance, &old, &plan).await;
-    assert_eq!((status, body), (200, json!({})));
-    assert_denied(
-        connect(&old_uri).await.map(|_| ()),
-        "old credentials after their unbind",
-    );
-    let mut app = connect(&new_uri)
-        .await
-        .expect("new credentials outlive the old binding");
-    let (value,): (i32,) = sqlx::query_as("SELECT v FROM rotated")
-        .fetch_one(&mut app)
-        .await
-        .expect("select");
-    assert_eq!(value, 42);
-    drop(app);
-
-    let (status, body) = broker.unbind(&instance, &new, &plan).await;
-    assert_eq!((status, body), (200, json!({})));
-    let (status, body) = broker.deprovision(&instance, &plan).await;
-    assert_eq!((status, body), (200, json!({})));
 }
 
+shared_suite!(Mysql);
+
 #[tokio::test]
-async fn mysql_charset_parameter_and_updates() {
+async fn charset_parameter_and_updates() {
     if !service_available("MariaDB", "127.0.0.1:3306") {
         return;
     }
@@ -404,31 +277,6 @@ async fn mysql_charset_parameter_and_updates() {
     let (status, body) = broker.deprovision(&instance, &plan).await;
     assert_eq!((status, body), (200, json!({})));
     assert!(!mariadb_has_database(&database).await);
-}
-
-/// `yyyy-mm-ddThh:mm:ss.sZ`, the binding metadata format OSB fixes.
-#[track_caller]
-fn assert_osb_timestamp(text: &str) {
-    let shape: String = text
-        .chars()
-        .map(|c| if c.is_ascii_digit() { 'd' } else { c })
-        .collect();
-    assert_eq!(shape, "dddd-dd-ddTdd:dd:dd.dZ", "{text}");
-}
-
-/// The `metadata` of a bind or fetch-binding body: (`expires_at`, `renew_before`).
-#[track_caller]
-fn binding_metadata(body: &Value) -> (String, String) {
-    let field = |name: &str| {
-        body["metadata"][name]
-            .as_str()
-            .unwrap_or_else(|| panic!("no metadata.{name} in {body}"))
-            .to_owned()
-    };
-    let (expires_at, renew_before) = (field("expires_at"), field("renew_before"));
-    assert_osb_timestamp(&expires_at);
-    assert_osb_timestamp(&renew_before);
-    (expires_at, renew_before)
 }
 
 async fn server_seconds() -> i64 {
@@ -517,7 +365,7 @@ async fn run_statement(uri: &str) -> Result<(), String> {
 }
 
 #[tokio::test]
-async fn mysql_binding_lifetime_is_the_passwords_and_mariadb_enforces_it() {
+async fn binding_lifetime_is_the_passwords_and_mariadb_enforces_it() {
     if !service_available("MariaDB", "127.0.0.1:3306") {
         return;
     }
@@ -588,7 +436,7 @@ async fn mysql_binding_lifetime_is_the_passwords_and_mariadb_enforces_it() {
     // A lifetime that is over before it starts, or not a number of days, is
     // the platform user's mistake, and nothing is created.
     for refused in bind_refused_lifetimes(&broker, &instance, &plan, "mysql-expiry-refused").await {
-        let user = wasm_broker_tests::derived_name("u_", &refused, 32);
+        let user = derived_name("u_", &refused, 32);
         assert!(!user_exists(&user).await, "{refused} created {user}");
     }
 
@@ -598,7 +446,7 @@ async fn mysql_binding_lifetime_is_the_passwords_and_mariadb_enforces_it() {
 }
 
 #[tokio::test]
-async fn mysql_rotation_gives_the_successor_a_lifetime_of_its_own() {
+async fn rotation_gives_the_successor_a_lifetime_of_its_own() {
     if !service_available("MariaDB", "127.0.0.1:3306") {
         return;
     }

@@ -1,12 +1,18 @@
 //! The postgres plugin end to end: the real broker, the real plugin, a real
-//! PostgreSQL; what the credentials it hands out can and cannot do.
+//! PostgreSQL; what the credentials it hands out can and cannot do. The
+//! lifecycle every plugin shares runs here through [`Postgres`]; the plan
+//! parameters, plan changes and binding lifetimes (a role's VALID UNTIL)
+//! are this plugin's own.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::{Connection as _, PgConnection};
 use wasm_broker_tests::{
-    BrokerSetup, TestBroker, bind_body, bind_refused_lifetimes, binding_path, credential,
-    credentials, instance_path, postgres_admin, service_available, unique_id,
+    BrokerSetup, TestBroker, bind_body, bind_refused_lifetimes, binding_metadata, binding_path,
+    credential, credentials, derived_name, instance_path, postgres_admin, service_available,
+    unique_id,
 };
+
+use super::{Backend, Credentials};
 
 async fn connect(uri: &str) -> Result<PgConnection, sqlx::Error> {
     PgConnection::connect(uri).await
@@ -71,170 +77,189 @@ fn uri_for_database(uri: &str, database: &str) -> String {
     format!("{base}/{database}")
 }
 
+/// The postgres plugin: a database (and its owner role) per instance, a
+/// role per binding.
+struct Postgres;
+
+impl Backend for Postgres {
+    const PLUGIN: &'static str = "postgres";
+    const ID_PREFIX: &'static str = "pg";
+    const CREDENTIAL_FIELDS: &'static [&'static str] =
+        &["uri", "jdbcUrl", "hostname", "name", "username", "password"];
+    const PORT: u16 = 5432;
+    const URI_SCHEMES: &'static [&'static str] = &["postgresql://", "postgres://"];
+    const RESOURCE: &'static str = "name";
+    const ROTATABLE: bool = true;
+    type Session = PgConnection;
+
+    fn available() -> bool {
+        service_available("PostgreSQL", "127.0.0.1:5432")
+    }
+
+    fn provision_parameters() -> Option<Value> {
+        Some(json!({"connection_limit": 5}))
+    }
+
+    async fn check_binding(bound: &Value) {
+        let creds = credentials(bound);
+        assert!(
+            credential(creds, "jdbcUrl").starts_with("jdbc:postgresql://"),
+            "{creds:?}"
+        );
+        assert_eq!(
+            connection_limit(credential(creds, "name")).await,
+            5,
+            "the connection_limit parameter"
+        );
+    }
+
+    /// A table, a row, read back.
+    async fn use_credentials(creds: &Credentials) -> PgConnection {
+        let mut app = connect(credential(creds, "uri"))
+            .await
+            .expect("the binding's uri logs in");
+        sqlx::query("CREATE TABLE notes (id INT PRIMARY KEY, body TEXT)")
+            .execute(&mut app)
+            .await
+            .expect("create table");
+        sqlx::query("INSERT INTO notes VALUES (1, 'hello from the e2e test')")
+            .execute(&mut app)
+            .await
+            .expect("insert");
+        let (text,): (String,) = sqlx::query_as("SELECT body FROM notes WHERE id = 1")
+            .fetch_one(&mut app)
+            .await
+            .expect("select");
+        assert_eq!(text, "hello from the e2e test");
+        app
+    }
+
+    /// Beyond its database a binding's role reaches nothing the isolation
+    /// checks do not cover.
+    async fn check_confined(_session: &mut PgConnection, _creds: &Credentials) {}
+
+    async fn check_isolated(a: &Credentials, b: &Credentials) {
+        let database = credential(a, "name");
+        let uri_b = credential(b, "uri");
+        assert_refused(
+            connect(&uri_for_database(uri_b, database))
+                .await
+                .map(|_| ()),
+            "B connecting to A's database",
+            &["permission denied"],
+        );
+        let mut app_b = connect(uri_b).await.expect("B's uri logs in");
+        assert_refused(
+            sqlx::query(&format!("SET ROLE \"{database}_owner\""))
+                .execute(&mut app_b)
+                .await,
+            "B taking A's owner role",
+            &["permission denied"],
+        );
+    }
+
+    async fn user_exists(creds: &Credentials) -> bool {
+        role_exists(credential(creds, "username")).await
+    }
+
+    async fn assert_login_refused(creds: &Credentials, what: &str) {
+        assert_refused(
+            connect(credential(creds, "uri")).await.map(|_| ()),
+            what,
+            &["does not exist", "not permitted"],
+        );
+    }
+
+    async fn assert_session_ended(mut session: PgConnection) {
+        assert!(
+            sqlx::query("SELECT 1").execute(&mut session).await.is_err(),
+            "a session outlived the unbind"
+        );
+    }
+
+    /// The database, or its owner role: deprovision deletes both.
+    async fn resource_exists(creds: &Credentials) -> bool {
+        let database = credential(creds, "name");
+        database_exists(database).await || role_exists(&format!("{database}_owner")).await
+    }
+
+    async fn leave_data(creds: &Credentials) {
+        let mut app = connect(credential(creds, "uri"))
+            .await
+            .expect("old credentials log in");
+        sqlx::query("CREATE TABLE rotated (v INT)")
+            .execute(&mut app)
+            .await
+            .expect("create");
+        sqlx::query("INSERT INTO rotated VALUES (42)")
+            .execute(&mut app)
+            .await
+            .expect("insert");
+    }
+
+    /// Reads the predecessor's row and writes one.
+    async fn check_data(creds: &Credentials) {
+        let mut app = connect(credential(creds, "uri"))
+            .await
+            .expect("credentials of a binding not unbound log in");
+        let (value,): (i32,) = sqlx::query_as("SELECT v FROM rotated ORDER BY v LIMIT 1")
+            .fetch_one(&mut app)
+            .await
+            .expect("select");
+        assert_eq!(value, 42, "the binding sees the predecessor's table");
+        sqlx::query("INSERT INTO rotated VALUES (43)")
+            .execute(&mut app)
+            .await
+            .expect("the binding writes");
+    }
+}
+
+shared_suite!(Postgres);
+
+/// A plan change (plans are plan_updateable) moves the database to the
+/// large plan's connection limit; the instance then goes, with its binding
+/// still there, under the large plan's ids.
 #[tokio::test]
-async fn postgres_lifecycle_isolation_and_revocation() {
+async fn plan_change_moves_the_connection_limit() {
     if !service_available("PostgreSQL", "127.0.0.1:5432") {
         return;
     }
     let broker = postgres_broker().await;
     let plan = broker.plan("postgres", "small").await;
-
-    let instance_a = unique_id("pg-a");
-    let (status, body) = broker
-        .provision(&instance_a, &plan, Some(json!({"connection_limit": 5})))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let binding_a = unique_id("pg-a-binding");
-    let (status, bound) = broker.bind(&instance_a, &binding_a, &plan, None).await;
-    assert_eq!(status, 201, "{bound}");
-    let creds = credentials(&bound).clone();
-    for field in ["uri", "jdbcUrl", "hostname", "name", "username", "password"] {
-        credential(&creds, field);
-    }
-    assert_eq!(creds.get("port"), Some(&json!(5432)), "{creds:?}");
-    let uri = credential(&creds, "uri").to_owned();
-    let database = credential(&creds, "name").to_owned();
-    let role = credential(&creds, "username").to_owned();
-    let password = credential(&creds, "password").to_owned();
-    assert!(
-        uri.starts_with("postgresql://") || uri.starts_with("postgres://"),
-        "{uri}"
-    );
-    assert!(
-        credential(&creds, "jdbcUrl").starts_with("jdbc:postgresql://"),
-        "{creds:?}"
-    );
-    assert_eq!(
-        connection_limit(&database).await,
-        5,
-        "the connection_limit parameter"
-    );
-
-    let mut app_a = connect(&uri).await.expect("the binding's uri logs in");
-    sqlx::query("CREATE TABLE notes (id INT PRIMARY KEY, body TEXT)")
-        .execute(&mut app_a)
-        .await
-        .expect("create table");
-    sqlx::query("INSERT INTO notes VALUES (1, 'hello from the e2e test')")
-        .execute(&mut app_a)
-        .await
-        .expect("insert");
-    let (text,): (String,) = sqlx::query_as("SELECT body FROM notes WHERE id = 1")
-        .fetch_one(&mut app_a)
-        .await
-        .expect("select");
-    assert_eq!(text, "hello from the e2e test");
-
-    let logs = broker.logs();
-    assert!(
-        !logs.contains(&password),
-        "the binding's password is in the broker log"
-    );
-
-    let (status, fetched) = broker.get(&binding_path(&instance_a, &binding_a)).await;
-    assert_eq!(status, 200, "{fetched}");
-    assert_eq!(fetched["credentials"], bound["credentials"]);
-
-    // Instance B's binding cannot reach A's database.
-    let instance_b = unique_id("pg-b");
-    let (status, body) = broker.provision(&instance_b, &plan, None).await;
-    assert_eq!(status, 201, "{body}");
-    let binding_b = unique_id("pg-b-binding");
-    let (status, bound_b) = broker.bind(&instance_b, &binding_b, &plan, None).await;
-    assert_eq!(status, 201, "{bound_b}");
-    let creds_b = credentials(&bound_b).clone();
-    let uri_b = credential(&creds_b, "uri").to_owned();
-    let database_b = credential(&creds_b, "name").to_owned();
-    let role_b = credential(&creds_b, "username").to_owned();
-    assert_ne!(database_b, database);
-    assert_refused(
-        connect(&uri_for_database(&uri_b, &database))
-            .await
-            .map(|_| ()),
-        "B connecting to A's database",
-        &["permission denied"],
-    );
-    let mut app_b = connect(&uri_b).await.expect("B's uri logs in");
-    assert_refused(
-        sqlx::query(&format!("SET ROLE \"{database}_owner\""))
-            .execute(&mut app_b)
-            .await,
-        "B taking A's owner role",
-        &["permission denied"],
-    );
-    drop(app_b);
-
-    // A plan change (plan_updateable) moves B to the large plan's limit.
     let large = broker.plan("postgres", "large").await;
-    assert_eq!(connection_limit(&database_b).await, 20);
+    let instance = unique_id("pg-plan");
+    let (status, body) = broker.provision(&instance, &plan, None).await;
+    assert_eq!(status, 201, "{body}");
+    let binding = unique_id("pg-plan-binding");
+    let (status, bound) = broker.bind(&instance, &binding, &plan, None).await;
+    assert_eq!(status, 201, "{bound}");
+    let database = credential(credentials(&bound), "name").to_owned();
+    let role = credential(credentials(&bound), "username").to_owned();
+
+    assert_eq!(connection_limit(&database).await, 20);
     let (status, body) = broker
         .update(
-            &instance_b,
+            &instance,
             &json!({"service_id": plan.service_id, "plan_id": large.plan_id}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(connection_limit(&database_b).await, 100);
-    let (status, fetched) = broker.get(&instance_path(&instance_b)).await;
+    assert_eq!(connection_limit(&database).await, 100);
+    let (status, fetched) = broker.get(&instance_path(&instance)).await;
     assert_eq!(status, 200, "{fetched}");
     assert_eq!(fetched["plan_id"], large.plan_id.as_str(), "{fetched}");
 
-    // Unbind revokes: the role is dropped, logins fail, sessions end.
-    let (status, body) = broker.unbind(&instance_a, &binding_a, &plan).await;
+    let (status, body) = broker.deprovision(&instance, &large).await;
     assert_eq!((status, body), (200, json!({})));
-    assert!(!role_exists(&role).await, "unbind left role {role}");
-    assert_refused(
-        connect(&uri).await.map(|_| ()),
-        "logging in after unbind",
-        &["does not exist", "not permitted"],
-    );
+    assert!(!database_exists(&database).await);
     assert!(
-        sqlx::query("SELECT 1").execute(&mut app_a).await.is_err(),
-        "a session outlived the unbind"
+        !role_exists(&role).await,
+        "deprovision left the role of a binding never unbound: {role}"
     );
-    let (status, _) = broker.get(&binding_path(&instance_a, &binding_a)).await;
-    assert_eq!(status, 404);
-
-    // Deprovision deletes the database and its owner role.
-    let (status, body) = broker.deprovision(&instance_a, &plan).await;
-    assert_eq!((status, body), (200, json!({})));
-    assert!(
-        !database_exists(&database).await,
-        "deprovision left database {database}"
-    );
-    assert!(
-        !role_exists(&format!("{database}_owner")).await,
-        "deprovision left the owner role"
-    );
-    let (status, operation) = broker
-        .get(&format!("{}/last_operation", instance_path(&instance_a)))
-        .await;
-    assert_eq!(
-        (status, &operation["state"]),
-        (200, &json!("succeeded")),
-        "{operation}"
-    );
-
-    // B is deleted with its binding still there: the binding's role goes too.
-    let (status, body) = broker.deprovision(&instance_b, &large).await;
-    assert_eq!((status, body), (200, json!({})));
-    assert!(!database_exists(&database_b).await);
-    assert!(
-        !role_exists(&role_b).await,
-        "deprovision left the role of a binding never unbound: {role_b}"
-    );
-
-    let logs = broker.logs();
-    for secret in [password.as_str(), credential(&creds_b, "password")] {
-        assert!(
-            !logs.contains(secret),
-            "a binding's password is in the broker log after unbind/deprovision"
-        );
-    }
 }
 
 #[tokio::test]
-async fn postgres_parameters_are_checked_against_the_plan() {
+async fn parameters_are_checked_against_the_plan() {
     if !service_available("PostgreSQL", "127.0.0.1:5432") {
         return;
     }
@@ -258,95 +283,6 @@ async fn postgres_parameters_are_checked_against_the_plan() {
     assert_eq!(status, 400, "an unknown parameter: {body}");
     let (status, _) = broker.get(&instance_path(&instance)).await;
     assert_eq!(status, 404);
-}
-
-#[tokio::test]
-async fn postgres_binding_rotation_keeps_both_credentials_until_unbound() {
-    if !service_available("PostgreSQL", "127.0.0.1:5432") {
-        return;
-    }
-    let broker = postgres_broker().await;
-    let plan = broker.plan("postgres", "small").await;
-    let instance = unique_id("pg-rotate");
-    let (status, body) = broker.provision(&instance, &plan, None).await;
-    assert_eq!(status, 201, "{body}");
-    let old = unique_id("pg-rotate-old");
-    let (status, old_bound) = broker.bind(&instance, &old, &plan, None).await;
-    assert_eq!(status, 201, "{old_bound}");
-    let old_uri = credential(credentials(&old_bound), "uri").to_owned();
-    let mut app = connect(&old_uri).await.expect("old credentials log in");
-    sqlx::query("CREATE TABLE rotated (v INT)")
-        .execute(&mut app)
-        .await
-        .expect("create");
-    sqlx::query("INSERT INTO rotated VALUES (42)")
-        .execute(&mut app)
-        .await
-        .expect("insert");
-    drop(app);
-
-    let new = unique_id("pg-rotate-new");
-    let mut rotation = bind_body(&plan, None);
-    rotation["predecessor_binding_id"] = json!(old);
-    let (status, new_bound) = broker.put_binding(&instance, &new, &rotation).await;
-    assert_eq!(status, 201, "{new_bound}");
-    let new_uri = credential(credentials(&new_bound), "uri").to_owned();
-    assert_ne!(new_uri, old_uri);
-    for uri in [&old_uri, &new_uri] {
-        let mut app = connect(uri)
-            .await
-            .expect("both credentials log in during a rotation");
-        let (value,): (i32,) = sqlx::query_as("SELECT v FROM rotated")
-            .fetch_one(&mut app)
-            .await
-            .expect("select");
-        assert_eq!(value, 42, "the new binding sees the old one's table");
-    }
-
-    let (status, body) = broker.unbind(&instance, &old, &plan).await;
-    assert_eq!((status, body), (200, json!({})));
-    assert!(
-        connect(&old_uri).await.is_err(),
-        "old credentials still log in after their unbind"
-    );
-    let mut app = connect(&new_uri)
-        .await
-        .expect("new credentials outlive the old binding");
-    sqlx::query("INSERT INTO rotated VALUES (43)")
-        .execute(&mut app)
-        .await
-        .expect("the new binding writes");
-    drop(app);
-
-    let (status, body) = broker.unbind(&instance, &new, &plan).await;
-    assert_eq!((status, body), (200, json!({})));
-    let (status, body) = broker.deprovision(&instance, &plan).await;
-    assert_eq!((status, body), (200, json!({})));
-}
-
-/// `yyyy-mm-ddThh:mm:ss.sZ`, the binding metadata format OSB fixes.
-#[track_caller]
-fn assert_osb_timestamp(text: &str) {
-    let shape: String = text
-        .chars()
-        .map(|c| if c.is_ascii_digit() { 'd' } else { c })
-        .collect();
-    assert_eq!(shape, "dddd-dd-ddTdd:dd:dd.dZ", "{text}");
-}
-
-/// The `metadata` of a bind or fetch-binding body: (`expires_at`, `renew_before`).
-#[track_caller]
-fn binding_metadata(body: &serde_json::Value) -> (String, String) {
-    let field = |name: &str| {
-        body["metadata"][name]
-            .as_str()
-            .unwrap_or_else(|| panic!("no metadata.{name} in {body}"))
-            .to_owned()
-    };
-    let (expires_at, renew_before) = (field("expires_at"), field("renew_before"));
-    assert_osb_timestamp(&expires_at);
-    assert_osb_timestamp(&renew_before);
-    (expires_at, renew_before)
 }
 
 /// The server's clock in whole seconds since the epoch, rounded down
@@ -388,7 +324,7 @@ async fn role_expiry(role: &str, expires_at: &str, renew_before: &str) -> (i64, 
 const DAY: i64 = 86_400;
 
 #[tokio::test]
-async fn postgres_binding_lifetime_is_the_roles_valid_until() {
+async fn binding_lifetime_is_the_roles_valid_until() {
     if !service_available("PostgreSQL", "127.0.0.1:5432") {
         return;
     }
@@ -466,7 +402,7 @@ async fn postgres_binding_lifetime_is_the_roles_valid_until() {
     // A lifetime that is over before it starts, or not a number of days, is
     // the platform user's mistake, and nothing is created.
     for refused in bind_refused_lifetimes(&broker, &instance, &plan, "pg-expiry-refused").await {
-        let role = wasm_broker_tests::derived_name("u_", &refused, 63);
+        let role = derived_name("u_", &refused, 63);
         assert!(!role_exists(&role).await, "{refused} created {role}");
     }
 
@@ -476,7 +412,7 @@ async fn postgres_binding_lifetime_is_the_roles_valid_until() {
 }
 
 #[tokio::test]
-async fn postgres_rotation_gives_the_successor_a_lifetime_of_its_own() {
+async fn rotation_gives_the_successor_a_lifetime_of_its_own() {
     if !service_available("PostgreSQL", "127.0.0.1:5432") {
         return;
     }
@@ -558,7 +494,7 @@ async fn postgres_rotation_gives_the_successor_a_lifetime_of_its_own() {
 }
 
 #[tokio::test]
-async fn postgres_operator_default_lifetime_applies_unless_the_binding_asks() {
+async fn operator_default_lifetime_applies_unless_the_binding_asks() {
     if !service_available("PostgreSQL", "127.0.0.1:5432") {
         return;
     }

@@ -33,6 +33,7 @@ async fn crash_and_restart(broker: &mut TestBroker, why: &str) {
 
 #[tokio::test]
 async fn an_async_provision_survives_a_crash() {
+    let _cpu = wasm_broker_tests::timed().await;
     let mut broker = slow_async_broker().await;
     let plan = SLOW_ASYNC.plan();
     let instance_id = unique_id("restart-provision");
@@ -93,6 +94,7 @@ async fn an_async_provision_survives_a_crash() {
 
 #[tokio::test]
 async fn an_async_bind_survives_a_crash() {
+    let _cpu = wasm_broker_tests::timed().await;
     let mut broker = slow_async_broker().await;
     let plan = SLOW_ASYNC.plan();
     let instance_id = unique_id("restart-bind-instance");
@@ -167,6 +169,7 @@ async fn an_async_bind_survives_a_crash() {
 
 #[tokio::test]
 async fn a_sync_provision_cut_short_by_a_crash_is_reported_failed() {
+    let _cpu = wasm_broker_tests::timed().await;
     let mut broker = TestBroker::start(BrokerSetup {
         plugins: vec![FAULT_LOOP.plugin()],
         // Long enough that only the crash ends the call.
@@ -236,6 +239,7 @@ async fn a_sync_provision_cut_short_by_a_crash_is_reported_failed() {
 /// Several operations of different kinds in flight at once all come back.
 #[tokio::test]
 async fn every_operation_in_flight_comes_back() {
+    let _cpu = wasm_broker_tests::timed().await;
     let mut broker = slow_async_broker().await;
     let plan = SLOW_ASYNC.plan();
     let ids: Vec<String> = (0..4)
@@ -258,6 +262,7 @@ async fn every_operation_in_flight_comes_back() {
 /// crash in between must not lose them.
 #[tokio::test]
 async fn an_async_update_survives_a_crash_with_its_changes() {
+    let _cpu = wasm_broker_tests::timed().await;
     let mut broker = slow_async_broker().await;
     let plan = SLOW_ASYNC.plan();
     let instance_id = unique_id("restart-update");
@@ -299,6 +304,7 @@ async fn an_async_update_survives_a_crash_with_its_changes() {
 
 #[tokio::test]
 async fn an_async_deprovision_survives_a_crash() {
+    let _cpu = wasm_broker_tests::timed().await;
     let mut broker = slow_async_broker().await;
     let plan = SLOW_ASYNC.plan();
     let instance_id = unique_id("restart-deprovision");

@@ -60,6 +60,7 @@ async fn echo_served_by(broker: &TestBroker) -> String {
 
 #[tokio::test]
 async fn replacing_a_plugin_file_swaps_its_version_without_a_restart() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = echo_broker().await;
     let echo_file = broker.plugin_dir().join("echo.wasm");
     wait_for_echo_version(&broker, "1.0.0").await;
@@ -117,6 +118,7 @@ async fn replacing_a_plugin_file_swaps_its_version_without_a_restart() {
 
 #[tokio::test]
 async fn added_plugins_serve_and_removed_ones_stop() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = echo_broker().await;
     let added = broker.plugin_dir().join("slow_async.wasm");
     assert!(offering(&broker.catalog().await, SLOW_ASYNC.offering).is_none());
@@ -177,6 +179,7 @@ async fn added_plugins_serve_and_removed_ones_stop() {
 
 #[tokio::test]
 async fn a_broken_replacement_leaves_the_old_version_serving() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = echo_broker().await;
     let echo_file = broker.plugin_dir().join("echo.wasm");
 
@@ -216,6 +219,7 @@ async fn a_broken_replacement_leaves_the_old_version_serving() {
 /// while the new file serves new requests at once.
 #[tokio::test]
 async fn a_swap_does_not_disturb_calls_in_flight() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = Arc::new(
         TestBroker::start(BrokerSetup {
             plugins: vec![FAULT_LOOP.plugin()],
@@ -287,6 +291,7 @@ async fn a_swap_does_not_disturb_calls_in_flight() {
 /// served whole by one version or the other.
 #[tokio::test]
 async fn a_swap_under_load_fails_no_request() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = Arc::new(echo_broker().await);
     let swapping = {
         let broker = broker.clone();
@@ -329,6 +334,7 @@ async fn a_swap_under_load_fails_no_request() {
 /// them again, their operations included.
 #[tokio::test]
 async fn a_plugin_put_back_serves_its_instances_again() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = TestBroker::start(BrokerSetup {
         plugins: vec![SLOW_ASYNC.plugin()],
         ..BrokerSetup::default()
@@ -380,6 +386,7 @@ async fn a_plugin_put_back_serves_its_instances_again() {
 /// section like one present at start: its grants and its limits.
 #[tokio::test]
 async fn an_added_plugin_gets_its_grants_and_limits() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = TestBroker::start(BrokerSetup {
         plugins: vec![ECHO.plugin()],
         extra_config: format!(
@@ -444,6 +451,7 @@ async fn an_added_plugin_gets_its_grants_and_limits() {
 /// Platforms cache the catalog by ETag: a swap must change it.
 #[tokio::test]
 async fn a_swap_changes_the_catalog_etag() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = echo_broker().await;
     let etag = |response: &reqwest::Response| {
         response
@@ -486,6 +494,7 @@ async fn a_swap_changes_the_catalog_etag() {
 /// old version serves on, then the whole file is taken.
 #[tokio::test]
 async fn a_slowly_written_file_is_taken_once_complete() {
+    let _cpu = wasm_broker_tests::timed().await;
     use std::io::Write as _;
     let broker = echo_broker().await;
     let new_code = read(&wasm("version_two"));
@@ -520,6 +529,7 @@ async fn a_slowly_written_file_is_taken_once_complete() {
 /// symlinks through `..data` and never change themselves.
 #[tokio::test]
 async fn a_volume_updated_the_kubernetes_way_is_reloaded() {
+    let _cpu = wasm_broker_tests::timed().await;
     use std::os::unix::fs::symlink;
     let broker = echo_broker().await;
     let dir = broker.plugin_dir();

@@ -201,6 +201,7 @@ inference.algorithms = []
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_broker_answers_as_its_openapi_document_says() {
+    let _cpu = wasm_broker_tests::saturating().await;
     let Some(version) = installed_schemathesis().await else {
         return;
     };

@@ -61,6 +61,7 @@ fn store_gauge(metrics: &str, resource: &str, phase: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn asynchronous_operations_awaiting_completion_are_counted() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = start().await;
     let plan = SLOW_ASYNC.plan();
     let metrics = scrape(&broker).await;
@@ -140,6 +141,7 @@ async fn asynchronous_operations_awaiting_completion_are_counted() {
 
 #[tokio::test]
 async fn plugin_calls_running_now_are_counted() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = start().await;
     let labels = [("plugin", "fault_loop"), ("operation", "provision")];
     let instance = unique_id("metrics-loop");
@@ -179,6 +181,7 @@ async fn plugin_calls_running_now_are_counted() {
 
 #[tokio::test]
 async fn unauthenticated_endpoints_expose_no_secrets() {
+    let _cpu = wasm_broker_tests::timed().await;
     let broker = start().await;
     let plan = SLOW_ASYNC.plan();
     let instance = unique_id("metrics-secret-instance");
