@@ -20,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use serde_json::{Value, json};
 use wasm_broker::config::StateConfig;
-use wasm_broker::model::{Binding, BindingResult, Instance, OperationKind};
 use wasm_broker::lifecycle::{OperationPhase, OperationRecord, ResourceStatus};
+use wasm_broker::model::{Binding, BindingResult, Instance, OperationKind};
 use wasm_broker::state::{BindingRecord, InstanceRecord, StateError, StateStore, Transition};
 
 #[derive(Clone)]

@@ -10,8 +10,8 @@ use anyhow::{Context, ensure};
 use hyper::{Method, StatusCode};
 use serde_json::json;
 use wasm_broker::config::StateConfig;
-use wasm_broker::model::{Binding, BindingResult, Instance, OperationKind};
 use wasm_broker::lifecycle::{OperationPhase, OperationRecord, ResourceStatus};
+use wasm_broker::model::{Binding, BindingResult, Instance, OperationKind};
 use wasm_broker::state::{BindingRecord, InstanceRecord, StateStore, Transition};
 
 use crate::load::{self, Connection, Measurement, Window, nanos};

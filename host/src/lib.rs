@@ -2,7 +2,8 @@
 //! operation to a sandboxed WebAssembly plugin.
 //!
 //! - [`osb`]: the HTTP layer; knows OSB, nothing of wasmtime.
-//! - [`broker`]: idempotency, concurrency, operation records.
+//! - [`broker`]: the core: catalog checks, records and plugin calls around the rules.
+//! - [`lifecycle`]: the OSB lifecycle rules as pure functions (no I/O).
 //! - [`runtime`]: loads and calls plugin components; knows nothing of HTTP.
 //! - [`contract`]: the WIT contract with plugins, as generated Rust.
 //! - [`limits`]: the fixed limits on a plugin call, shared by runtime and capabilities.

@@ -210,7 +210,8 @@ impl<P: Plugins, R: Records> Broker<P, R> {
             .bind(&instance.instance, &record.binding, &request.info)
             .await
             .map_err(BrokerError::from);
-        let settlement = lifecycle::settle(OperationKind::Bind, accepts_incomplete, answer(outcome));
+        let settlement =
+            lifecycle::settle(OperationKind::Bind, accepts_incomplete, answer(outcome));
         self.finish_binding(
             &request.binding_id,
             &request.instance_id,

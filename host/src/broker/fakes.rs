@@ -40,7 +40,9 @@ pub struct MemoryRecords {
 impl MemoryRecords {
     fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
         // A test that panicked while holding the lock already failed.
-        self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn instance_now(&self, id: &str) -> Option<InstanceRecord> {
@@ -94,7 +96,10 @@ impl Records for MemoryRecords {
         &self,
         id: &str,
         instance_id: &str,
-        decide: impl FnOnce(Option<InstanceRecord>, Option<BindingRecord>) -> Transition<BindingRecord, R>
+        decide: impl FnOnce(
+            Option<InstanceRecord>,
+            Option<BindingRecord>,
+        ) -> Transition<BindingRecord, R>
         + Send,
     ) -> Result<R, StateError> {
         let mut tables = self.tables();
@@ -147,7 +152,10 @@ impl ScriptedPlugins {
     }
 
     /// The next answers to `last_operation` / `last_binding_operation`.
-    pub fn script_polls(&self, answers: impl IntoIterator<Item = Result<OperationStatus, CallError>>) {
+    pub fn script_polls(
+        &self,
+        answers: impl IntoIterator<Item = Result<OperationStatus, CallError>>,
+    ) {
         self.polls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -187,7 +195,11 @@ fn fault() -> CallError {
     }
 }
 
-fn outcome<T>(script: Script, done: T, accepted: impl FnOnce(crate::model::Accepted) -> T) -> Result<T, CallError> {
+fn outcome<T>(
+    script: Script,
+    done: T,
+    accepted: impl FnOnce(crate::model::Accepted) -> T,
+) -> Result<T, CallError> {
     match script {
         Script::Done => Ok(done),
         Script::Accepted(token) => Ok(accepted(crate::model::Accepted {
@@ -212,12 +224,20 @@ impl Plugins for ScriptedPlugins {
         self.catalog.clone()
     }
 
-    async fn provision(&self, instance: &Instance, _: &RequestInfo) -> Result<InstanceOutcome, CallError> {
+    async fn provision(
+        &self,
+        instance: &Instance,
+        _: &RequestInfo,
+    ) -> Result<InstanceOutcome, CallError> {
         let result = InstanceResult {
             dashboard_url: Some(format!("https://dashboard.example/{}", instance.id)),
             metadata: None,
         };
-        outcome(self.next("provision", &instance.id), InstanceOutcome::Done(result), InstanceOutcome::Accepted)
+        outcome(
+            self.next("provision", &instance.id),
+            InstanceOutcome::Done(result),
+            InstanceOutcome::Accepted,
+        )
     }
 
     async fn update(
@@ -233,11 +253,24 @@ impl Plugins for ScriptedPlugins {
         )
     }
 
-    async fn deprovision(&self, instance: &Instance, _: &RequestInfo) -> Result<DeletionOutcome, CallError> {
-        outcome(self.next("deprovision", &instance.id), DeletionOutcome::Done, DeletionOutcome::Accepted)
+    async fn deprovision(
+        &self,
+        instance: &Instance,
+        _: &RequestInfo,
+    ) -> Result<DeletionOutcome, CallError> {
+        outcome(
+            self.next("deprovision", &instance.id),
+            DeletionOutcome::Done,
+            DeletionOutcome::Accepted,
+        )
     }
 
-    async fn bind(&self, _: &Instance, binding: &Binding, _: &RequestInfo) -> Result<BindOutcome, CallError> {
+    async fn bind(
+        &self,
+        _: &Instance,
+        binding: &Binding,
+        _: &RequestInfo,
+    ) -> Result<BindOutcome, CallError> {
         outcome(
             self.next("bind", &binding.id),
             BindOutcome::Done(credentials_of(&binding.id)),
@@ -245,8 +278,17 @@ impl Plugins for ScriptedPlugins {
         )
     }
 
-    async fn unbind(&self, _: &Instance, binding: &Binding, _: &RequestInfo) -> Result<DeletionOutcome, CallError> {
-        outcome(self.next("unbind", &binding.id), DeletionOutcome::Done, DeletionOutcome::Accepted)
+    async fn unbind(
+        &self,
+        _: &Instance,
+        binding: &Binding,
+        _: &RequestInfo,
+    ) -> Result<DeletionOutcome, CallError> {
+        outcome(
+            self.next("unbind", &binding.id),
+            DeletionOutcome::Done,
+            DeletionOutcome::Accepted,
+        )
     }
 
     async fn last_operation(
@@ -278,7 +320,11 @@ impl Plugins for ScriptedPlugins {
         })
     }
 
-    async fn get_binding(&self, _: &Instance, binding: &Binding) -> Result<BindingResult, CallError> {
+    async fn get_binding(
+        &self,
+        _: &Instance,
+        binding: &Binding,
+    ) -> Result<BindingResult, CallError> {
         match self.next("get_binding", &binding.id) {
             Script::Fault => Err(fault()),
             _ => Ok(credentials_of(&binding.id)),

@@ -152,8 +152,11 @@ impl<P: Plugins, R: Records> Broker<P, R> {
             .provision(&record.instance, &request.info)
             .await
             .map_err(BrokerError::from);
-        let settlement =
-            lifecycle::settle(OperationKind::Provision, accepts_incomplete, answer(outcome));
+        let settlement = lifecycle::settle(
+            OperationKind::Provision,
+            accepts_incomplete,
+            answer(outcome),
+        );
         self.finish_instance(&request.instance_id, &operation_id, |record, operation| {
             settlement.apply(&mut record.status, operation);
             match &settlement.verdict {
@@ -208,23 +211,26 @@ impl<P: Plugins, R: Records> Broker<P, R> {
                         .as_ref()
                         .map(|record| found(record, mismatch.as_deref())),
                 );
-                let (mut operation, Some(mut record)) = (match admission {
-                    Admission::Start(operation) => operation,
-                    Admission::Running { operation } => {
-                        return Transition::Keep(Ok(Next::Answer(Changed::Accepted(
-                            AcceptedReply {
-                                operation,
-                                dashboard_url: None,
-                            },
-                        ))));
-                    }
-                    Admission::Refuse(refusal) => return Transition::Keep(Err(refusal)),
-                    Admission::Existing => {
-                        return Transition::Keep(Err(Refusal::Internal(
-                            "an update was answered as a create".to_owned(),
-                        )));
-                    }
-                }, existing) else {
+                let (mut operation, Some(mut record)) = (
+                    match admission {
+                        Admission::Start(operation) => operation,
+                        Admission::Running { operation } => {
+                            return Transition::Keep(Ok(Next::Answer(Changed::Accepted(
+                                AcceptedReply {
+                                    operation,
+                                    dashboard_url: None,
+                                },
+                            ))));
+                        }
+                        Admission::Refuse(refusal) => return Transition::Keep(Err(refusal)),
+                        Admission::Existing => {
+                            return Transition::Keep(Err(Refusal::Internal(
+                                "an update was answered as a create".to_owned(),
+                            )));
+                        }
+                    },
+                    existing,
+                ) else {
                     return Transition::Keep(Err(Refusal::Internal(
                         "an update was admitted without a record".to_owned(),
                     )));
@@ -341,8 +347,11 @@ impl<P: Plugins, R: Records> Broker<P, R> {
                 .map_err(BrokerError::from),
             Err(failure) => Err(failure),
         };
-        let settlement =
-            lifecycle::settle(OperationKind::Deprovision, accepts_incomplete, answer(outcome));
+        let settlement = lifecycle::settle(
+            OperationKind::Deprovision,
+            accepts_incomplete,
+            answer(outcome),
+        );
         self.finish_instance(&request.instance_id, &operation_id, |record, operation| {
             settlement.apply(&mut record.status, operation);
         })

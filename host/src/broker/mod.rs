@@ -155,7 +155,10 @@ fn reply<T>(verdict: Verdict<T, BrokerError>) -> Reply<T> {
 }
 
 /// The reply to a create: 201 with the result, or 202 with `operation`.
-fn created<T>(verdict: Verdict<T, BrokerError>, operation: String) -> Result<Created<T>, BrokerError> {
+fn created<T>(
+    verdict: Verdict<T, BrokerError>,
+    operation: String,
+) -> Result<Created<T>, BrokerError> {
     Ok(match reply(verdict)? {
         Ok(result) => Created::New(result),
         Err(dashboard_url) => Created::Accepted(AcceptedReply {
@@ -166,7 +169,10 @@ fn created<T>(verdict: Verdict<T, BrokerError>, operation: String) -> Result<Cre
 }
 
 /// The reply to an update or delete: 200, or 202 with `operation`.
-fn changed<T>(verdict: Verdict<T, BrokerError>, operation: String) -> Result<Changed<T>, BrokerError> {
+fn changed<T>(
+    verdict: Verdict<T, BrokerError>,
+    operation: String,
+) -> Result<Changed<T>, BrokerError> {
     Ok(match reply(verdict)? {
         Ok(result) => Changed::Done(result),
         Err(dashboard_url) => Changed::Accepted(AcceptedReply {

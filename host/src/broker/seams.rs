@@ -113,7 +113,10 @@ pub trait Records: Send + Sync + 'static {
         &self,
         id: &str,
         instance_id: &str,
-        decide: impl FnOnce(Option<InstanceRecord>, Option<BindingRecord>) -> Transition<BindingRecord, R>
+        decide: impl FnOnce(
+            Option<InstanceRecord>,
+            Option<BindingRecord>,
+        ) -> Transition<BindingRecord, R>
         + Send,
     ) -> impl Future<Output = Result<R, StateError>> + Send;
 }
@@ -223,7 +226,10 @@ impl Records for StateStore {
         &self,
         id: &str,
         instance_id: &str,
-        decide: impl FnOnce(Option<InstanceRecord>, Option<BindingRecord>) -> Transition<BindingRecord, R>
+        decide: impl FnOnce(
+            Option<InstanceRecord>,
+            Option<BindingRecord>,
+        ) -> Transition<BindingRecord, R>
         + Send,
     ) -> Result<R, StateError> {
         StateStore::transition_binding(self, id, instance_id, decide).await

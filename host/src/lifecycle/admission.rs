@@ -71,9 +71,9 @@ pub fn admit(request: &Request<'_>, found: Option<Found<'_>>) -> Admission {
                 "{noun} {} does not exist",
                 request.id
             ))),
-            OperationKind::Deprovision | OperationKind::Unbind => Admission::Refuse(
-                Refusal::Gone(format!("{noun} {} does not exist", request.id)),
-            ),
+            OperationKind::Deprovision | OperationKind::Unbind => Admission::Refuse(Refusal::Gone(
+                format!("{noun} {} does not exist", request.id),
+            )),
         };
     };
     if is_creation(request.kind) {
@@ -190,16 +190,18 @@ fn repeated_creation(request: &Request<'_>, found: Found<'_>) -> Admission {
                 operation: op.id.clone(),
             }
         }
-        (ResourceStatus::Failed, _) => Admission::Refuse(Refusal::Conflict(match request.resource {
-            Resource::Instance => format!(
-                "provisioning service instance {} failed earlier; deprovision it before provisioning again",
-                request.id
-            ),
-            Resource::Binding => format!(
-                "binding {} failed earlier; unbind it before binding again",
-                request.id
-            ),
-        })),
+        (ResourceStatus::Failed, _) => {
+            Admission::Refuse(Refusal::Conflict(match request.resource {
+                Resource::Instance => format!(
+                    "provisioning service instance {} failed earlier; deprovision it before provisioning again",
+                    request.id
+                ),
+                Resource::Binding => format!(
+                    "binding {} failed earlier; unbind it before binding again",
+                    request.id
+                ),
+            }))
+        }
         _ => Admission::Refuse(concurrency_error(request.resource)),
     }
 }

@@ -24,8 +24,8 @@ use crate::model::{InstanceChanges, OperationKind, OperationState, OperationStat
 
 pub use admission::{Admission, Found, Request, admit, admit_binding, fetchable_instance};
 pub use settlement::{
-    ASYNC_WITHOUT_ACCEPTS_INCOMPLETE, Answer, PollStep, Polled, Settlement, Step, Verdict, poll_step,
-    fail_interrupted, record_status, settle, settle_poll,
+    ASYNC_WITHOUT_ACCEPTS_INCOMPLETE, Answer, PollStep, Polled, Settlement, Step, Verdict,
+    fail_interrupted, poll_step, record_status, settle, settle_poll,
 };
 
 /// Where a resource (instance or binding) is in its life.

@@ -19,9 +19,7 @@ use crate::model::{
     OperationKind, OperationState, OperationStatus, Refusal,
 };
 
-use super::{
-    OperationPhase, OperationRecord, ResourceStatus, is_creation, is_deletion, status,
-};
+use super::{OperationPhase, OperationRecord, ResourceStatus, is_creation, is_deletion, status};
 
 /// What the plugin (or the broker around it) answered a started operation;
 /// `T` is what a success carries (the instance's or binding's result).
@@ -78,7 +76,9 @@ pub enum Verdict<T, F> {
     /// 200 (or 201 for a creation) with what the plugin made.
     Done(T),
     /// 202 with the operation's id; the plugin's dashboard URL, if any.
-    Accepted { dashboard_url: Option<String> },
+    Accepted {
+        dashboard_url: Option<String>,
+    },
     Refused(Refusal),
     Failed(F),
     /// The plugin answered in a way the contract forbids (500).

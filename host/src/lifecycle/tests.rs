@@ -49,51 +49,261 @@ type Row = (
 const ROWS: &[Row] = &[
     // Creations of an unknown (or deleted) id start.
     (Kind::Provision, None, false, false, "start"),
-    (Kind::Provision, Some((Deleted, Some((Kind::Deprovision, Succeeded)))), true, false, "start"),
+    (
+        Kind::Provision,
+        Some((Deleted, Some((Kind::Deprovision, Succeeded)))),
+        true,
+        false,
+        "start",
+    ),
     (Kind::Bind, None, false, true, "start"),
     // The same creation again: 200 once ready, 202 while async, 422 else.
-    (Kind::Provision, Some((Ready, Some((Kind::Provision, Succeeded)))), false, false, "200"),
-    (Kind::Provision, Some((Ready, Some((Kind::Update, OpFailed)))), false, true, "200"),
-    (Kind::Provision, Some((Ready, Some((Kind::Update, InProgress)))), false, true, "ConcurrencyError"),
-    (Kind::Provision, Some((Creating, Some((Kind::Provision, InProgress)))), false, true, "202"),
-    (Kind::Provision, Some((Creating, Some((Kind::Provision, InProgress)))), false, false, "ConcurrencyError"),
-    (Kind::Provision, Some((Creating, Some((Kind::Provision, Calling)))), false, true, "ConcurrencyError"),
-    (Kind::Bind, Some((Ready, Some((Kind::Bind, Succeeded)))), false, false, "200"),
-    (Kind::Bind, Some((Creating, Some((Kind::Bind, InProgress)))), false, true, "202"),
-    (Kind::Bind, Some((Ready, Some((Kind::Unbind, InProgress)))), false, true, "ConcurrencyError"),
+    (
+        Kind::Provision,
+        Some((Ready, Some((Kind::Provision, Succeeded)))),
+        false,
+        false,
+        "200",
+    ),
+    (
+        Kind::Provision,
+        Some((Ready, Some((Kind::Update, OpFailed)))),
+        false,
+        true,
+        "200",
+    ),
+    (
+        Kind::Provision,
+        Some((Ready, Some((Kind::Update, InProgress)))),
+        false,
+        true,
+        "ConcurrencyError",
+    ),
+    (
+        Kind::Provision,
+        Some((Creating, Some((Kind::Provision, InProgress)))),
+        false,
+        true,
+        "202",
+    ),
+    (
+        Kind::Provision,
+        Some((Creating, Some((Kind::Provision, InProgress)))),
+        false,
+        false,
+        "ConcurrencyError",
+    ),
+    (
+        Kind::Provision,
+        Some((Creating, Some((Kind::Provision, Calling)))),
+        false,
+        true,
+        "ConcurrencyError",
+    ),
+    (
+        Kind::Bind,
+        Some((Ready, Some((Kind::Bind, Succeeded)))),
+        false,
+        false,
+        "200",
+    ),
+    (
+        Kind::Bind,
+        Some((Creating, Some((Kind::Bind, InProgress)))),
+        false,
+        true,
+        "202",
+    ),
+    (
+        Kind::Bind,
+        Some((Ready, Some((Kind::Unbind, InProgress)))),
+        false,
+        true,
+        "ConcurrencyError",
+    ),
     // A different creation of a known id: 409, whatever its state.
-    (Kind::Provision, Some((Ready, Some((Kind::Provision, Succeeded)))), true, false, "Conflict"),
-    (Kind::Provision, Some((Creating, Some((Kind::Provision, InProgress)))), true, true, "Conflict"),
+    (
+        Kind::Provision,
+        Some((Ready, Some((Kind::Provision, Succeeded)))),
+        true,
+        false,
+        "Conflict",
+    ),
+    (
+        Kind::Provision,
+        Some((Creating, Some((Kind::Provision, InProgress)))),
+        true,
+        true,
+        "Conflict",
+    ),
     (Kind::Bind, Some((Ready, None)), true, false, "Conflict"),
     // After a failed creation: 409 until deleted.
-    (Kind::Provision, Some((Failed, Some((Kind::Provision, OpFailed)))), false, false, "Conflict"),
-    (Kind::Bind, Some((Failed, Some((Kind::Bind, OpFailed)))), false, true, "Conflict"),
+    (
+        Kind::Provision,
+        Some((Failed, Some((Kind::Provision, OpFailed)))),
+        false,
+        false,
+        "Conflict",
+    ),
+    (
+        Kind::Bind,
+        Some((Failed, Some((Kind::Bind, OpFailed)))),
+        false,
+        true,
+        "Conflict",
+    ),
     // Updates.
     (Kind::Update, None, false, false, "NotFound"),
-    (Kind::Update, Some((Deleted, None)), false, false, "NotFound"),
-    (Kind::Update, Some((Ready, Some((Kind::Provision, Succeeded)))), false, false, "start"),
-    (Kind::Update, Some((Ready, Some((Kind::Provision, Succeeded)))), true, false, "BadRequest"),
-    (Kind::Update, Some((Failed, Some((Kind::Provision, OpFailed)))), false, false, "Unprocessable"),
-    (Kind::Update, Some((Creating, Some((Kind::Provision, InProgress)))), false, true, "ConcurrencyError"),
-    (Kind::Update, Some((Ready, Some((Kind::Update, InProgress)))), false, true, "202"),
-    (Kind::Update, Some((Ready, Some((Kind::Update, InProgress)))), false, false, "ConcurrencyError"),
-    (Kind::Update, Some((Ready, Some((Kind::Update, Calling)))), false, true, "ConcurrencyError"),
+    (
+        Kind::Update,
+        Some((Deleted, None)),
+        false,
+        false,
+        "NotFound",
+    ),
+    (
+        Kind::Update,
+        Some((Ready, Some((Kind::Provision, Succeeded)))),
+        false,
+        false,
+        "start",
+    ),
+    (
+        Kind::Update,
+        Some((Ready, Some((Kind::Provision, Succeeded)))),
+        true,
+        false,
+        "BadRequest",
+    ),
+    (
+        Kind::Update,
+        Some((Failed, Some((Kind::Provision, OpFailed)))),
+        false,
+        false,
+        "Unprocessable",
+    ),
+    (
+        Kind::Update,
+        Some((Creating, Some((Kind::Provision, InProgress)))),
+        false,
+        true,
+        "ConcurrencyError",
+    ),
+    (
+        Kind::Update,
+        Some((Ready, Some((Kind::Update, InProgress)))),
+        false,
+        true,
+        "202",
+    ),
+    (
+        Kind::Update,
+        Some((Ready, Some((Kind::Update, InProgress)))),
+        false,
+        false,
+        "ConcurrencyError",
+    ),
+    (
+        Kind::Update,
+        Some((Ready, Some((Kind::Update, Calling)))),
+        false,
+        true,
+        "ConcurrencyError",
+    ),
     // Deletions.
     (Kind::Deprovision, None, false, false, "Gone"),
-    (Kind::Deprovision, Some((Deleted, Some((Kind::Deprovision, Succeeded)))), false, false, "Gone"),
-    (Kind::Deprovision, Some((Ready, None)), false, false, "start"),
-    (Kind::Deprovision, Some((Ready, None)), true, false, "BadRequest"),
+    (
+        Kind::Deprovision,
+        Some((Deleted, Some((Kind::Deprovision, Succeeded)))),
+        false,
+        false,
+        "Gone",
+    ),
+    (
+        Kind::Deprovision,
+        Some((Ready, None)),
+        false,
+        false,
+        "start",
+    ),
+    (
+        Kind::Deprovision,
+        Some((Ready, None)),
+        true,
+        false,
+        "BadRequest",
+    ),
     // Orphan mitigation: a failed creation can be deleted.
-    (Kind::Deprovision, Some((Failed, Some((Kind::Provision, OpFailed)))), false, false, "start"),
-    (Kind::Deprovision, Some((Creating, Some((Kind::Provision, InProgress)))), false, true, "ConcurrencyError"),
-    (Kind::Deprovision, Some((Ready, Some((Kind::Deprovision, InProgress)))), false, true, "202"),
-    (Kind::Deprovision, Some((Ready, Some((Kind::Deprovision, InProgress)))), false, false, "ConcurrencyError"),
-    (Kind::Deprovision, Some((Ready, Some((Kind::Deprovision, Calling)))), false, true, "ConcurrencyError"),
-    (Kind::Deprovision, Some((Ready, Some((Kind::Update, InProgress)))), false, true, "ConcurrencyError"),
-    (Kind::Unbind, Some((Ready, Some((Kind::Bind, Succeeded)))), false, false, "start"),
-    (Kind::Unbind, Some((Failed, Some((Kind::Bind, OpFailed)))), false, false, "start"),
-    (Kind::Unbind, Some((Ready, Some((Kind::Unbind, InProgress)))), false, true, "202"),
-    (Kind::Unbind, Some((Creating, Some((Kind::Bind, InProgress)))), false, true, "ConcurrencyError"),
+    (
+        Kind::Deprovision,
+        Some((Failed, Some((Kind::Provision, OpFailed)))),
+        false,
+        false,
+        "start",
+    ),
+    (
+        Kind::Deprovision,
+        Some((Creating, Some((Kind::Provision, InProgress)))),
+        false,
+        true,
+        "ConcurrencyError",
+    ),
+    (
+        Kind::Deprovision,
+        Some((Ready, Some((Kind::Deprovision, InProgress)))),
+        false,
+        true,
+        "202",
+    ),
+    (
+        Kind::Deprovision,
+        Some((Ready, Some((Kind::Deprovision, InProgress)))),
+        false,
+        false,
+        "ConcurrencyError",
+    ),
+    (
+        Kind::Deprovision,
+        Some((Ready, Some((Kind::Deprovision, Calling)))),
+        false,
+        true,
+        "ConcurrencyError",
+    ),
+    (
+        Kind::Deprovision,
+        Some((Ready, Some((Kind::Update, InProgress)))),
+        false,
+        true,
+        "ConcurrencyError",
+    ),
+    (
+        Kind::Unbind,
+        Some((Ready, Some((Kind::Bind, Succeeded)))),
+        false,
+        false,
+        "start",
+    ),
+    (
+        Kind::Unbind,
+        Some((Failed, Some((Kind::Bind, OpFailed)))),
+        false,
+        false,
+        "start",
+    ),
+    (
+        Kind::Unbind,
+        Some((Ready, Some((Kind::Unbind, InProgress)))),
+        false,
+        true,
+        "202",
+    ),
+    (
+        Kind::Unbind,
+        Some((Creating, Some((Kind::Bind, InProgress)))),
+        false,
+        true,
+        "ConcurrencyError",
+    ),
 ];
 
 #[test]
@@ -155,7 +365,11 @@ fn a_resent_update_must_be_identical() {
             attributes,
             accepts_incomplete: true,
         };
-        assert_eq!(word(&admit(&request, Some(found))), expected, "{attributes}");
+        assert_eq!(
+            word(&admit(&request, Some(found))),
+            expected,
+            "{attributes}"
+        );
     }
 }
 
@@ -189,17 +403,47 @@ fn binding_admission_looks_at_the_instance_first() {
     let cases: &[(&Request<'_>, Option<Found<'_>>, Option<Found<'_>>, &str)] = &[
         (&bind, None, None, "NotFound"),
         (&bind, Some(instance(Deleted, None, None)), None, "NotFound"),
-        (&bind, Some(instance(Ready, None, Some("plan"))), None, "BadRequest"),
-        (&bind, Some(instance(Failed, None, None)), None, "Unprocessable"),
-        (&bind, Some(instance(Creating, Some(&provisioning), None)), None, "ConcurrencyError"),
-        (&bind, Some(instance(Ready, Some(&updating), None)), None, "ConcurrencyError"),
+        (
+            &bind,
+            Some(instance(Ready, None, Some("plan"))),
+            None,
+            "BadRequest",
+        ),
+        (
+            &bind,
+            Some(instance(Failed, None, None)),
+            None,
+            "Unprocessable",
+        ),
+        (
+            &bind,
+            Some(instance(Creating, Some(&provisioning), None)),
+            None,
+            "ConcurrencyError",
+        ),
+        (
+            &bind,
+            Some(instance(Ready, Some(&updating), None)),
+            None,
+            "ConcurrencyError",
+        ),
         (&bind, Some(ready), None, "start"),
         // An existing binding answers for itself, even while its instance updates.
-        (&bind, Some(instance(Ready, Some(&updating), None)), Some(bound), "200"),
+        (
+            &bind,
+            Some(instance(Ready, Some(&updating), None)),
+            Some(bound),
+            "200",
+        ),
         (&unbind, Some(ready), None, "Gone"),
         (&unbind, None, Some(bound), "Gone"),
         (&unbind, Some(ready), Some(bound), "start"),
-        (&unbind, Some(instance(Failed, None, None)), Some(bound), "start"),
+        (
+            &unbind,
+            Some(instance(Failed, None, None)),
+            Some(bound),
+            "start",
+        ),
     ];
     for (row, (request, instance, binding, expected)) in cases.iter().enumerate() {
         let answer = admit_binding(request, "i", *instance, *binding);
@@ -213,8 +457,14 @@ fn fetch_rules() {
     let updating = operation(Kind::Update, InProgress, &attributes);
     let provisioned = operation(Kind::Provision, Succeeded, &attributes);
     assert!(fetchable_instance("i", Ready, Some(&provisioned)).is_ok());
-    assert!(matches!(fetchable_instance("i", Creating, None), Err(Refusal::NotFound(_))));
-    assert!(matches!(fetchable_instance("i", Failed, None), Err(Refusal::NotFound(_))));
+    assert!(matches!(
+        fetchable_instance("i", Creating, None),
+        Err(Refusal::NotFound(_))
+    ));
+    assert!(matches!(
+        fetchable_instance("i", Failed, None),
+        Err(Refusal::NotFound(_))
+    ));
     assert!(matches!(
         fetchable_instance("i", Ready, Some(&updating)),
         Err(Refusal::ConcurrencyError(_))
@@ -245,6 +495,9 @@ fn settled(
     (settlement.status, operation.phase, verdict)
 }
 
+/// What a settlement leaves: the new status, the operation's phase, the verdict.
+type Settled = (Option<ResourceStatus>, OperationPhase, &'static str);
+
 #[test]
 fn settlement_table() {
     let done = || Answer::Done(InstanceResult::default());
@@ -254,30 +507,105 @@ fn settlement_table() {
     let bad = || Refusal::BadRequest("no".to_owned());
     let gone = || Refusal::Gone("gone".to_owned());
     let internal = || Refusal::Internal("oops".to_owned());
-    let rows: Vec<(Kind, bool, Answer<InstanceResult, String>, (Option<ResourceStatus>, OperationPhase, &str))> = vec![
-        (Kind::Provision, false, done(), (Some(Ready), Succeeded, "done")),
+    let rows: Vec<(Kind, bool, Answer<InstanceResult, String>, Settled)> = vec![
+        (
+            Kind::Provision,
+            false,
+            done(),
+            (Some(Ready), Succeeded, "done"),
+        ),
         (Kind::Bind, false, done(), (Some(Ready), Succeeded, "done")),
         (Kind::Update, false, done(), (None, Succeeded, "done")),
-        (Kind::Deprovision, false, done(), (Some(Deleted), Succeeded, "done")),
-        (Kind::Unbind, false, done(), (Some(Deleted), Succeeded, "done")),
+        (
+            Kind::Deprovision,
+            false,
+            done(),
+            (Some(Deleted), Succeeded, "done"),
+        ),
+        (
+            Kind::Unbind,
+            false,
+            done(),
+            (Some(Deleted), Succeeded, "done"),
+        ),
         (Kind::Provision, true, accepted(), (None, InProgress, "202")),
-        (Kind::Deprovision, true, accepted(), (None, InProgress, "202")),
-        (Kind::Provision, false, accepted(), (Some(Failed), OpFailed, "contract")),
-        (Kind::Update, false, accepted(), (None, OpFailed, "contract")),
-        (Kind::Unbind, false, accepted(), (None, OpFailed, "contract")),
+        (
+            Kind::Deprovision,
+            true,
+            accepted(),
+            (None, InProgress, "202"),
+        ),
+        (
+            Kind::Provision,
+            false,
+            accepted(),
+            (Some(Failed), OpFailed, "contract"),
+        ),
+        (
+            Kind::Update,
+            false,
+            accepted(),
+            (None, OpFailed, "contract"),
+        ),
+        (
+            Kind::Unbind,
+            false,
+            accepted(),
+            (None, OpFailed, "contract"),
+        ),
         // A 4xx creation leaves nothing; a 500 or a fault keeps it for
         // orphan mitigation; a failed update or delete changes nothing.
-        (Kind::Provision, false, refused(bad()), (Some(Deleted), OpFailed, "BadRequest")),
-        (Kind::Bind, false, refused(bad()), (Some(Deleted), OpFailed, "BadRequest")),
-        (Kind::Provision, false, refused(internal()), (Some(Failed), OpFailed, "Internal")),
-        (Kind::Bind, false, fault(), (Some(Failed), OpFailed, "fault")),
-        (Kind::Update, false, refused(bad()), (None, OpFailed, "BadRequest")),
+        (
+            Kind::Provision,
+            false,
+            refused(bad()),
+            (Some(Deleted), OpFailed, "BadRequest"),
+        ),
+        (
+            Kind::Bind,
+            false,
+            refused(bad()),
+            (Some(Deleted), OpFailed, "BadRequest"),
+        ),
+        (
+            Kind::Provision,
+            false,
+            refused(internal()),
+            (Some(Failed), OpFailed, "Internal"),
+        ),
+        (
+            Kind::Bind,
+            false,
+            fault(),
+            (Some(Failed), OpFailed, "fault"),
+        ),
+        (
+            Kind::Update,
+            false,
+            refused(bad()),
+            (None, OpFailed, "BadRequest"),
+        ),
         (Kind::Update, false, fault(), (None, OpFailed, "fault")),
         (Kind::Deprovision, false, fault(), (None, OpFailed, "fault")),
         // `gone` on a deletion is success; on anything else a refusal.
-        (Kind::Deprovision, false, refused(gone()), (Some(Deleted), Succeeded, "done")),
-        (Kind::Unbind, true, refused(gone()), (Some(Deleted), Succeeded, "done")),
-        (Kind::Update, false, refused(gone()), (None, OpFailed, "Gone")),
+        (
+            Kind::Deprovision,
+            false,
+            refused(gone()),
+            (Some(Deleted), Succeeded, "done"),
+        ),
+        (
+            Kind::Unbind,
+            true,
+            refused(gone()),
+            (Some(Deleted), Succeeded, "done"),
+        ),
+        (
+            Kind::Update,
+            false,
+            refused(gone()),
+            (None, OpFailed, "Gone"),
+        ),
     ];
     for (row, (kind, accepts_incomplete, answer, expected)) in rows.into_iter().enumerate() {
         let (status, phase, verdict) = settled(kind, accepts_incomplete, answer);
@@ -318,7 +646,10 @@ fn poll_rules() {
     let deleted = operation(Kind::Deprovision, Succeeded, &attributes);
     let calling = operation(Kind::Bind, Calling, &attributes);
     assert_eq!(poll_step(Ready, None), PollStep::NotFound);
-    assert_eq!(poll_step(Creating, Some(&provisioning)), PollStep::AskPlugin);
+    assert_eq!(
+        poll_step(Creating, Some(&provisioning)),
+        PollStep::AskPlugin
+    );
     assert_eq!(poll_step(Deleted, Some(&refused)), PollStep::NotFound);
     let PollStep::Stored(status) = poll_step(Deleted, Some(&deleted)) else {
         panic!("a finished deletion is reported from the record");
@@ -337,13 +668,41 @@ fn poll_rules() {
     };
     let gone = |_: &()| true;
     let cases = [
-        (Kind::Provision, Ok(reported(OperationState::InProgress)), None),
-        (Kind::Provision, Ok(reported(OperationState::Succeeded)), Some(Some(Ready))),
-        (Kind::Bind, Ok(reported(OperationState::Failed)), Some(Some(Failed))),
-        (Kind::Update, Ok(reported(OperationState::Succeeded)), Some(None)),
-        (Kind::Update, Ok(reported(OperationState::Failed)), Some(None)),
-        (Kind::Deprovision, Ok(reported(OperationState::Succeeded)), Some(Some(Deleted))),
-        (Kind::Deprovision, Ok(reported(OperationState::Failed)), Some(None)),
+        (
+            Kind::Provision,
+            Ok(reported(OperationState::InProgress)),
+            None,
+        ),
+        (
+            Kind::Provision,
+            Ok(reported(OperationState::Succeeded)),
+            Some(Some(Ready)),
+        ),
+        (
+            Kind::Bind,
+            Ok(reported(OperationState::Failed)),
+            Some(Some(Failed)),
+        ),
+        (
+            Kind::Update,
+            Ok(reported(OperationState::Succeeded)),
+            Some(None),
+        ),
+        (
+            Kind::Update,
+            Ok(reported(OperationState::Failed)),
+            Some(None),
+        ),
+        (
+            Kind::Deprovision,
+            Ok(reported(OperationState::Succeeded)),
+            Some(Some(Deleted)),
+        ),
+        (
+            Kind::Deprovision,
+            Ok(reported(OperationState::Failed)),
+            Some(None),
+        ),
         (Kind::Unbind, Err(()), Some(Some(Deleted))),
     ];
     for (kind, polled, expected) in cases {
@@ -354,7 +713,11 @@ fn poll_rules() {
         };
         assert_eq!(finished, expected, "{kind:?}");
     }
-    assert_eq!(settle_poll(Kind::Provision, Err(()), gone), Err(()), "gone on a creation");
+    assert_eq!(
+        settle_poll(Kind::Provision, Err(()), gone),
+        Err(()),
+        "gone on a creation"
+    );
 }
 
 #[test]
@@ -376,8 +739,14 @@ fn interrupted_creations_fail_and_other_operations_leave_the_resource() {
 #[test]
 fn fingerprints_ignore_key_order() {
     let stored = fingerprint(&json!({"a": 1, "b": {"x": 1, "y": 2}}));
-    assert!(same_fingerprint(&stored, &json!({"b": {"y": 2, "x": 1}, "a": 1})));
-    assert!(!same_fingerprint(&stored, &json!({"a": 2, "b": {"x": 1, "y": 2}})));
+    assert!(same_fingerprint(
+        &stored,
+        &json!({"b": {"y": 2, "x": 1}, "a": 1})
+    ));
+    assert!(!same_fingerprint(
+        &stored,
+        &json!({"a": 2, "b": {"x": 1, "y": 2}})
+    ));
 }
 
 #[test]

@@ -55,16 +55,12 @@ impl From<Refusal> for ApiError {
             Refusal::Gone(_) => (StatusCode::GONE, "Gone"),
             Refusal::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
             Refusal::AsyncRequired(_) => (StatusCode::UNPROCESSABLE_ENTITY, "AsyncRequired"),
-            Refusal::ConcurrencyError(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "ConcurrencyError")
-            }
+            Refusal::ConcurrencyError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "ConcurrencyError"),
             Refusal::RequiresApp(_) => (StatusCode::UNPROCESSABLE_ENTITY, "RequiresApp"),
             Refusal::MaintenanceInfoConflict(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "MaintenanceInfoConflict")
             }
-            Refusal::Unprocessable(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "UnprocessableEntity")
-            }
+            Refusal::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "UnprocessableEntity"),
             Refusal::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         };
         Self::new(status, code, error.to_string())
@@ -99,11 +95,7 @@ mod tests {
     #[test]
     fn spec_error_codes_are_exact() {
         let cases = [
-            (
-                Refusal::AsyncRequired(String::new()),
-                422,
-                "AsyncRequired",
-            ),
+            (Refusal::AsyncRequired(String::new()), 422, "AsyncRequired"),
             (
                 Refusal::ConcurrencyError(String::new()),
                 422,
