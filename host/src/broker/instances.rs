@@ -371,14 +371,21 @@ impl<P: Plugins, R: Records> Broker<P, R> {
             accepts_incomplete: false,
             ..info.clone()
         };
-        for leftover in self.records.live_bindings(&instance.id).await? {
-            if lifecycle::is_running(leftover.operation.as_ref()) {
-                return Err(Refusal::ConcurrencyError(format!(
-                    "binding {} of this instance is still being processed",
-                    leftover.binding.id
-                ))
-                .into());
-            }
+        let leftovers = self.records.live_bindings(&instance.id).await?;
+        // All checked before any is revoked: a deprovision refused with 422
+        // must leave every binding it found, or a bind answered 201 just
+        // before could lose its credentials to a deletion that did not happen.
+        if let Some(busy) = leftovers
+            .iter()
+            .find(|leftover| lifecycle::is_running(leftover.operation.as_ref()))
+        {
+            return Err(Refusal::ConcurrencyError(format!(
+                "binding {} of this instance is still being processed",
+                busy.binding.id
+            ))
+            .into());
+        }
+        for leftover in leftovers {
             match self
                 .plugins
                 .unbind(instance, &leftover.binding, &sync_info)

@@ -14,6 +14,7 @@ use super::fakes::{
 use super::*;
 use crate::lifecycle::{OperationPhase, ResourceStatus};
 use crate::model::{InstanceResult, OperationState, OperationStatus, RequestInfo};
+use crate::state::Transition;
 
 type TestBroker = Broker<ScriptedPlugins, MemoryRecords>;
 
@@ -661,5 +662,46 @@ async fn an_asynchronous_bind_fetches_its_credentials_when_done() {
     assert_eq!(
         records.binding_now("cd").map(|r| r.status),
         Some(ResourceStatus::Failed)
+    );
+}
+
+/// A deprovision that finds a binding still being made refuses with 422 and
+/// revokes none of the bindings it found (a bind answered 201 just before
+/// keeps its credentials).
+#[tokio::test]
+async fn a_deprovision_refused_for_a_busy_binding_revokes_nothing() {
+    let (broker, records) = broker();
+    broker
+        .provision(provision("busy", SMALL, None))
+        .await
+        .expect("provisioned");
+    broker
+        .bind(bind("busy", "done", SMALL))
+        .await
+        .expect("bound");
+    // A bind admitted and still calling its plugin.
+    let mut record = records.binding_now("done").expect("a bound binding");
+    broker
+        .records()
+        .transition_binding("making", "busy", |_, _| {
+            record.binding.id = "making".to_owned();
+            record.status = ResourceStatus::Creating;
+            record.result = None;
+            if let Some(operation) = record.operation.as_mut() {
+                operation.phase = OperationPhase::Calling;
+            }
+            Transition::Write(record, ())
+        })
+        .await
+        .expect("written");
+    assert_eq!(
+        code(broker.deprovision(deprovision("busy", false)).await),
+        "ConcurrencyError"
+    );
+    assert_eq!(broker.plugins().count("unbind"), 0, "nothing revoked");
+    assert!(broker.fetch_binding("busy", "done").await.is_ok());
+    assert_eq!(
+        records.instance_now("busy").map(|r| r.status),
+        Some(ResourceStatus::Ready)
     );
 }

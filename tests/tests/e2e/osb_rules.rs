@@ -2,6 +2,12 @@
 //! identity, errors, idempotency, 410/404, body limits, opaque ids), checked
 //! against the real broker with the shipped mysql plugin.
 //!
+//! Idempotency and conflicts of repeated provisions and binds are the broker
+//! core's rules: `host/src/broker/tests.rs` checks them over in-memory fakes
+//! (with `lifecycle/tests.rs` for every stored state), and the backend suite
+//! (`backends/`) checks identical repeats answer 200 with the same
+//! credentials from every real plugin.
+//!
 //! Not covered here: `AsyncRequired` (422). Every shipped plugin answers
 //! synchronously, so no request made with them needs `accepts_incomplete`;
 //! that rule belongs to the fixture-plugin tests.
@@ -493,148 +499,6 @@ async fn maintenance_info_must_match_the_plan() {
         let (status, answer) = broker.deprovision(instance, &plan).await;
         assert_eq!((status, answer), (200, json!({})));
     }
-}
-
-#[tokio::test]
-async fn repeated_provisions_and_binds_are_idempotent_or_conflict() {
-    if !service_available("MariaDB", "127.0.0.1:3306") {
-        return;
-    }
-    let broker = mysql_broker().await;
-    let plan = broker.plan("mysql", "small").await;
-    let large = broker.plan("mysql", "large").await;
-    let instance = unique_id("idempotent");
-    let parameters = json!({"charset": "latin1"});
-
-    let (status, created) = broker
-        .provision(&instance, &plan, Some(parameters.clone()))
-        .await;
-    assert_eq!(status, 201, "{created}");
-    assert!(
-        created.is_object(),
-        "a 201 has a JSON object body: {created}"
-    );
-    let (status, again) = broker
-        .provision(&instance, &plan, Some(parameters.clone()))
-        .await;
-    assert_eq!(status, 200, "identical re-PUT: {again}");
-    let (status, again) = broker
-        .put_instance(
-            &instance,
-            "?accepts_incomplete=true",
-            &provision_body(&plan, Some(parameters.clone())),
-        )
-        .await;
-    assert_eq!(
-        status, 200,
-        "identical re-PUT with accepts_incomplete=true: {again}"
-    );
-    // Key order does not make a request different.
-    let reordered: Value = serde_json::from_str(&format!(
-        r#"{{"parameters": {parameters}, "space_guid": "space-guid-e2e", "organization_guid": "org-guid-e2e", "plan_id": "{}", "service_id": "{}"}}"#,
-        plan.plan_id, plan.service_id
-    ))
-    .expect("json");
-    let (status, again) = broker.put_instance(&instance, "", &reordered).await;
-    assert_eq!(
-        status, 200,
-        "identical re-PUT in another key order: {again}"
-    );
-
-    let (status, conflict) = broker
-        .provision(&instance, &large, Some(parameters.clone()))
-        .await;
-    assert_eq!(status, 409, "different plan: {conflict}");
-    assert_error_body(&conflict, "different plan");
-    let (status, conflict) = broker
-        .provision(&instance, &plan, Some(json!({"charset": "utf8mb4"})))
-        .await;
-    assert_eq!(status, 409, "different parameters: {conflict}");
-    let (status, conflict) = broker.provision(&instance, &plan, None).await;
-    assert_eq!(status, 409, "parameters left out: {conflict}");
-    let mut other_space = provision_body(&plan, Some(parameters.clone()));
-    other_space["space_guid"] = json!("another-space");
-    let (status, conflict) = broker.put_instance(&instance, "", &other_space).await;
-    assert_eq!(status, 409, "different space: {conflict}");
-
-    let (status, fetched) = broker.get(&instance_path(&instance)).await;
-    assert_eq!(status, 200, "{fetched}");
-    assert_eq!(fetched["service_id"], plan.service_id.as_str());
-    assert_eq!(
-        fetched["plan_id"],
-        plan.plan_id.as_str(),
-        "a 409 must not change the plan: {fetched}"
-    );
-    assert_eq!(fetched["parameters"], parameters, "{fetched}");
-    let (status, operation) = broker
-        .get(&format!("{}/last_operation", instance_path(&instance)))
-        .await;
-    assert_eq!(
-        (status, &operation["state"]),
-        (200, &json!("succeeded")),
-        "{operation}"
-    );
-
-    let binding = unique_id("idempotent-binding");
-    let (status, bound) = broker.bind(&instance, &binding, &plan, None).await;
-    assert_eq!(status, 201, "{bound}");
-    let (status, again) = broker.bind(&instance, &binding, &plan, None).await;
-    assert_eq!(status, 200, "identical re-bind: {again}");
-    assert_eq!(
-        again["credentials"], bound["credentials"],
-        "a re-bind answers the same credentials"
-    );
-    let (status, conflict) = broker
-        .bind(
-            &instance,
-            &binding,
-            &plan,
-            Some(json!({"expires_in_days": 30})),
-        )
-        .await;
-    assert_eq!(status, 409, "re-bind with different parameters: {conflict}");
-    assert_error_body(&conflict, "different bind parameters");
-    let mut with_app = wasm_broker_tests::bind_body(&plan, None);
-    with_app["bind_resource"] = json!({"app_guid": "another-app"});
-    let (status, conflict) = broker.put_binding(&instance, &binding, &with_app).await;
-    assert_eq!(status, 409, "re-bind for another app: {conflict}");
-    // A binding belongs to its instance.
-    let elsewhere = unique_id("not-its-instance");
-    let (status, body) = broker.get(&binding_path(&elsewhere, &binding)).await;
-    assert_eq!(
-        status, 404,
-        "the binding fetched under another instance: {body}"
-    );
-    let (status, body) = broker.unbind(&elsewhere, &binding, &plan).await;
-    assert_eq!(
-        status, 410,
-        "the binding deleted under another instance: {body}"
-    );
-    let (status, body) = broker.get(&binding_path(&instance, &binding)).await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = broker
-        .bind(&instance, &unique_id("wrong-plan"), &large, None)
-        .await;
-    assert_eq!(
-        status, 400,
-        "a bind naming another plan than the instance's: {body}"
-    );
-    let (status, operation) = broker
-        .get(&format!(
-            "{}/last_operation",
-            binding_path(&instance, &binding)
-        ))
-        .await;
-    assert_eq!(
-        (status, &operation["state"]),
-        (200, &json!("succeeded")),
-        "{operation}"
-    );
-
-    let (status, answer) = broker.unbind(&instance, &binding, &plan).await;
-    assert_eq!((status, answer), (200, json!({})));
-    let (status, answer) = broker.deprovision(&instance, &plan).await;
-    assert_eq!((status, answer), (200, json!({})));
 }
 
 #[tokio::test]
