@@ -30,14 +30,7 @@ pub fn build(root: &Path, skip_build: bool) -> anyhow::Result<Artifacts> {
     let chosen_broker = std::env::var_os("WASM_BROKER_BIN").map(PathBuf::from);
     if !skip_build {
         if chosen_broker.is_none() {
-            // The host together with this benchmark: cargo unifies the
-            // features of shared dependencies over the packages it is asked
-            // for, and the host's dependencies are all this benchmark's too
-            // (it links the host's library). Asked for alone, the host gets
-            // another feature set (no hyper client, ...) and every shared
-            // dependency compiles a second time: 6 to 7 minutes on 2 cores.
-            // Asked for with the benchmark, the build `cargo run --release -p
-            // wasm-broker-bench` just made is reused as it is.
+            // The host with this benchmark, so both come from one resolution.
             cargo(
                 root,
                 &[
@@ -76,7 +69,27 @@ pub fn build(root: &Path, skip_build: bool) -> anyhow::Result<Artifacts> {
 fn cargo(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     eprintln!("bench: cargo {} (in {})", args.join(" "), dir.display());
-    let status = Command::new(&cargo)
+    let mut command = Command::new(&cargo);
+    // Without the variables `cargo run` set for this program: build scripts
+    // read some of them (ring's declares `CARGO_MANIFEST_DIR`), and a cargo
+    // started with them rebuilt ring and everything above it, the whole host
+    // a second time (6 to 7 minutes on 2 cores).
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            command.env_remove(name);
+        }
+    }
+    let status = command
         .current_dir(dir)
         .args(args)
         .status()

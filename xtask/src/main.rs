@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         "serve" => {
             build_plugins(&root)?;
             let key = dev_encryption_key(&root)?;
-            run(Command::new(cargo())
+            run(cargo()
                 .current_dir(&root)
                 .env("WASM_BROKER_ENCRYPTION_KEY", key)
                 .args([
@@ -41,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         "test" => {
             build_plugins(&root)?;
             build_fixtures(&root)?;
-            run(Command::new(cargo())
+            run(cargo()
                 .current_dir(&root)
                 .args(["test", "--workspace"])
                 .args(&rest))
@@ -60,8 +60,28 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+/// A cargo command without the variables `cargo run` set for this program.
+/// Build scripts read some of them (ring's declares `CARGO_MANIFEST_DIR`), so
+/// a cargo started with them rebuilds ring and everything above it (rustls,
+/// sqlx, the host) instead of reusing the build a plain `cargo` made.
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            command.env_remove(name);
+        }
+    }
+    command
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
@@ -78,9 +98,7 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
 /// the target and target dir) and returns the directory holding the .wasm files.
 fn build_wasm_workspace(root: &Path, workspace: &str) -> anyhow::Result<PathBuf> {
     let dir = root.join(workspace);
-    run(Command::new(cargo())
-        .current_dir(&dir)
-        .args(["build", "--release"]))?;
+    run(cargo().current_dir(&dir).args(["build", "--release"]))?;
     Ok(root.join("target/wasm/wasm32-wasip2/release"))
 }
 
