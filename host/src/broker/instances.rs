@@ -211,29 +211,22 @@ impl<P: Plugins, R: Records> Broker<P, R> {
                         .as_ref()
                         .map(|record| found(record, mismatch.as_deref())),
                 );
-                let (mut operation, Some(mut record)) = (
-                    match admission {
-                        Admission::Start(operation) => operation,
-                        Admission::Running { operation } => {
-                            return Transition::Keep(Ok(Next::Answer(Changed::Accepted(
-                                AcceptedReply {
-                                    operation,
-                                    dashboard_url: None,
-                                },
-                            ))));
-                        }
-                        Admission::Refuse(refusal) => return Transition::Keep(Err(refusal)),
-                        Admission::Existing => {
-                            return Transition::Keep(Err(Refusal::Internal(
-                                "an update was answered as a create".to_owned(),
-                            )));
-                        }
-                    },
-                    existing,
-                ) else {
-                    return Transition::Keep(Err(Refusal::Internal(
-                        "an update was admitted without a record".to_owned(),
-                    )));
+                let (mut operation, mut record) = match (admission, existing) {
+                    (Admission::Start(operation), Some(record)) => (operation, record),
+                    (Admission::Running { operation }, _) => {
+                        return Transition::Keep(Ok(Next::Answer(Changed::Accepted(
+                            AcceptedReply {
+                                operation,
+                                dashboard_url: None,
+                            },
+                        ))));
+                    }
+                    (Admission::Refuse(refusal), _) => return Transition::Keep(Err(refusal)),
+                    (Admission::Start(_) | Admission::Existing, _) => {
+                        return Transition::Keep(Err(Refusal::Internal(
+                            "an update was admitted without a record".to_owned(),
+                        )));
+                    }
                 };
                 let changes = match plan_changes(&catalog, offering, &record.instance, &request) {
                     Ok(changes) => changes,
