@@ -13,7 +13,9 @@
 //! - [`expiry`]: credentials that expire, and the binding metadata telling
 //!   the platform when to rotate them;
 //! - thin wrappers over the host capabilities: [`sql`], [`redis`], [`http`],
-//!   [`kv`], [`config`] and [`log`], whose failures are [`BrokerError`]s.
+//!   [`tcp`], [`kv`], [`config`] and [`log`], whose failures are
+//!   [`BrokerError`]s; [`tcp`] carries any protocol of the plugin's own,
+//!   with the admin secret filled in by the host.
 //!
 //! ```ignore
 //! use wasm_broker_sdk::prelude::*;
@@ -48,6 +50,7 @@ pub mod params;
 pub mod plugin;
 pub mod redis;
 pub mod sql;
+pub mod tcp;
 
 mod secret;
 
