@@ -111,7 +111,7 @@ fn build_plugins(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let dist = root.join("plugins/dist");
     std::fs::create_dir_all(&dist).with_context(|| format!("creating {}", dist.display()))?;
     let mut installed = Vec::new();
-    for name in ["mysql", "postgres", "redis", "rabbitmq"] {
+    for name in ["mysql", "postgres", "redis", "rabbitmq", "mosquitto"] {
         let source = built.join(format!("{name}.wasm"));
         let bytes =
             std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
