@@ -146,6 +146,10 @@ kind = "http"
 url = "http://127.0.0.1:15672"
 username = "guest"
 password = "guest"
+
+[connections.mosquitto]
+kind = "tcp"
+url = "tcp://wasm-broker-admin:wasm-broker-admin-secret@127.0.0.1:1884"
 "#;
 
 /// How to start a test broker. `Default` is no plugins and no connections.
@@ -178,6 +182,7 @@ impl BrokerSetup {
                 "postgres" => "postgres",
                 "redis" => "redis",
                 "rabbitmq" => "rabbitmq-management",
+                "mosquitto" => "mosquitto",
                 other => panic!("no shipped plugin {other}"),
             };
             extra.push_str(&format!(

@@ -81,8 +81,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "auth.username is required" }}
 {{- end }}
 {{- range $name, $connection := .Values.connections }}
-{{- if not (has $connection.kind (list "mysql" "postgres" "redis" "http")) }}
-{{- fail (printf "connections.%s.kind must be mysql, postgres, redis or http, not %q" $name $connection.kind) }}
+{{- if not (has $connection.kind (list "mysql" "postgres" "redis" "http" "tcp")) }}
+{{- fail (printf "connections.%s.kind must be mysql, postgres, redis, http or tcp, not %q" $name $connection.kind) }}
 {{- end }}
 {{- end }}
 {{- range $plugin, $settings := .Values.plugins.settings }}
