@@ -14,7 +14,9 @@
 //! plugin's memory never holds the secret. A challenge-response protocol
 //! (SCRAM, nkeys) cannot work with a stand-in: it needs the operator to set
 //! `reveal_credentials = true` on the connection, and then
-//! [`Credentials::revealed`] is true and the values are the secrets.
+//! [`Credentials::revealed`] is true and the values are the secrets. A
+//! protocol that sends the login base64-encoded gets a token for the encoded
+//! text from [`encoded_placeholder`].
 //!
 //! ```ignore
 //! use wasm_broker_sdk::tcp;
@@ -41,7 +43,7 @@ use std::time::{Duration, Instant};
 use crate::BrokerError;
 use crate::bindings::wasm_broker::plugin::tcp as host;
 
-pub use host::{Credentials, ServerInfo};
+pub use host::{Credentials, Encoding, ServerInfo};
 
 /// Where applications reach the endpoint behind `connection`, and whether
 /// the host speaks TLS to it. Never includes credentials.
@@ -58,6 +60,22 @@ pub fn credentials(connection: &str) -> Result<Credentials, BrokerError> {
         .map_err(|error| to_broker_error(connection, "the credentials", error))
 }
 
+/// For a protocol that sends the login encoded rather than as it is (SMTP
+/// `AUTH PLAIN`, HTTP basic, SASL PLAIN carried base64-encoded): a new
+/// placeholder token standing for `text`, with this call's tokens in it
+/// replaced by the secrets, then encoded. Write the returned token where the
+/// encoded text goes; the host writes the encoded secret instead. For SMTP
+/// `AUTH PLAIN`, `text` is `"\0<username token>\0<password token>"`. Ask
+/// for it before [`connect`]: it applies to streams opened afterwards.
+pub fn encoded_placeholder(
+    connection: &str,
+    text: &str,
+    encoding: Encoding,
+) -> Result<String, BrokerError> {
+    host::encoded_placeholder(connection, text, encoding)
+        .map_err(|error| to_broker_error(connection, "an encoded placeholder", error))
+}
+
 /// Opens a stream to the first endpoint of `connection` that accepts.
 pub fn connect(connection: &str) -> Result<Stream, BrokerError> {
     let inner = host::connect(connection)
@@ -71,7 +89,7 @@ pub fn connect(connection: &str) -> Result<Stream, BrokerError> {
 
 /// An open byte stream to a granted endpoint.
 pub struct Stream {
-    inner: host::Stream,
+    inner: host::ByteStream,
     connection: String,
     /// How long an [`io::Read`] read waits; `None`: until the call's deadline.
     read_timeout: Option<Duration>,
