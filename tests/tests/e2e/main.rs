@@ -1,6 +1,7 @@
 //! The end-to-end tests: the real `wasm-broker serve` binary, talked to
 //! over OSB, with the shipped plugins against real MariaDB, PostgreSQL,
-//! Redis and RabbitMQ, and with the fixture plugins of `tests/fixtures`.
+//! Redis, RabbitMQ and Mosquitto, and with the fixture plugins of
+//! `tests/fixtures`.
 //!
 //! One test binary, so CI links once rather than once per file. Its tests
 //! run in parallel threads of one process: the harness gives every broker a

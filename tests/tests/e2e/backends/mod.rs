@@ -27,6 +27,7 @@ macro_rules! shared_suite {
     };
 }
 
+mod mosquitto;
 mod mysql;
 mod postgres;
 mod rabbitmq;
@@ -40,6 +41,8 @@ type Credentials = Map<String, Value>;
 trait Backend {
     /// The plugin's file stem, also its offering's name in the catalog.
     const PLUGIN: &'static str;
+    /// The plan the suite provisions.
+    const PLAN: &'static str = "small";
     /// Starts the ids the suite makes, so a leftover on the server shows
     /// which suite left it.
     const ID_PREFIX: &'static str;
@@ -146,7 +149,7 @@ async fn lifecycle_isolation_and_revocation<B: Backend>() {
         .unwrap_or_else(|| panic!("no offering {} in {catalog}", B::PLUGIN));
     assert_eq!(offering["bindable"], true, "{offering}");
     assert_eq!(offering["bindings_retrievable"], true, "{offering}");
-    let plan = broker.plan(B::PLUGIN, "small").await;
+    let plan = broker.plan(B::PLUGIN, B::PLAN).await;
 
     // Provision and bind instance A.
     let instance_a = id::<B>("a");
@@ -295,7 +298,7 @@ async fn binding_rotation<B: Backend>() {
         return;
     }
     let broker = start::<B>().await;
-    let plan = broker.plan(B::PLUGIN, "small").await;
+    let plan = broker.plan(B::PLUGIN, B::PLAN).await;
     let catalog = broker.catalog().await;
     assert_eq!(
         catalog_plan::<B>(&catalog, &plan)["binding_rotatable"] == true,
