@@ -25,4 +25,5 @@ mod restart;
 mod sandbox;
 mod schemathesis;
 mod secrets;
+mod tcp_escape;
 mod upgrades;
