@@ -140,6 +140,9 @@ async fn subscribe_once(login: &[String], filter: &str, wait_secs: u32) -> Subsc
 }
 
 /// A `mosquitto_sub` left running, its output lines as they come.
+///
+/// It runs under `stdbuf -oL`: into a pipe, its stdio would hold the debug
+/// lines (`-d`, which say when the subscription is granted) until it exits.
 struct Subscriber {
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
@@ -147,13 +150,14 @@ struct Subscriber {
 
 impl Subscriber {
     fn spawn(args: &[String]) -> Self {
-        let mut child = Command::new("mosquitto_sub")
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("mosquitto_sub (Debian's mosquitto-clients) runs");
+            .expect("stdbuf (coreutils) runs mosquitto_sub (Debian's mosquitto-clients)");
         let stdout = child.stdout.take().expect("piped stdout");
         let (sender, lines) = mpsc::unbounded_channel();
         std::thread::spawn(move || {
@@ -429,12 +433,12 @@ impl Backend for Mosquitto {
         );
     }
 
-    /// Deleting the client disconnects it, and its reconnection is refused.
+    /// Deleting the client disconnects it (over MQTT 5 the server says so
+    /// in a DISCONNECT, and mosquitto_sub ends rather than reconnect).
     async fn assert_session_ended(mut session: Subscriber) {
-        let status = session.exit_within(WAIT).await;
         assert!(
-            status.is_some_and(|status| !status.success()),
-            "a subscriber logged in before the unbind is still connected: {status:?}"
+            session.exit_within(WAIT).await.is_some(),
+            "a subscriber logged in before the unbind is still connected {WAIT:?} after it"
         );
     }
 
