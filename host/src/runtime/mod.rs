@@ -205,7 +205,7 @@ impl PluginRuntime {
         };
         tracing::info!(
             dir = %loader.plugin_dir().display(),
-            serving = count(|status| status.error.is_none() && status.retired_instances.is_none()),
+            serving = count(|status| status.info.is_some() && status.retired_instances.is_none()),
             refused = count(|status| status.info.is_none() && status.retired_instances.is_none()),
             retired = count(|status| status.retired_instances.is_some()),
             services = initial.catalog().catalog.services.len(),
