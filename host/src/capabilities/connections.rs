@@ -424,6 +424,16 @@ pub struct Grants {
     aliases: Arc<BTreeMap<String, String>>,
 }
 
+impl std::fmt::Debug for Grants {
+    /// The aliases only: a connection holds secrets.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Grants")
+            .field("aliases", &self.aliases)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Grants {
     pub fn new(connections: Arc<Connections>, aliases: Arc<BTreeMap<String, String>>) -> Self {
         Self {
@@ -464,16 +474,6 @@ impl Grants {
             (_, Connection::Http(http)) => Ok(http),
             (_, other) => Err(wrong_kind(alias, other, "an HTTP")),
         }
-    }
-}
-
-impl std::fmt::Debug for Grants {
-    /// The aliases only: a connection holds secrets.
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("Grants")
-            .field("aliases", &self.aliases)
-            .finish_non_exhaustive()
     }
 }
 
