@@ -240,6 +240,8 @@ pub enum ConnectionKind {
     Postgres,
     Redis,
     Http,
+    /// Byte streams to `tcp://host:port` or `tls://host:port` endpoints.
+    Tcp,
 }
 
 /// A backend the host connects to on behalf of plugins.
@@ -270,6 +272,16 @@ pub struct ConnectionConfig {
     /// Connections the host keeps open to this backend at most.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// `kind = "tcp"`: more `host:port` endpoints, tried in order after the
+    /// url's when it does not accept (a cluster's other nodes).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// `kind = "tcp"`: hand plugins the real username and password instead
+    /// of placeholder tokens. Only for challenge-response protocols (SCRAM,
+    /// nkeys) where the host cannot substitute the secret: every plugin
+    /// granted this connection then holds the admin credentials.
+    #[serde(default)]
+    pub reveal_credentials: bool,
 }
 
 fn default_max_connections() -> u32 {
@@ -406,6 +418,28 @@ impl Config {
     pub fn plugin(&self, name: &str) -> PluginConfig {
         self.plugins.get(name).cloned().unwrap_or_default()
     }
+
+    /// The connections granted to plugin `name` that hand it their real
+    /// admin credentials (`reveal_credentials = true`): what `plugins list`
+    /// and the startup log must say out loud.
+    pub fn revealed_to(&self, name: &str) -> Vec<String> {
+        let Some(plugin) = self.plugins.get(name) else {
+            return Vec::new();
+        };
+        let mut revealed: Vec<String> = plugin
+            .connections
+            .values()
+            .filter(|target| {
+                self.connections
+                    .get(*target)
+                    .is_some_and(|connection| connection.reveal_credentials)
+            })
+            .cloned()
+            .collect();
+        revealed.sort();
+        revealed.dedup();
+        revealed
+    }
 }
 
 /// `MAJOR.MINOR` -> (major, minor).
@@ -423,6 +457,21 @@ pub fn parse_api_version(text: &str) -> Option<(u32, u32)> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn revealed_credentials_are_named_per_plugin() {
+        let config: Config = toml::from_str(
+            "[connections.nats]\nkind = 'tcp'\nurl = 'tcp://a:b@h:4222'\nreveal_credentials = true\n\
+             [connections.mqtt]\nkind = 'tcp'\nurl = 'tcp://a:b@h:1884'\n\
+             [plugins.nats.connections]\nadmin = 'nats'\n\
+             [plugins.mosquitto.connections]\nadmin = 'mqtt'\n",
+        )
+        .expect("parses");
+        assert_eq!(config.revealed_to("nats"), vec!["nats".to_owned()]);
+        assert!(config.revealed_to("mosquitto").is_empty());
+        assert!(config.revealed_to("absent").is_empty());
+    }
+
     use super::*;
 
     #[test]

@@ -81,6 +81,13 @@ pub const ESCAPE: Fixture = Fixture {
     service_id: "52882e48-9e0b-47ff-8c1e-d6b0d87f3a40",
     plan_id: "2fcd76c4-2bac-4b00-b24c-56a174be0924",
 };
+/// Granted one tcp connection, tries every other way out (`tcp_escape`).
+pub const TCP_ESCAPE: Fixture = Fixture {
+    stem: "tcp_escape",
+    offering: "tcp-escape",
+    service_id: "cad78507-9113-4733-807f-9799d69ed7f1",
+    plan_id: "b0596b8d-d8d7-4819-a60d-a319b1137f5f",
+};
 pub const SLOW_ASYNC: Fixture = Fixture {
     stem: "slow_async",
     offering: "slow-async",

@@ -13,6 +13,7 @@ use sqlx::{ConnectOptions, Executor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
+use super::tcp::TcpConnection;
 use crate::config::{ConnectionConfig, ConnectionKind};
 
 /// How long a call waits for a free connection before it fails, so a burst of
@@ -61,6 +62,7 @@ pub(crate) enum Connection {
     Sql(SqlConnection),
     Redis(RedisConnection),
     Http(HttpConnection),
+    Tcp(Arc<TcpConnection>),
 }
 
 impl Connection {
@@ -69,6 +71,7 @@ impl Connection {
             Self::Sql(_) => "an SQL",
             Self::Redis(_) => "a Redis",
             Self::Http(_) => "an HTTP",
+            Self::Tcp(_) => "a TCP",
         }
     }
 }
@@ -196,11 +199,14 @@ impl Connection {
             }
             ConnectionKind::Redis => RedisConnection::from_url(name, config, url).map(Self::Redis),
             ConnectionKind::Http => HttpConnection::from_url(name, config, url).map(Self::Http),
+            ConnectionKind::Tcp => {
+                TcpConnection::from_url(name, config, &url).map(|tcp| Self::Tcp(Arc::new(tcp)))
+            }
         }
     }
 }
 
-fn invalid_url(connection: &str, reason: impl ToString) -> ConnectionError {
+pub(crate) fn invalid_url(connection: &str, reason: impl ToString) -> ConnectionError {
     ConnectionError::InvalidUrl {
         connection: connection.to_owned(),
         reason: reason.to_string(),
@@ -208,7 +214,7 @@ fn invalid_url(connection: &str, reason: impl ToString) -> ConnectionError {
 }
 
 /// `public_host`/`public_port` where set, else what the host itself connects to.
-fn public_address(
+pub(crate) fn public_address(
     connection: &str,
     config: &ConnectionConfig,
     host: Option<&str>,
@@ -402,13 +408,13 @@ impl HttpConnection {
     }
 }
 
-fn decode_userinfo(text: &str) -> String {
+pub(crate) fn decode_userinfo(text: &str) -> String {
     percent_encoding::percent_decode_str(text)
         .decode_utf8_lossy()
         .into_owned()
 }
 
-fn permit_count(max_connections: u32) -> usize {
+pub(crate) fn permit_count(max_connections: u32) -> usize {
     usize::try_from(max_connections)
         .unwrap_or(usize::MAX)
         .min(Semaphore::MAX_PERMITS)
@@ -473,6 +479,17 @@ impl Grants {
         match self.resolve(alias)? {
             (_, Connection::Http(http)) => Ok(http),
             (_, other) => Err(wrong_kind(alias, other, "an HTTP")),
+        }
+    }
+}
+
+impl Grants {
+    /// The TCP connection and its broker.toml name, which keys the call's
+    /// placeholder tokens.
+    pub(crate) fn tcp(&self, alias: &str) -> Result<(&str, &Arc<TcpConnection>), String> {
+        match self.resolve(alias)? {
+            (name, Connection::Tcp(tcp)) => Ok((name, tcp)),
+            (_, other) => Err(wrong_kind(alias, other, "a TCP")),
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod log;
 pub mod redis;
 pub mod settings;
 pub mod sql;
+pub mod tcp;
 
 use std::sync::Arc;
 
@@ -95,6 +96,7 @@ registry! {
     sql: sql::SqlHost,
     redis: redis::RedisHost,
     http: http::HttpHost,
+    tcp: tcp::TcpHost,
 }
 
 /// What one plugin may reach, resolved from its `[plugins.<name>]` section

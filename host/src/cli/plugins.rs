@@ -26,6 +26,14 @@ pub async fn list(config: &Config) -> anyhow::Result<()> {
     let runtime = load_plugins(config, &config.runtime.plugin_dir).await?;
     for status in runtime.plugins() {
         println!("{}", describe_status(&status));
+        let revealed = config.revealed_to(&status.name);
+        if !revealed.is_empty() {
+            println!(
+                "{:<16} HOLDS THE ADMIN CREDENTIALS of {} (reveal_credentials = true)",
+                "",
+                revealed.join(", ")
+            );
+        }
     }
     match retired_plugins(config, &runtime.catalog()).await {
         Ok(retired) => {

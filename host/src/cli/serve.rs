@@ -34,6 +34,16 @@ pub async fn serve(
             "marked operations cut short by a broker that stopped as failed"
         );
     }
+    for plugin in config.plugins.keys() {
+        let revealed = config.revealed_to(plugin);
+        if !revealed.is_empty() {
+            tracing::warn!(
+                plugin = %plugin,
+                connections = %revealed.join(", "),
+                "THIS PLUGIN HOLDS ADMIN CREDENTIALS: its grants set reveal_credentials = true"
+            );
+        }
+    }
     let runtime = PluginRuntime::start(&config, store.clone())
         .await
         .context("starting the plugin runtime")?;

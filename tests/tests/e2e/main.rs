@@ -26,4 +26,5 @@ mod retired;
 mod sandbox;
 mod schemathesis;
 mod secrets;
+mod tcp_escape;
 mod upgrades;
