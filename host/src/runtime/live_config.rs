@@ -113,6 +113,7 @@ pub async fn apply(
             return Err(ReloadError::Scan(error.to_string()));
         }
     }
+    warn_revealed(&previous.config, &loader.live().config);
     tracing::info!(
         trigger = trigger.label(),
         connections_added = %changes.added.join(", "),
@@ -134,6 +135,22 @@ fn warn_fixed(loader: &Loader, config: &Config) {
             settings = %fixed.join("; "),
             "broker.toml changes settings that apply only after a restart; the broker keeps running with the values it started with"
         );
+    }
+}
+
+/// Says as loudly as `serve` does at start when a change makes a plugin
+/// hold admin credentials (`reveal_credentials = true` on a connection it
+/// is granted) that it did not hold before.
+fn warn_revealed(previous: &Config, now: &Config) {
+    for plugin in now.plugins.keys() {
+        let revealed = now.revealed_to(plugin);
+        if !revealed.is_empty() && revealed != previous.revealed_to(plugin) {
+            tracing::warn!(
+                plugin = %plugin,
+                connections = %revealed.join(", "),
+                "THIS PLUGIN HOLDS ADMIN CREDENTIALS: its grants set reveal_credentials = true"
+            );
+        }
     }
 }
 
