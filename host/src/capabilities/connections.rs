@@ -34,9 +34,28 @@ pub enum ConnectionError {
     Invalid { connection: String, reason: String },
 }
 
-/// Every configured backend, by its broker.toml name.
+/// Every configured backend, by its broker.toml name. A broker.toml change
+/// builds a new set ([`Connections::reconfigured`]) that shares every
+/// unchanged connection, pool included, with the old one; calls keep the set
+/// their plugin was loaded with, so a change never alters a call in flight.
 pub struct Connections {
-    by_name: BTreeMap<String, Connection>,
+    by_name: BTreeMap<String, Arc<Connection>>,
+    /// What each connection was built from: an equal section reuses it.
+    configs: BTreeMap<String, ConnectionConfig>,
+}
+
+/// Which connections a broker.toml change touched, by name (never a URL).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConnectionChanges {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl ConnectionChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
 }
 
 pub(crate) enum Connection {
@@ -106,15 +125,57 @@ impl Connections {
     pub fn from_config(
         configs: &BTreeMap<String, ConnectionConfig>,
     ) -> Result<Self, ConnectionError> {
-        let by_name = configs
-            .iter()
-            .map(|(name, config)| Ok((name.clone(), Connection::from_config(name, config)?)))
-            .collect::<Result<_, ConnectionError>>()?;
-        Ok(Self { by_name })
+        Self::empty()
+            .reconfigured(configs)
+            .map(|(connections, _)| connections)
+    }
+
+    fn empty() -> Self {
+        Self {
+            by_name: BTreeMap::new(),
+            configs: BTreeMap::new(),
+        }
+    }
+
+    /// The set `configs` describes, sharing with `self` every connection
+    /// whose section is unchanged (its open pool too), and what changed.
+    /// Fails, building nothing that outlives the call, if any section is
+    /// invalid: a broker.toml change applies whole or not at all.
+    pub fn reconfigured(
+        &self,
+        configs: &BTreeMap<String, ConnectionConfig>,
+    ) -> Result<(Self, ConnectionChanges), ConnectionError> {
+        let mut changes = ConnectionChanges::default();
+        let mut by_name = BTreeMap::new();
+        for (name, config) in configs {
+            let connection = match (self.configs.get(name), self.by_name.get(name)) {
+                (Some(old), Some(connection)) if old == config => connection.clone(),
+                (old, _) => {
+                    if old.is_some() {
+                        changes.changed.push(name.clone());
+                    } else {
+                        changes.added.push(name.clone());
+                    }
+                    Arc::new(Connection::from_config(name, config)?)
+                }
+            };
+            by_name.insert(name.clone(), connection);
+        }
+        changes.removed = self
+            .configs
+            .keys()
+            .filter(|name| !configs.contains_key(*name))
+            .cloned()
+            .collect();
+        let connections = Self {
+            by_name,
+            configs: configs.clone(),
+        };
+        Ok((connections, changes))
     }
 
     fn get(&self, name: &str) -> Option<&Connection> {
-        self.by_name.get(name)
+        self.by_name.get(name).map(Arc::as_ref)
     }
 }
 
@@ -360,12 +421,23 @@ pub(crate) fn permit_count(max_connections: u32) -> usize {
 }
 
 /// The connections one plugin may use: its broker.toml grants (alias the
-/// plugin asks for -> connection name) over the shared connections. Both
-/// are shared, so handing a copy to each capability of each call is cheap.
+/// plugin asks for -> connection name) over the connections as they were
+/// when the plugin was loaded. Both are shared, so handing a copy to each
+/// capability of each call is cheap.
 #[derive(Clone)]
 pub struct Grants {
     connections: Arc<Connections>,
     aliases: Arc<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for Grants {
+    /// The aliases only: a connection holds secrets.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Grants")
+            .field("aliases", &self.aliases)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Grants {
@@ -568,6 +640,56 @@ pub(crate) mod tests {
             "public_host = 'cache'\npublic_port = 6379",
         ))
         .expect("valid with a public address");
+    }
+
+    #[tokio::test]
+    async fn a_changed_configuration_keeps_the_unchanged_connections() {
+        let tables = |text: &str| -> BTreeMap<String, ConnectionConfig> {
+            toml::from_str(text).expect("valid connection tables")
+        };
+        let old = Connections::from_config(&tables(
+            "[same]\nkind = 'redis'\nurl = 'redis://127.0.0.1'\n\
+             [moved]\nkind = 'http'\nurl = 'http://127.0.0.1:1'\n\
+             [gone]\nkind = 'redis'\nurl = 'redis://127.0.0.1'\n",
+        ))
+        .expect("valid");
+        let (new, changes) = old
+            .reconfigured(&tables(
+                "[same]\nkind = 'redis'\nurl = 'redis://127.0.0.1'\n\
+                 [moved]\nkind = 'http'\nurl = 'http://127.0.0.1:2'\n\
+                 [added]\nkind = 'http'\nurl = 'http://127.0.0.1:3'\n",
+            ))
+            .expect("valid");
+        assert!(
+            Arc::ptr_eq(&old.by_name["same"], &new.by_name["same"]),
+            "an unchanged connection keeps its pool"
+        );
+        assert!(!Arc::ptr_eq(&old.by_name["moved"], &new.by_name["moved"]));
+        assert_eq!(
+            changes,
+            ConnectionChanges {
+                added: vec!["added".to_owned()],
+                changed: vec!["moved".to_owned()],
+                removed: vec!["gone".to_owned()],
+            }
+        );
+        assert!(new.get("gone").is_none());
+
+        let error = new
+            .reconfigured(&tables(
+                "[same]\nkind = 'redis'\nurl = 'http://:secret@host'\n",
+            ))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            error.contains("[connections.same]") && !error.contains("secret"),
+            "{error}"
+        );
+        assert!(
+            new.get("moved").is_some(),
+            "a refused change leaves the set as it was"
+        );
     }
 
     #[tokio::test]
