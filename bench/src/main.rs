@@ -283,7 +283,8 @@ async fn measure_load(
     drop((broker_rss, baseline_rss, baseline));
 
     eprintln!("bench: hot reload");
-    let reload = reload::measure(artifacts, &broker.endpoint, &plugin_dir).await?;
+    let config = broker_dir.join("broker.toml");
+    let reload = reload::measure(artifacts, &broker.endpoint, &plugin_dir, &config).await?;
     Ok(LoadResults {
         comparisons,
         memory,

@@ -18,6 +18,9 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 const POLL_EVERY: Duration = Duration::from_millis(2);
 
 pub struct HotReload {
+    /// A `[plugins.echo]` change saved in broker.toml (written beside,
+    /// renamed over it) to the first call that sees it.
+    pub config_changed: Duration,
     /// A new plugin added (compiled on the spot).
     pub added: Duration,
     /// A plugin replaced by a version never seen (compiled on the spot).
@@ -37,6 +40,7 @@ pub async fn measure(
     artifacts: &Artifacts,
     endpoint: &Arc<Endpoint>,
     plugin_dir: &Path,
+    config: &Path,
 ) -> anyhow::Result<HotReload> {
     let mut connection = Connection::open(endpoint).await?;
     let mut ids = Ids::new("reload".to_owned());
@@ -64,7 +68,9 @@ pub async fn measure(
         "1.0.0",
     )
     .await?;
+    let config_changed = change_config(&mut connection, &mut ids, config).await?;
     Ok(HotReload {
+        config_changed,
         added,
         replaced,
         replaced_cached,
@@ -104,6 +110,43 @@ async fn swap_in(
             bail!(
                 "echo {version} was not served within {GIVE_UP_AFTER:?} of its file being dropped in"
             );
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// Appends `[plugins.echo.config] marker = ...` to broker.toml the way an
+/// operator's tooling should (a new file renamed over the old) and
+/// provisions until the echo plugin reports the new marker.
+async fn change_config(
+    connection: &mut Connection,
+    ids: &mut Ids,
+    config: &Path,
+) -> anyhow::Result<Duration> {
+    let marker = format!("bench-{}", std::process::id());
+    let mut text = std::fs::read_to_string(config)?;
+    text.push_str(&format!("\n[plugins.echo.config]\nmarker = \"{marker}\"\n"));
+    let partial = config.with_extension("toml.partial");
+    std::fs::write(&partial, text)?;
+    let saved = Instant::now();
+    std::fs::rename(&partial, config)?;
+    let plan = echo_plan();
+    loop {
+        let (status, body) = connection
+            .send(
+                Method::PUT,
+                &instance_path(&ids.fresh()),
+                Some(provision_body(&plan)),
+            )
+            .await?;
+        if status == StatusCode::CREATED {
+            let answer: Value = serde_json::from_slice(&body)?;
+            if answer["metadata"]["attributes"]["marker"] == marker.as_str() {
+                return Ok(saved.elapsed());
+            }
+        }
+        if saved.elapsed() > GIVE_UP_AFTER {
+            bail!("the broker.toml change was not served within {GIVE_UP_AFTER:?}");
         }
         tokio::time::sleep(POLL_EVERY).await;
     }

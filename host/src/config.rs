@@ -52,7 +52,7 @@ pub enum MissingVersionStatus {
     PreconditionFailed,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -66,7 +66,7 @@ pub struct ServerConfig {
 }
 
 /// The certificate (chain) and private key the HTTPS listener presents.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file: the server certificate, then any intermediates.
@@ -90,7 +90,7 @@ impl Default for ServerConfig {
 /// HTTP basic auth of the platform. `WASM_BROKER_USERNAME` and
 /// `WASM_BROKER_PASSWORD` override the file, so the password can live in a
 /// secret store instead of broker.toml.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     pub username: String,
@@ -193,7 +193,7 @@ pub struct CallLimits {
     pub max_host_call_bytes: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Every `*.wasm` here is a plugin; the directory is watched.
@@ -245,7 +245,7 @@ pub enum ConnectionKind {
 }
 
 /// A backend the host connects to on behalf of plugins.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionConfig {
     pub kind: ConnectionKind,
@@ -307,7 +307,7 @@ impl ConnectionConfig {
 }
 
 // No `deny_unknown_fields`: serde does not support it together with `flatten`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default)]
 pub struct PluginConfig {
     /// Connections this plugin may use: alias the plugin asks for -> name of

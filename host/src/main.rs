@@ -33,7 +33,9 @@ async fn main() -> anyhow::Result<()> {
     let config =
         || Config::load(&args.config).with_context(|| format!("loading {}", args.config.display()));
     match args.command {
-        Command::Serve { listen } => cli::serve::serve(config()?, listen).await,
+        Command::Serve { listen } => {
+            cli::serve::serve(config()?, args.config.clone(), listen).await
+        }
         Command::Catalog => cli::plugins::print_catalog(&config()?).await,
         Command::Plugins(PluginsCommand::List) => cli::plugins::list(&config()?).await,
         Command::Plugins(PluginsCommand::Check { file }) => {

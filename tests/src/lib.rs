@@ -356,6 +356,51 @@ cache_dir = "{cache}"
         }
     }
 
+    /// The broker.toml the broker was started with (and keeps watching).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("broker.toml")
+    }
+
+    /// SIGHUP: the broker applies its broker.toml again.
+    pub fn hang_up(&self) {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .expect("the broker is running");
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP {pid}: {status}");
+    }
+
+    /// `wasm-broker <args> --config <this broker's broker.toml>` with the
+    /// broker's environment: whether it succeeded, and its stdout followed
+    /// by its stderr.
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let output = Command::new(broker_binary())
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", "warn")
+            .env_remove("WASM_BROKER_USERNAME")
+            .env_remove("WASM_BROKER_PASSWORD")
+            .env_remove("WASM_BROKER_ENCRYPTION_KEY")
+            .envs(
+                self.encryption_key
+                    .as_deref()
+                    .map(|key| ("WASM_BROKER_ENCRYPTION_KEY", key)),
+            )
+            .env_remove("WASM_BROKER_PREVIOUS_ENCRYPTION_KEYS")
+            .env_remove("WASM_BROKER_STATE_URL")
+            .output()
+            .expect("run wasm-broker");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), format!("{stdout}{stderr}"))
+    }
+
     /// Appends a line to the log (to mark test phases).
     pub fn note(&self, text: &str) {
         if let Ok(mut file) = std::fs::OpenOptions::new()

@@ -16,7 +16,9 @@ use crate::runtime::CallError;
 use crate::state::{InstanceRecord, Transition};
 
 use super::changes::{apply_changes, plan_changes};
-use super::validation::{check_maintenance_version, resolve_plan, validate_parameters};
+use super::validation::{
+    check_maintenance_version, offered_service, resolve_plan, validate_parameters,
+};
 use super::{
     AcceptedReply, Broker, BrokerError, Changed, Created, DeleteRequest, FetchedInstance, Next,
     Plugins, PollRequest, ProvisionRequest, Records, UpdateRequest, answer, changed, created,
@@ -179,12 +181,7 @@ impl<P: Plugins, R: Records> Broker<P, R> {
         request: UpdateRequest,
     ) -> Result<Changed<InstanceResult>, BrokerError> {
         let catalog = self.catalog();
-        let offering = catalog.service(&request.service_id).ok_or_else(|| {
-            Refusal::BadRequest(format!(
-                "service_id {:?} is not in the catalog",
-                request.service_id
-            ))
-        })?;
+        let offering = offered_service(&catalog, &request.service_id)?;
         let accepts_incomplete = request.info.accepts_incomplete;
         let attributes = json!({
             "plan_id": request.plan_id,
@@ -405,8 +402,9 @@ impl<P: Plugins, R: Records> Broker<P, R> {
         })?;
         lifecycle::fetchable_instance(instance_id, record.status, record.operation.as_ref())?;
         let catalog = self.catalog();
+        // A retired plugin's instances are described by its offering still.
         let retrievable = catalog
-            .service(&record.instance.service_id)
+            .service_of_instance(&record.instance.service_id)
             .is_some_and(|s| s.instances_retrievable);
         let details = if retrievable {
             Some(self.plugins.get_instance(&record.instance).await?)
@@ -414,7 +412,7 @@ impl<P: Plugins, R: Records> Broker<P, R> {
             None
         };
         let maintenance_info = catalog
-            .plan(&record.instance.service_id, &record.instance.plan_id)
+            .plan_of_instance(&record.instance.service_id, &record.instance.plan_id)
             .and_then(|plan| plan.maintenance_info.clone())
             .map(|mut info| {
                 if let Some(version) = &record.instance.maintenance_version {

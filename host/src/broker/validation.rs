@@ -13,15 +13,33 @@ pub(super) fn resolve_plan<'c>(
     service_id: &str,
     plan_id: &str,
 ) -> Result<(&'c ServiceOffering, &'c ServicePlan), Refusal> {
-    let offering = catalog.service(service_id).ok_or_else(|| {
-        Refusal::BadRequest(format!("service_id {service_id:?} is not in the catalog"))
-    })?;
+    let offering = offered_service(catalog, service_id)?;
     let plan = catalog.plan(service_id, plan_id).ok_or_else(|| {
         Refusal::BadRequest(format!(
             "plan_id {plan_id:?} is not a plan of service {service_id:?}"
         ))
     })?;
     Ok((offering, plan))
+}
+
+/// The offering `service_id` names if the catalog offers it, or 400. A
+/// retired plugin's service is named as such: its instances can still be
+/// unbound and deprovisioned, but nothing new is made from it.
+pub(super) fn offered_service<'c>(
+    catalog: &'c CatalogSnapshot,
+    service_id: &str,
+) -> Result<&'c ServiceOffering, Refusal> {
+    catalog
+        .service(service_id)
+        .ok_or_else(|| match catalog.retired_service(service_id) {
+            Some(retired) => Refusal::BadRequest(format!(
+                "service_id {service_id:?} ({}) is not in the catalog: its plugin was retired; \
+             existing instances can still be fetched, unbound and deprovisioned, \
+             but not provisioned, updated or bound",
+                retired.name
+            )),
+            None => Refusal::BadRequest(format!("service_id {service_id:?} is not in the catalog")),
+        })
 }
 
 /// OSB: a requested maintenance_info version must equal the plan's.

@@ -34,9 +34,28 @@ pub enum ConnectionError {
     Invalid { connection: String, reason: String },
 }
 
-/// Every configured backend, by its broker.toml name.
+/// Every configured backend, by its broker.toml name. A broker.toml change
+/// builds a new set ([`Connections::reconfigured`]) that shares every
+/// unchanged connection, pool included, with the old one; calls keep the set
+/// their plugin was loaded with, so a change never alters a call in flight.
 pub struct Connections {
-    by_name: BTreeMap<String, Connection>,
+    by_name: BTreeMap<String, Arc<Connection>>,
+    /// What each connection was built from: an equal section reuses it.
+    configs: BTreeMap<String, ConnectionConfig>,
+}
+
+/// Which connections a broker.toml change touched, by name (never a URL).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConnectionChanges {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl ConnectionChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
 }
 
 pub(crate) enum Connection {
@@ -106,15 +125,57 @@ impl Connections {
     pub fn from_config(
         configs: &BTreeMap<String, ConnectionConfig>,
     ) -> Result<Self, ConnectionError> {
-        let by_name = configs
-            .iter()
-            .map(|(name, config)| Ok((name.clone(), Connection::from_config(name, config)?)))
-            .collect::<Result<_, ConnectionError>>()?;
-        Ok(Self { by_name })
+        Self::empty()
+            .reconfigured(configs)
+            .map(|(connections, _)| connections)
+    }
+
+    fn empty() -> Self {
+        Self {
+            by_name: BTreeMap::new(),
+            configs: BTreeMap::new(),
+        }
+    }
+
+    /// The set `configs` describes, sharing with `self` every connection
+    /// whose section is unchanged (its open pool too), and what changed.
+    /// Fails, building nothing that outlives the call, if any section is
+    /// invalid: a broker.toml change applies whole or not at all.
+    pub fn reconfigured(
+        &self,
+        configs: &BTreeMap<String, ConnectionConfig>,
+    ) -> Result<(Self, ConnectionChanges), ConnectionError> {
+        let mut changes = ConnectionChanges::default();
+        let mut by_name = BTreeMap::new();
+        for (name, config) in configs {
+            let connection = match (self.configs.get(name), self.by_name.get(name)) {
+                (Some(old), Some(connection)) if old == config => connection.clone(),
+                (old, _) => {
+                    if old.is_some() {
+                        changes.changed.push(name.clone());
+                    } else {
+                        changes.added.push(name.clone());
+                    }
+                    Arc::new(Connection::from_config(name, config)?)
+                }
+            };
+            by_name.insert(name.clone(), connection);
+        }
+        changes.removed = self
+            .configs
+            .keys()
+            .filter(|name| !configs.contains_key(*name))
+            .cloned()
+            .collect();
+        let connections = Self {
+            by_name,
+            configs: configs.clone(),
+        };
+        Ok((connections, changes))
     }
 
     fn get(&self, name: &str) -> Option<&Connection> {
-        self.by_name.get(name)
+        self.by_name.get(name).map(Arc::as_ref)
     }
 }
 
@@ -360,12 +421,23 @@ pub(crate) fn permit_count(max_connections: u32) -> usize {
 }
 
 /// The connections one plugin may use: its broker.toml grants (alias the
-/// plugin asks for -> connection name) over the shared connections. Both
-/// are shared, so handing a copy to each capability of each call is cheap.
+/// plugin asks for -> connection name) over the connections as they were
+/// when the plugin was loaded. Both are shared, so handing a copy to each
+/// capability of each call is cheap.
 #[derive(Clone)]
 pub struct Grants {
     connections: Arc<Connections>,
     aliases: Arc<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for Grants {
+    /// The aliases only: a connection holds secrets.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Grants")
+            .field("aliases", &self.aliases)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Grants {
@@ -430,165 +502,4 @@ fn wrong_kind(alias: &str, actual: &Connection, wanted: &str) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    /// Connections from `(name, body of its [connections.<name>] table)` pairs.
-    pub(crate) fn connections(tables: &[(&str, &str)]) -> Arc<Connections> {
-        let text: String = tables
-            .iter()
-            .map(|(name, body)| format!("[{name}]\n{body}\n"))
-            .collect();
-        let configs: BTreeMap<String, ConnectionConfig> =
-            toml::from_str(&text).expect("valid connection tables");
-        Arc::new(Connections::from_config(&configs).expect("valid connections"))
-    }
-
-    /// Whether a local service answers. Outside CI a missing service skips
-    /// the test; under `CI=true` it fails it, so CI cannot pass by skipping.
-    pub(crate) async fn reachable_or_skip(service: &str, address: &str) -> bool {
-        let connect = tokio::net::TcpStream::connect(address);
-        if matches!(
-            tokio::time::timeout(Duration::from_secs(2), connect).await,
-            Ok(Ok(_))
-        ) {
-            return true;
-        }
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{service} not reachable at {address} (CI=true)"
-        );
-        eprintln!("skipping: {service} not reachable at {address}");
-        false
-    }
-
-    fn config(kind: &str, url: &str, extra: &str) -> BTreeMap<String, ConnectionConfig> {
-        let text = format!("[admin]\nkind = '{kind}'\nurl = '{url}'\n{extra}");
-        toml::from_str(&text).expect("valid connection table")
-    }
-
-    #[tokio::test]
-    async fn public_address_comes_from_the_url_or_the_overrides() {
-        let connections =
-            Connections::from_config(&config("mysql", "mysql://root:secret@127.0.0.1:3307", ""))
-                .expect("valid");
-        let Some(Connection::Sql(sql)) = connections.get("admin") else {
-            panic!("not sql")
-        };
-        assert_eq!(
-            sql.address,
-            PublicAddress {
-                host: "127.0.0.1".to_owned(),
-                port: 3307
-            }
-        );
-
-        let overridden = config(
-            "postgres",
-            "postgres://postgres@127.0.0.1",
-            "public_host = 'db.example'\npublic_port = 6432",
-        );
-        let connections = Connections::from_config(&overridden).expect("valid");
-        let Some(Connection::Sql(sql)) = connections.get("admin") else {
-            panic!("not sql")
-        };
-        assert_eq!(
-            sql.address,
-            PublicAddress {
-                host: "db.example".to_owned(),
-                port: 6432
-            }
-        );
-    }
-
-    #[tokio::test]
-    async fn bad_urls_name_the_connection_and_hide_the_url() {
-        for (kind, url) in [
-            ("mysql", "not a url :secret@"),
-            ("http", "ftp://user:secret@host/"),
-            ("redis", "http://:secret@host"),
-        ] {
-            let error = Connections::from_config(&config(kind, url, ""))
-                .err()
-                .expect("refused")
-                .to_string();
-            assert!(error.contains("[connections.admin]"), "{error}");
-            assert!(!error.contains("secret"), "{error}");
-        }
-    }
-
-    #[tokio::test]
-    async fn zero_connections_are_refused() {
-        let error =
-            Connections::from_config(&config("redis", "redis://127.0.0.1", "max_connections = 0"))
-                .err()
-                .expect("refused")
-                .to_string();
-        assert!(error.contains("max_connections"), "{error}");
-    }
-
-    #[test]
-    fn http_credentials_leave_the_url() {
-        let connections =
-            Connections::from_config(&config("http", "http://guest:gu%40st@127.0.0.1:15672/", ""))
-                .expect("valid");
-        let Some(Connection::Http(http)) = connections.get("admin") else {
-            panic!("not http")
-        };
-        assert_eq!(http.public_base_url, "http://127.0.0.1:15672");
-        assert_eq!(http.base_url.as_str(), "http://127.0.0.1:15672/");
-        assert_eq!(http.username.as_deref(), Some("guest"));
-        assert_eq!(http.password.as_deref(), Some("gu@st"));
-    }
-
-    #[test]
-    fn redis_tls_and_unix_sockets() {
-        let connections =
-            Connections::from_config(&config("redis", "rediss://:pw@cache.example:6380", ""))
-                .expect("valid");
-        let Some(Connection::Redis(redis)) = connections.get("admin") else {
-            panic!("not redis")
-        };
-        assert!(redis.tls);
-        assert_eq!(
-            redis.address,
-            PublicAddress {
-                host: "cache.example".to_owned(),
-                port: 6380
-            }
-        );
-
-        let error = Connections::from_config(&config("redis", "redis+unix:///run/redis.sock", ""))
-            .err()
-            .expect("refused");
-        assert!(error.to_string().contains("public_host"), "{error}");
-        Connections::from_config(&config(
-            "redis",
-            "redis+unix:///run/redis.sock",
-            "public_host = 'cache'\npublic_port = 6379",
-        ))
-        .expect("valid with a public address");
-    }
-
-    #[tokio::test]
-    async fn grants_resolve_only_granted_aliases_of_the_right_kind() {
-        let connections = Arc::new(
-            Connections::from_config(&config("redis", "redis://127.0.0.1", "")).expect("valid"),
-        );
-        let grants = Grants::new(
-            connections,
-            Arc::new(BTreeMap::from([("cache".to_owned(), "admin".to_owned())])),
-        );
-        assert!(grants.redis("cache").is_ok());
-        let not_granted = grants.redis("admin").err().expect("alias, not name");
-        assert!(
-            not_granted.contains("\"admin\" is not granted"),
-            "{not_granted}"
-        );
-        let wrong = grants.sql("cache").err().expect("wrong kind");
-        assert!(
-            wrong.contains("a Redis connection, not an SQL one"),
-            "{wrong}"
-        );
-    }
-}
+pub(crate) mod tests;

@@ -31,7 +31,6 @@ pub mod settings;
 pub mod sql;
 pub mod tcp;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use wasmtime::component::Linker;
@@ -102,15 +101,18 @@ registry! {
 
 /// What one plugin may reach, resolved from its `[plugins.<name>]` section
 /// when it loads. Every call builds fresh capability hosts from it, so no
-/// state leaks from one call into the next.
+/// state leaks from one call into the next; and since it holds the
+/// connections it resolves against, a broker.toml change (which loads the
+/// plugin again) never alters a call in flight.
 #[derive(Debug, Clone)]
 pub struct PluginGrants {
     /// The file stem: the name broker.toml and the kv namespace use, which
     /// the plugin cannot choose.
     plugin: Arc<str>,
     settings: Arc<settings::Settings>,
-    /// Alias the plugin asks for -> `[connections.<name>]`.
-    connections: Arc<BTreeMap<String, String>>,
+    /// Alias the plugin asks for -> `[connections.<name>]`, over the
+    /// connections of the broker.toml the plugin was loaded with.
+    connections: Grants,
     max_host_call_bytes: u64,
 }
 
@@ -118,12 +120,13 @@ impl PluginGrants {
     pub fn new(
         plugin: &str,
         plugin_config: &crate::config::PluginConfig,
+        connections: Arc<Connections>,
         max_host_call_bytes: u64,
     ) -> Self {
         Self {
             plugin: Arc::from(plugin),
             settings: Arc::new(settings::Settings::from_table(&plugin_config.config)),
-            connections: Arc::new(plugin_config.connections.clone()),
+            connections: Grants::new(connections, Arc::new(plugin_config.connections.clone())),
             max_host_call_bytes,
         }
     }
@@ -133,10 +136,11 @@ impl PluginGrants {
     }
 }
 
-/// Backends every plugin's calls share.
+/// Backends every plugin's calls share. The named connections are not
+/// here: each plugin holds those of the broker.toml it was loaded with (in
+/// its [`PluginGrants`]), since broker.toml can change while calls run.
 #[derive(Clone)]
 pub struct SharedBackends {
-    pub connections: Arc<Connections>,
     pub state: StateStore,
 }
 
@@ -159,10 +163,7 @@ impl CallContext<'_> {
 
     /// The connections granted to the plugin.
     fn connections(&self) -> Grants {
-        Grants::new(
-            self.backends.connections.clone(),
-            self.grants.connections.clone(),
-        )
+        self.grants.connections.clone()
     }
 
     /// Most bytes one host call may move across the sandbox boundary.

@@ -284,6 +284,10 @@ pub struct CatalogSnapshot {
     /// Serving plugins: file stem and reported info.
     plugins: Vec<(String, PluginInfo)>,
     offerings: HashMap<String, OfferingEntry>,
+    /// Offerings of retired plugins: not offered (not in `catalog`), but
+    /// still describing the instances made from them, which can be fetched,
+    /// unbound and deprovisioned until none is left.
+    retired: HashMap<String, ServiceOffering>,
 }
 
 impl Default for CatalogSnapshot {
@@ -329,7 +333,45 @@ impl CatalogSnapshot {
             etag,
             plugins,
             offerings,
+            retired: HashMap::new(),
         }
+    }
+
+    /// The same catalog, knowing `offerings` as retired ones. The served
+    /// catalog (and its ETag) does not change.
+    pub fn with_retired<'a>(
+        mut self,
+        offerings: impl IntoIterator<Item = &'a ServiceOffering>,
+    ) -> Self {
+        self.retired = offerings
+            .into_iter()
+            .filter(|offering| !self.offerings.contains_key(&offering.id))
+            .map(|offering| (offering.id.clone(), offering.clone()))
+            .collect();
+        self
+    }
+
+    /// The offering of a retired plugin with this id: no longer offered,
+    /// but its instances remain.
+    pub fn retired_service(&self, service_id: &str) -> Option<&ServiceOffering> {
+        self.retired.get(service_id)
+    }
+
+    /// The offering `service_id` names, offered or retired: what describes
+    /// an existing instance.
+    pub fn service_of_instance(&self, service_id: &str) -> Option<&ServiceOffering> {
+        self.service(service_id)
+            .or_else(|| self.retired_service(service_id))
+    }
+
+    /// A plan of [`Self::service_of_instance`].
+    pub fn plan_of_instance(&self, service_id: &str, plan_id: &str) -> Option<&ServicePlan> {
+        self.plan(service_id, plan_id).or_else(|| {
+            self.retired_service(service_id)?
+                .plans
+                .iter()
+                .find(|plan| plan.id == plan_id)
+        })
     }
 
     pub fn service(&self, service_id: &str) -> Option<&ServiceOffering> {

@@ -381,3 +381,30 @@ fn snapshot_serves_lookups_and_stable_etag() {
     assert_ne!(CatalogSnapshot::default().etag, snapshot.etag);
     assert_eq!(&CatalogSnapshot::default().json[..], br#"{"services":[]}"#);
 }
+
+#[test]
+fn retired_offerings_describe_instances_but_are_not_served() {
+    let serving = contribution(
+        "mysql",
+        vec![offering("s1", "mysql", vec![plan("p1", "small")])],
+    );
+    let plain = CatalogSnapshot::build(std::slice::from_ref(&serving));
+    let gone = offering("s2", "redis", vec![plan("p2", "small")]);
+    let snapshot = CatalogSnapshot::build(&[serving]).with_retired([&gone]);
+    assert_eq!(snapshot.etag, plain.etag, "the served catalog is unchanged");
+    assert!(snapshot.service("s2").is_none(), "not offered");
+    assert_eq!(
+        snapshot.retired_service("s2").map(|o| o.name.as_str()),
+        Some("redis")
+    );
+    assert!(snapshot.service_of_instance("s2").is_some());
+    assert!(snapshot.service_of_instance("s1").is_some());
+    assert_eq!(
+        snapshot
+            .plan_of_instance("s2", "p2")
+            .map(|p| p.name.as_str()),
+        Some("small")
+    );
+    assert!(snapshot.plan_of_instance("s2", "p1").is_none());
+    assert!(snapshot.retired_service("s1").is_none());
+}

@@ -37,7 +37,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Serve the OSB API (and load, and watch, the plugin directory).
+    /// Serve the OSB API (and load, and watch, the plugin directory; broker.toml changes and SIGHUP
+    /// apply connections, plugin sections and call limits without a restart).
     Serve {
         /// Listen address, overriding [server] listen.
         #[arg(long)]
@@ -146,7 +147,8 @@ impl From<StatusArg> for ResourceStatus {
 
 #[derive(Subcommand)]
 pub enum PluginsCommand {
-    /// One line per file in the plugin directory: name, version, WIT version, services, and why a plugin was refused.
+    /// One line per file in the plugin directory: name, version, WIT version, services, and why a plugin was refused;
+    /// then the retired plugins (file gone, instances left) with how many instances they still hold.
     List,
     /// Validate a .wasm against the WIT contract and the catalog rules; exits non-zero if the broker would refuse it.
     Check {

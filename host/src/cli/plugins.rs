@@ -1,11 +1,14 @@
 //! `catalog` and `plugins`: what the plugin directory, or one plugin file,
-//! yields when loaded as `serve` loads it.
+//! yields when loaded as `serve` loads it; and, from the state store, the
+//! retired plugins a broker keeps for the instances they left.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::anyhow;
 
+use wasm_broker::catalog::CatalogSnapshot;
 use wasm_broker::config::{Config, StateBackend, StateConfig};
 use wasm_broker::runtime::{PluginRuntime, PluginStatus};
 use wasm_broker::state::StateStore;
@@ -18,7 +21,7 @@ pub async fn print_catalog(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line per file in the plugin directory.
+/// One line per file in the plugin directory, then one per retired plugin.
 pub async fn list(config: &Config) -> anyhow::Result<()> {
     let runtime = load_plugins(config, &config.runtime.plugin_dir).await?;
     for status in runtime.plugins() {
@@ -32,7 +35,62 @@ pub async fn list(config: &Config) -> anyhow::Result<()> {
             );
         }
     }
+    match retired_plugins(config, &runtime.catalog()).await {
+        Ok(retired) => {
+            for line in retired {
+                println!("{line}");
+            }
+        }
+        Err(error) => {
+            eprintln!("cannot read the state store, so retired plugins are not listed: {error:#}")
+        }
+    }
     Ok(())
+}
+
+/// Plugins the broker keeps retired: services recorded in the state store
+/// as served, no longer offered by the plugin directory, with instances
+/// left. A broker serving from this configuration keeps (or, after a
+/// restart, loads again) the version that served them last.
+async fn retired_plugins(
+    config: &Config,
+    catalog: &CatalogSnapshot,
+) -> anyhow::Result<Vec<String>> {
+    if config.state.backend == StateBackend::Sqlite && !config.state.path.exists() {
+        return Ok(Vec::new());
+    }
+    let store = StateStore::open(&config.state).await?;
+    let served = store.served_services().await;
+    let counts = store.live_instances_by_service().await;
+    store.close().await;
+    let (served, counts) = (served?, counts?);
+    // (plugin, version) -> (service names, instances left)
+    let mut retired: BTreeMap<(String, String), (Vec<String>, u64)> = BTreeMap::new();
+    for row in served {
+        let instances = counts.get(&row.service_id).copied().unwrap_or(0);
+        if catalog.service(&row.service_id).is_some() || instances == 0 {
+            continue;
+        }
+        let entry = retired.entry((row.plugin, row.version)).or_default();
+        entry.0.push(row.service_name);
+        entry.1 += instances;
+    }
+    Ok(retired
+        .into_iter()
+        .map(|((name, version), (services, instances))| {
+            describe_retired(&name, &version, &services, instances)
+        })
+        .collect())
+}
+
+fn describe_retired(name: &str, version: &str, services: &[String], instances: u64) -> String {
+    format!(
+        "{name:<16} {version:<10} {:<12} RETIRED   services: {services} ({instances} instance{s} left; \
+         served until deprovisioned, no longer offered)",
+        "",
+        services = services.join(", "),
+        s = if instances == 1 { "" } else { "s" },
+    )
 }
 
 /// Validates `file`; fails if the broker would refuse it.
@@ -86,6 +144,17 @@ async fn check_plugin(config: &Config, file: &Path) -> anyhow::Result<PluginStat
 
 /// One line per plugin for `plugins list`.
 fn describe_status(status: &PluginStatus) -> String {
+    if let Some(instances) = status.retired_instances {
+        let version = status
+            .info
+            .as_ref()
+            .map_or("-", |info| info.version.as_str());
+        let line = describe_retired(&status.name, version, &status.services, instances);
+        return match &status.error {
+            Some(error) => format!("{line}: {error}"),
+            None => line,
+        };
+    }
     match (&status.info, &status.error) {
         (Some(info), None) => format!(
             "{name:<16} {version:<10} wit {wit:<8} serving   services: {services}",

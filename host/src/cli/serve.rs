@@ -1,7 +1,10 @@
 //! `serve`: the OSB API over HTTP or HTTPS, from the state store and the
 //! plugin directory the configuration names, until Ctrl-C or SIGTERM.
+//! broker.toml stays live: a change of the file, or SIGHUP, applies its
+//! connections, plugin sections and call limits without a restart.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -12,7 +15,12 @@ use wasm_broker::osb::{self, GuardConfig};
 use wasm_broker::runtime::PluginRuntime;
 use wasm_broker::state::StateStore;
 
-pub async fn serve(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+/// `config` was loaded from `config_path`, which is watched from now on.
+pub async fn serve(
+    config: Config,
+    config_path: PathBuf,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let store = StateStore::open(&config.state)
         .await
         .context("opening the state store")?;
@@ -39,6 +47,8 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> anyhow::Result
     let runtime = PluginRuntime::start(&config, store.clone())
         .await
         .context("starting the plugin runtime")?;
+    // Kept until serving ends: dropping it stops applying broker.toml.
+    let _config_watch = runtime.watch_config(config_path);
     let broker = Arc::new(Broker::new(runtime, store));
 
     let min_version =

@@ -1,9 +1,14 @@
 //! Compiled plugin code, cached on disk per file digest and engine
 //! configuration, so a restart or a reload of an unchanged plugin does not
-//! compile it again.
+//! compile it again; and a copy of each plugin file loaded, by digest, so a
+//! retired plugin (whose file is gone) can be loaded again after a restart,
+//! by this or by a newer broker whose engine cannot use the old code.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Where the copies of plugin files live, below the cache directory.
+const SOURCES: &str = "sources";
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -44,6 +49,46 @@ pub fn compile_cached(
         .map_err(|error| format!("cannot load its compiled code: {error:#}"))
 }
 
+/// Keeps a copy of a plugin file under its digest, unless one is there.
+/// Blocking. A failure is logged: it only matters if the plugin retires
+/// and the broker restarts before its instances are gone.
+pub fn keep_source(cache_dir: &Path, wasm: &[u8], digest: &str) {
+    let path = source_path(cache_dir, digest);
+    if path.is_file() {
+        return;
+    }
+    if let Err(error) = write_atomically(&cache_dir.join(SOURCES), &path, wasm) {
+        tracing::warn!(cache_dir = %cache_dir.display(), %error, "cannot keep a copy of a plugin file; if it retires, a restart cannot load it again");
+    }
+}
+
+/// The copy [`keep_source`] kept of the file with `digest`, checked
+/// against the digest. Blocking.
+pub fn read_source(cache_dir: &Path, digest: &str) -> Result<Vec<u8>, String> {
+    let path = source_path(cache_dir, digest);
+    let wasm = std::fs::read(&path)
+        .map_err(|error| format!("cannot read its kept copy {}: {error}", path.display()))?;
+    use sha2::Digest as _;
+    if hex::encode(sha2::Sha256::digest(&wasm)) != digest {
+        return Err(format!(
+            "its kept copy {} is damaged (digest mismatch)",
+            path.display()
+        ));
+    }
+    Ok(wasm)
+}
+
+fn source_path(cache_dir: &Path, digest: &str) -> PathBuf {
+    // The digest is hex from our own hashing (or the state store, which got
+    // it from there); checked anyway, since it becomes a file name.
+    let name = if digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        digest
+    } else {
+        "invalid-digest"
+    };
+    cache_dir.join(SOURCES).join(format!("{name}.wasm"))
+}
+
 /// A reader never sees a half-written artifact: the bytes go to a temporary
 /// file that is renamed into place.
 fn write_atomically(directory: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -59,6 +104,21 @@ fn write_atomically(directory: &Path, path: &Path, bytes: &[u8]) -> std::io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_are_kept_by_digest_and_checked() {
+        use sha2::Digest as _;
+        let directory = tempfile::tempdir().expect("temp dir");
+        let wasm = b"\0asm plugin bytes";
+        let digest = hex::encode(sha2::Sha256::digest(wasm));
+        keep_source(directory.path(), wasm, &digest);
+        assert_eq!(read_source(directory.path(), &digest).expect("kept"), wasm);
+        std::fs::write(source_path(directory.path(), &digest), b"tampered").expect("overwrite");
+        let error = read_source(directory.path(), &digest).expect_err("damaged");
+        assert!(error.contains("digest mismatch"), "{error}");
+        let error = read_source(directory.path(), "../../etc/passwd").expect_err("no such copy");
+        assert!(error.contains("invalid-digest"), "{error}");
+    }
 
     #[test]
     fn artifacts_are_written_whole() {

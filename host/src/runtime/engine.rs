@@ -49,7 +49,7 @@ pub struct PluginEngine {
 }
 
 /// The largest linear memory any plugin may have: the pool's slots must fit it.
-fn largest_memory_limit(config: &Config) -> u64 {
+pub(super) fn largest_memory_limit(config: &Config) -> u64 {
     let overrides = config
         .plugins
         .values()

@@ -1,22 +1,25 @@
 //! Loading the plugin directory: every `*.wasm` is compiled (cached),
 //! checked against the contract, linked, asked for its catalog, validated,
-//! and merged with the others. A plugin that fails any step is refused with
-//! a reason; the others keep serving.
+//! and merged with the others (`plugin_set`). A plugin that fails any step
+//! is refused with a reason; the others keep serving.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::call::CallTarget;
-use super::compile_cache::compile_cached;
+use super::compile_cache::{compile_cached, keep_source};
 use super::engine::PluginEngine;
-use super::{CallError, CallState, PluginStatus, RuntimeError, convert};
+use super::live_config::LiveSettings;
+use super::plugin_set::{Attempt, FileRecord, PluginSet, merge};
+use super::{CallError, CallState, RuntimeError, convert};
 use crate::capabilities::PluginGrants;
-use crate::catalog::{self, CatalogSnapshot, PluginCatalog};
+use crate::catalog::{self, PluginCatalog};
 use crate::config::{CallLimits, Config};
 use crate::contract::ServicePluginPre;
 use crate::model::PluginInfo;
@@ -38,6 +41,9 @@ pub struct LoadedPlugin {
     pub pre: ServicePluginPre<CallState>,
     pub grants: PluginGrants,
     pub limits: CallLimits,
+    /// The broker.toml version (`LiveSettings::generation`) its grants and
+    /// limits come from.
+    pub generation: u64,
 }
 
 impl LoadedPlugin {
@@ -53,70 +59,61 @@ impl LoadedPlugin {
     pub fn info(&self) -> &PluginInfo {
         &self.published.info
     }
-}
 
-/// What loading one version of a file gave. Kept per file so an unchanged
-/// file is neither loaded nor reported again.
-#[derive(Clone)]
-enum Attempt {
-    Loaded(Arc<LoadedPlugin>),
-    Refused(String),
-}
-
-#[derive(Clone)]
-struct FileRecord {
-    digest: String,
-    attempt: Attempt,
-}
-
-/// Everything the runtime serves at one moment. Replaced as a whole on
-/// reload, so a call sees one consistent version from start to end.
-pub struct PluginSet {
-    serving: BTreeMap<String, Arc<LoadedPlugin>>,
-    /// Service id -> stem of the plugin serving it.
-    services: BTreeMap<String, String>,
-    catalog: Arc<CatalogSnapshot>,
-    statuses: Vec<PluginStatus>,
-    files: BTreeMap<String, FileRecord>,
-}
-
-impl PluginSet {
-    pub fn empty() -> Self {
+    /// The same code and catalog with the grants and limits of `live`,
+    /// without calling the plugin: for a version kept in memory (a retired
+    /// plugin, or the old version serving while a newer file is refused),
+    /// which has no file to load again.
+    pub fn regranted(&self, live: &LiveSettings) -> Self {
+        let (grants, limits) = grants_and_limits(&self.name, live);
         Self {
-            serving: BTreeMap::new(),
-            services: BTreeMap::new(),
-            catalog: Arc::new(CatalogSnapshot::default()),
-            statuses: Vec::new(),
-            files: BTreeMap::new(),
+            name: self.name.clone(),
+            digest: self.digest.clone(),
+            wit_version: self.wit_version.clone(),
+            published: self.published.clone(),
+            pre: self.pre.clone(),
+            grants,
+            limits,
+            generation: live.generation,
         }
     }
+}
 
-    pub fn catalog(&self) -> &Arc<CatalogSnapshot> {
-        &self.catalog
-    }
-
-    pub fn statuses(&self) -> &[PluginStatus] {
-        &self.statuses
-    }
-
-    pub fn serving(&self, service_id: &str) -> Option<&Arc<LoadedPlugin>> {
-        self.serving.get(self.services.get(service_id)?)
-    }
+/// What `[plugins.<stem>]` of the live broker.toml grants and allows.
+fn grants_and_limits(stem: &str, live: &LiveSettings) -> (PluginGrants, CallLimits) {
+    let plugin_config = live.config.plugin(stem);
+    let limits = live.config.runtime.limits_for(&plugin_config.limits);
+    let grants = PluginGrants::new(
+        stem,
+        &plugin_config,
+        live.connections.clone(),
+        limits.max_host_call_bytes,
+    );
+    (grants, limits)
 }
 
 /// Loads plugin files into [`PluginSet`]s.
 pub struct Loader {
     engine: PluginEngine,
-    config: Config,
+    /// Not live: the directory watched is the one the broker started with.
+    plugin_dir: PathBuf,
+    /// The broker.toml plugins are loaded with now; replaced (under the
+    /// reload turn) when a changed broker.toml is applied.
+    live: ArcSwap<LiveSettings>,
+    /// The broker.toml the broker started with: what settings that cannot
+    /// change live are compared against.
+    started: Config,
     /// Scans run one at a time, each building on the result of the last.
     reloading: tokio::sync::Mutex<()>,
 }
 
 impl Loader {
-    pub fn new(engine: PluginEngine, config: Config) -> Self {
+    pub fn new(engine: PluginEngine, config: Config, live: LiveSettings) -> Self {
         Self {
             engine,
-            config,
+            plugin_dir: config.runtime.plugin_dir.clone(),
+            live: ArcSwap::from_pointee(live),
+            started: config,
             reloading: tokio::sync::Mutex::new(()),
         }
     }
@@ -131,38 +128,79 @@ impl Loader {
     }
 
     pub fn plugin_dir(&self) -> &Path {
-        &self.config.runtime.plugin_dir
+        &self.plugin_dir
+    }
+
+    pub fn live(&self) -> Arc<LiveSettings> {
+        self.live.load_full()
+    }
+
+    /// Replaces the live settings; the caller holds the reload turn and
+    /// scans next, so plugins pick them up.
+    pub fn set_live(&self, live: Arc<LiveSettings>) {
+        self.live.store(live);
+    }
+
+    pub fn started(&self) -> &Config {
+        &self.started
     }
 
     /// Reads the plugin directory again and builds the set that replaces
     /// `previous`: unchanged files keep their plugin, new and changed ones
-    /// are loaded, removed ones are dropped. A plugin whose new file fails
-    /// keeps serving its previous version.
+    /// are loaded, removed ones are dropped (or retired, see `retired`). A
+    /// plugin whose new file fails keeps serving its previous version.
+    /// After a broker.toml change every plugin is loaded again with its new
+    /// grants and limits (from the compiled code it has; its catalog is
+    /// asked again, since it may depend on its settings).
     pub async fn scan(&self, previous: &PluginSet) -> Result<PluginSet, RuntimeError> {
+        let live = self.live();
         let mut files = BTreeMap::new();
         for (stem, path) in self.plugin_files()? {
             let record = match tokio::fs::read(&path).await {
                 Err(error) => FileRecord {
                     digest: String::new(),
+                    generation: live.generation,
                     attempt: Attempt::Refused(format!("cannot read {}: {error}", path.display())),
                 },
                 Ok(wasm) => {
                     let digest = hex::encode(Sha256::digest(&wasm));
-                    match previous.files.get(&stem) {
-                        Some(known) if known.digest == digest => known.clone(),
-                        _ => {
-                            let attempt = match self.load(&stem, wasm, &digest).await {
-                                Ok(plugin) => Attempt::Loaded(Arc::new(plugin)),
-                                Err(why) => Attempt::Refused(why),
-                            };
-                            FileRecord { digest, attempt }
+                    let known = previous.file(&stem).filter(|known| known.digest == digest);
+                    let attempt = match known {
+                        Some(known) if known.generation == live.generation => {
+                            files.insert(stem, (path, known.clone()));
+                            continue;
                         }
+                        // The same file under a changed broker.toml: its
+                        // code is ready, only the grants and catalog change.
+                        Some(FileRecord {
+                            attempt: Attempt::Loaded(plugin),
+                            ..
+                        }) => {
+                            self.admit(
+                                &stem,
+                                &digest,
+                                plugin.pre.clone(),
+                                &plugin.wit_version,
+                                &live,
+                            )
+                            .await
+                        }
+                        _ => self.load(&stem, wasm, &digest, &live).await,
+                    };
+                    FileRecord {
+                        digest,
+                        generation: live.generation,
+                        attempt: match attempt {
+                            Ok(plugin) => Attempt::Loaded(Arc::new(plugin)),
+                            Err(why) => Attempt::Refused(why),
+                        },
                     }
                 }
             };
             files.insert(stem, (path, record));
         }
-        Ok(merge(previous, files))
+        let merged = merge(previous, files, &live);
+        Ok(self.settle(merged, &live).await)
     }
 
     /// `*.wasm` files of the plugin directory by stem, in name order.
@@ -189,12 +227,23 @@ impl Loader {
         Ok(files)
     }
 
-    async fn load(&self, stem: &str, wasm: Vec<u8>, digest: &str) -> Result<LoadedPlugin, String> {
+    /// Compiles (or takes from the compile cache) and admits one version of
+    /// a plugin. Keeps a copy of the file in the cache directory, so that a
+    /// retired version can be loaded again after a restart.
+    pub(super) async fn load(
+        &self,
+        stem: &str,
+        wasm: Vec<u8>,
+        digest: &str,
+        live: &LiveSettings,
+    ) -> Result<LoadedPlugin, String> {
         let engine = self.engine.engine().clone();
         let cache_dir = self.engine.cache_dir().to_owned();
         let digest_owned = digest.to_owned();
         let component = tokio::task::spawn_blocking(move || {
-            compile_cached(&engine, &cache_dir, &wasm, &digest_owned)
+            let component = compile_cached(&engine, &cache_dir, &wasm, &digest_owned)?;
+            keep_source(&cache_dir, &wasm, &digest_owned);
+            Ok::<_, String>(component)
         })
         .await
         .map_err(|error| format!("compilation did not complete: {error}"))??;
@@ -206,10 +255,20 @@ impl Loader {
             .map_err(|error| format!("cannot be linked: {error:#}"))?;
         let pre = ServicePluginPre::new(instance_pre)
             .map_err(|error| format!("does not match the {CONTRACT} contract: {error:#}"))?;
+        self.admit(stem, digest, pre, &wit_version, live).await
+    }
 
-        let plugin_config = self.config.plugin(stem);
-        let limits = self.config.runtime.limits_for(&plugin_config.limits);
-        let grants = PluginGrants::new(stem, &plugin_config, limits.max_host_call_bytes);
+    /// Asks linked code for its info and catalog under the grants and
+    /// limits of `live`, and validates them.
+    async fn admit(
+        &self,
+        stem: &str,
+        digest: &str,
+        pre: ServicePluginPre<CallState>,
+        wit_version: &str,
+        live: &LiveSettings,
+    ) -> Result<LoadedPlugin, String> {
+        let (grants, limits) = grants_and_limits(stem, live);
         let target = CallTarget {
             name: stem,
             pre: &pre,
@@ -247,7 +306,7 @@ impl Loader {
         Ok(LoadedPlugin {
             name: stem.to_owned(),
             digest: digest.to_owned(),
-            wit_version,
+            wit_version: wit_version.to_owned(),
             published: PluginCatalog {
                 plugin: stem.to_owned(),
                 info,
@@ -256,6 +315,7 @@ impl Loader {
             pre,
             grants,
             limits,
+            generation: live.generation,
         })
     }
 }
@@ -292,153 +352,6 @@ fn served_contract(exports: &[&str]) -> Result<String, String> {
         _ => Err(format!(
             "exports {exported} but this host serves {SERVED_VERSIONS}"
         )),
-    }
-}
-
-/// Decides which plugins serve: plugins that served before are kept first,
-/// so a newly added plugin cannot push out a serving one by clashing with
-/// it; among the rest, name order decides. Logs every change.
-fn merge(previous: &PluginSet, files: BTreeMap<String, (PathBuf, FileRecord)>) -> PluginSet {
-    let mut order: Vec<&String> = files.keys().collect();
-    order.sort_by_key(|stem| (!previous.serving.contains_key(*stem), *stem));
-
-    let mut serving: BTreeMap<String, Arc<LoadedPlugin>> = BTreeMap::new();
-    let mut errors: BTreeMap<String, String> = BTreeMap::new();
-    for stem in order {
-        let (_, record) = &files[stem];
-        let old = previous.serving.get(stem);
-        let mut candidates: Vec<(&Arc<LoadedPlugin>, bool)> = Vec::new();
-        let mut refusal = None;
-        match &record.attempt {
-            Attempt::Loaded(plugin) => candidates.push((plugin, true)),
-            Attempt::Refused(why) => refusal = Some(why.clone()),
-        }
-        if let Some(old) = old.filter(|old| old.digest != record.digest) {
-            candidates.push((old, false));
-        }
-        let mut chosen = None;
-        for (candidate, is_current_file) in candidates {
-            match catalog::find_clash(serving.values().map(|p| &p.published), &candidate.published)
-            {
-                None => {
-                    chosen = Some((candidate.clone(), is_current_file));
-                    break;
-                }
-                Some(clash) if refusal.is_none() => refusal = Some(clash.to_string()),
-                Some(_) => {}
-            }
-        }
-        match (chosen, refusal) {
-            (Some((plugin, true)), _) => {
-                serving.insert(stem.clone(), plugin);
-            }
-            (Some((plugin, false)), refusal) => {
-                let why = refusal.unwrap_or_default();
-                errors.insert(
-                    stem.clone(),
-                    format!(
-                        "the new file was refused ({why}); still serving version {}",
-                        plugin.info().version
-                    ),
-                );
-                serving.insert(stem.clone(), plugin);
-            }
-            (None, refusal) => {
-                errors.insert(
-                    stem.clone(),
-                    refusal.unwrap_or_else(|| "refused".to_owned()),
-                );
-            }
-        }
-    }
-
-    let statuses: Vec<PluginStatus> = files
-        .iter()
-        .map(|(stem, (path, _))| {
-            let plugin = serving.get(stem);
-            PluginStatus {
-                name: stem.clone(),
-                file: path.clone(),
-                info: plugin.map(|p| p.info().clone()),
-                wit_version: plugin.map(|p| p.wit_version.clone()),
-                services: plugin
-                    .map(|p| {
-                        p.published
-                            .catalog
-                            .services
-                            .iter()
-                            .map(|s| s.name.clone())
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                error: errors.get(stem).cloned(),
-            }
-        })
-        .collect();
-    log_changes(previous, &serving, &statuses);
-
-    let published: Vec<PluginCatalog> = serving
-        .values()
-        .map(|plugin| plugin.published.clone())
-        .collect();
-    let services = serving
-        .values()
-        .flat_map(|plugin| {
-            plugin
-                .published
-                .catalog
-                .services
-                .iter()
-                .map(|offering| (offering.id.clone(), plugin.name.clone()))
-        })
-        .collect();
-    PluginSet {
-        catalog: Arc::new(CatalogSnapshot::build(&published)),
-        services,
-        serving,
-        statuses,
-        files: files
-            .into_iter()
-            .map(|(stem, (_, record))| (stem, record))
-            .collect(),
-    }
-}
-
-fn log_changes(
-    previous: &PluginSet,
-    serving: &BTreeMap<String, Arc<LoadedPlugin>>,
-    statuses: &[PluginStatus],
-) {
-    for status in statuses {
-        let before = previous.statuses.iter().find(|old| old.name == status.name);
-        let digest_before = previous
-            .serving
-            .get(&status.name)
-            .map(|p| p.digest.as_str());
-        let digest_now = serving.get(&status.name).map(|p| p.digest.as_str());
-        if before.is_some_and(|old| old.error == status.error) && digest_before == digest_now {
-            continue;
-        }
-        match (&status.error, &status.info) {
-            (None, Some(info)) => tracing::info!(
-                plugin = %status.name,
-                version = %info.version,
-                contract = status.wit_version.as_deref().unwrap_or_default(),
-                services = %status.services.join(", "),
-                "plugin loaded"
-            ),
-            (error, _) => tracing::error!(
-                plugin = %status.name,
-                file = %status.file.display(),
-                reason = error.as_deref().unwrap_or_default(),
-                "plugin refused"
-            ),
-        }
-    }
-    for name in previous.serving.keys() {
-        if !statuses.iter().any(|status| &status.name == name) {
-            tracing::info!(plugin = %name, "plugin removed: its file is gone");
-        }
     }
 }
 

@@ -7,9 +7,12 @@
 //! - `call`: the life of one call: store, limits, deadline, faults.
 //! - `call_metrics`, `limiter`: a call's metrics and its resource limiter.
 //! - `compile_cache`: compiled plugin code kept on disk.
-//! - `loader`: the plugin directory -> a validated, merged set of plugins.
+//! - `loader`: the plugin directory -> validated plugins; `plugin_set`:
+//!   merged into the set served, with the retired ones (`retired`: kept for
+//!   the instances they left).
 //! - `guest_output`: a plugin's stdout and stderr, into the host log.
-//! - `watcher`: hot reload.
+//! - `watcher`: hot reload of the plugin directory; `live_config`: of
+//!   broker.toml (file changes and SIGHUP).
 //! - `convert`: model <-> WIT.
 
 mod call;
@@ -19,12 +22,17 @@ mod convert;
 mod engine;
 mod guest_output;
 mod limiter;
+mod live_config;
 mod loader;
+mod plugin_set;
+mod retired;
 #[cfg(test)]
 mod tests;
 mod watcher;
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use wasmtime::component::{ComponentNamedList, Lift, Lower, ResourceTable};
@@ -34,7 +42,10 @@ use self::call::Export;
 use self::convert::InvalidAnswer;
 use self::engine::PluginEngine;
 use self::limiter::CallLimiter;
-use self::loader::{LoadedPlugin, Loader, PluginSet};
+use self::live_config::LiveSettings;
+pub use self::live_config::{Applied, ConfigWatch, ReloadError, Trigger};
+use self::loader::{LoadedPlugin, Loader};
+use self::plugin_set::PluginSet;
 use crate::capabilities::connections::{ConnectionError, Connections};
 use crate::capabilities::{CallHosts, CapabilityView, SharedBackends};
 use crate::catalog::CatalogSnapshot;
@@ -84,7 +95,16 @@ pub struct PluginStatus {
     pub services: Vec<String>,
     /// Why the plugin was refused, if it was.
     pub error: Option<String>,
+    /// Set for a retired plugin: one whose file is gone (or whose newer
+    /// version no longer offers these services), kept out of the catalog
+    /// for the instances it served; how many of them are left.
+    pub retired_instances: Option<u64>,
 }
+
+/// While retired plugins are kept, their instances are counted again this
+/// often (and at every reload), so one is released soon after its last
+/// instance is deprovisioned.
+const RETIRED_SWEEP: Duration = Duration::from_secs(30);
 
 /// The data of one call's store: an empty WASI context and one host per
 /// capability, built fresh for the call and dropped with it.
@@ -127,6 +147,8 @@ pub struct PluginRuntime {
     plugins: Arc<ArcSwap<PluginSet>>,
     /// Hot reload; `None` when the directory cannot be watched (logged).
     watcher: Option<(notify::RecommendedWatcher, tokio::task::JoinHandle<()>)>,
+    /// Releases retired plugins whose instances are gone.
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for PluginRuntime {
@@ -134,6 +156,7 @@ impl Drop for PluginRuntime {
         if let Some((_, task)) = &self.watcher {
             task.abort();
         }
+        self.sweeper.abort();
     }
 }
 
@@ -145,13 +168,16 @@ impl PluginRuntime {
         config: &Config,
         state: crate::state::StateStore,
     ) -> Result<Arc<Self>, RuntimeError> {
-        let backends = SharedBackends {
+        let live = LiveSettings {
+            config: config.clone(),
             connections: Arc::new(Connections::from_config(&config.connections)?),
-            state,
+            generation: 0,
         };
+        let backends = SharedBackends { state };
         let loader = Arc::new(Loader::new(
             PluginEngine::new(config, backends)?,
             config.clone(),
+            live,
         ));
         let plugins = Arc::new(ArcSwap::from_pointee(PluginSet::empty()));
 
@@ -170,25 +196,56 @@ impl PluginRuntime {
             }
         };
         let initial = loader.scan(&PluginSet::empty()).await?;
-        let refused = initial
-            .statuses()
-            .iter()
-            .filter(|status| status.info.is_none())
-            .count();
+        let count = |wanted: fn(&PluginStatus) -> bool| {
+            initial
+                .statuses()
+                .iter()
+                .filter(|status| wanted(status))
+                .count()
+        };
         tracing::info!(
             dir = %loader.plugin_dir().display(),
-            serving = initial.statuses().len() - refused,
-            refused,
+            serving = count(|status| status.info.is_some() && status.retired_instances.is_none()),
+            refused = count(|status| status.info.is_none() && status.retired_instances.is_none()),
+            retired = count(|status| status.retired_instances.is_some()),
             services = initial.catalog().catalog.services.len(),
             "plugins loaded"
         );
         plugins.store(Arc::new(initial));
         drop(first_turn);
+        let sweeper = tokio::spawn({
+            let (loader, plugins) = (loader.clone(), plugins.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(RETIRED_SWEEP).await;
+                    if plugins.load().has_retired() {
+                        watcher::reload(&loader, &plugins).await;
+                    }
+                }
+            }
+        });
         Ok(Arc::new(Self {
             loader,
             plugins,
             watcher,
+            sweeper,
         }))
+    }
+
+    /// Applies broker.toml at `path` whenever it changes or the process
+    /// gets SIGHUP, until the returned watch is dropped (`live_config`).
+    pub fn watch_config(&self, path: PathBuf) -> ConfigWatch {
+        live_config::watch(self.loader.clone(), self.plugins.clone(), path)
+    }
+
+    /// Reads, validates and applies broker.toml at `path` now, as a change
+    /// of the file (or SIGHUP) would.
+    pub async fn apply_config(
+        &self,
+        path: &std::path::Path,
+        trigger: Trigger,
+    ) -> Result<Applied, ReloadError> {
+        live_config::apply(&self.loader, &self.plugins, path, trigger).await
     }
 
     /// The merged catalog of all loaded plugins (cheap: an `Arc` clone).

@@ -23,6 +23,30 @@ fn built_plugin(name: &str) -> Option<PathBuf> {
 struct Fixture {
     directory: tempfile::TempDir,
     runtime: Arc<PluginRuntime>,
+    state: StateStore,
+}
+
+/// The broker.toml of the fixture in `directory`, with `extra` appended.
+fn config_text(directory: &Path, extra: &str) -> String {
+    format!(
+        r#"
+        [auth]
+        username = "u"
+        password = "p"
+        [runtime]
+        plugin_dir = {plugin_dir:?}
+        cache_dir = {cache_dir:?}
+        max_concurrent_instances = 8
+        [connections.mariadb]
+        kind = "mysql"
+        url = "mysql://root@127.0.0.1:3306"
+        [plugins.mysql.connections]
+        admin = "mariadb"
+        {extra}
+        "#,
+        plugin_dir = directory.join("plugins"),
+        cache_dir = directory.join("cache"),
+    )
 }
 
 impl Fixture {
@@ -33,30 +57,26 @@ impl Fixture {
         for (source, name) in plugins {
             std::fs::copy(source, plugin_dir.join(name)).expect("plugin copied");
         }
-        let config: Config = toml::from_str(&format!(
-            r#"
-            [runtime]
-            plugin_dir = {plugin_dir:?}
-            cache_dir = {cache_dir:?}
-            max_concurrent_instances = 8
-            [connections.mariadb]
-            kind = "mysql"
-            url = "mysql://root@127.0.0.1:3306"
-            [plugins.mysql.connections]
-            admin = "mariadb"
-            "#,
-            cache_dir = directory.path().join("cache"),
-        ))
-        .expect("config parses");
         let state_config = StateConfig {
             path: directory.path().join("broker.db"),
             ..StateConfig::default()
         };
         let state = StateStore::open(&state_config).await.expect("state store");
-        let runtime = PluginRuntime::start(&config, state)
+        let runtime = Self::runtime(directory.path(), &state).await;
+        Self {
+            directory,
+            runtime,
+            state,
+        }
+    }
+
+    /// A runtime on the fixture's directory and store (a restart, when one
+    /// runs already).
+    async fn runtime(directory: &Path, state: &StateStore) -> Arc<PluginRuntime> {
+        let config: Config = toml::from_str(&config_text(directory, "")).expect("config parses");
+        PluginRuntime::start(&config, state.clone())
             .await
-            .expect("runtime starts");
-        Self { directory, runtime }
+            .expect("runtime starts")
     }
 
     fn plugin_file(&self, name: &str) -> PathBuf {
@@ -234,4 +254,146 @@ fn calls_can_move_between_threads() {
         assert_send(&runtime.last_binding_operation(instance, binding, OperationKind::Bind, None));
     }
     let _ = check;
+}
+
+/// The instance record of an instance of `service_id` in `status`.
+async fn put_instance(
+    state: &StateStore,
+    instance: &Instance,
+    status: crate::lifecycle::ResourceStatus,
+) {
+    let record = crate::state::InstanceRecord {
+        instance: instance.clone(),
+        status,
+        dashboard_url: None,
+        metadata: None,
+        operation: None,
+    };
+    state
+        .transition_instance(&instance.id, |_| {
+            crate::state::Transition::Write(record, ())
+        })
+        .await
+        .expect("instance written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_plugin_retires_while_its_instances_remain() {
+    use crate::lifecycle::ResourceStatus;
+    let Some(mysql) = built_plugin("mysql") else {
+        return;
+    };
+    let fixture = Fixture::start(&[(&mysql, "mysql.wasm")]).await;
+    let catalog = fixture.runtime.catalog();
+    let offering = catalog.catalog.services[0].clone();
+    let (_, info) = catalog.plugin_of(&offering.id).expect("served");
+    let instance = instance(&offering.id, &offering.plans[0].id, &info.version);
+    put_instance(&fixture.state, &instance, ResourceStatus::Ready).await;
+
+    std::fs::remove_file(fixture.plugin_file("mysql.wasm")).expect("removed");
+    fixture
+        .wait_for("mysql to retire", |f| {
+            f.status("mysql")
+                .is_some_and(|s| s.retired_instances == Some(1))
+        })
+        .await;
+    let catalog = fixture.runtime.catalog();
+    assert!(catalog.service(&offering.id).is_none(), "no longer offered");
+    assert!(catalog.retired_service(&offering.id).is_some());
+    assert!(
+        fixture.runtime.serving(&offering.id).is_ok(),
+        "still serves its instance"
+    );
+
+    // A restart finds the file gone and the instance left: the retired
+    // version comes back from the copy in the compile cache.
+    let restarted = Fixture::runtime(fixture.directory.path(), &fixture.state).await;
+    let status = restarted
+        .plugins()
+        .into_iter()
+        .find(|status| status.name == "mysql")
+        .expect("listed after a restart");
+    assert_eq!((status.retired_instances, status.error), (Some(1), None));
+    assert!(restarted.serving(&offering.id).is_ok());
+    drop(restarted);
+
+    // Once the instance is deleted, the next reload releases the plugin.
+    put_instance(&fixture.state, &instance, ResourceStatus::Deleted).await;
+    watcher::reload(&fixture.runtime.loader, &fixture.runtime.plugins).await;
+    assert!(
+        fixture.status("mysql").is_none(),
+        "{:#?}",
+        fixture.runtime.plugins()
+    );
+    assert!(matches!(
+        fixture.runtime.serving(&offering.id),
+        Err(CallError::NoPlugin { .. })
+    ));
+    let restarted = Fixture::runtime(fixture.directory.path(), &fixture.state).await;
+    assert!(restarted.plugins().is_empty(), "{:#?}", restarted.plugins());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_broker_toml_loads_every_plugin_again_or_nothing() {
+    let Some(mysql) = built_plugin("mysql") else {
+        return;
+    };
+    let fixture = Fixture::start(&[(&mysql, "mysql.wasm")]).await;
+    let service_id = fixture.runtime.catalog().catalog.services[0].id.clone();
+    let serving = || fixture.runtime.serving(&service_id).expect("served");
+    let before = serving();
+    assert_eq!(before.generation, 0);
+    let path = fixture.directory.path().join("broker.toml");
+
+    // Unchanged: nothing is loaded again, unless SIGHUP asks.
+    std::fs::write(&path, config_text(fixture.directory.path(), "")).expect("write");
+    let applied = fixture
+        .runtime
+        .apply_config(&path, Trigger::FileChanged)
+        .await
+        .expect("valid");
+    assert_eq!(applied, Applied::Unchanged);
+    assert!(Arc::ptr_eq(&before, &serving()));
+
+    // A new limit and a new connection: loaded again, the unchanged
+    // connection shared.
+    let extra = "[connections.other]\nkind = \"redis\"\nurl = \"redis://127.0.0.1\"\n[plugins.mysql]\ncall_timeout_ms = 1234";
+    std::fs::write(&path, config_text(fixture.directory.path(), extra)).expect("write");
+    let applied = fixture
+        .runtime
+        .apply_config(&path, Trigger::FileChanged)
+        .await
+        .expect("valid");
+    let Applied::Reloaded(changes) = applied else {
+        panic!("not reloaded: {applied:?}")
+    };
+    assert_eq!(changes.added, ["other"]);
+    assert!(changes.changed.is_empty() && changes.removed.is_empty());
+    let after = serving();
+    assert_eq!((after.generation, after.limits.call_timeout_ms), (1, 1234));
+    assert_eq!(
+        before.limits.call_timeout_ms, 10_000,
+        "the old version keeps its limits"
+    );
+
+    // Invalid: a grant of a connection that does not exist. Nothing changes.
+    let invalid = "[plugins.redis.connections]\ncache = \"nope\"";
+    std::fs::write(&path, config_text(fixture.directory.path(), invalid)).expect("write");
+    let error = fixture
+        .runtime
+        .apply_config(&path, Trigger::FileChanged)
+        .await
+        .expect_err("invalid");
+    assert!(error.to_string().contains("nope"), "{error}");
+    assert!(Arc::ptr_eq(&after, &serving()));
+
+    // SIGHUP reloads even an unchanged file.
+    std::fs::write(&path, config_text(fixture.directory.path(), extra)).expect("write");
+    let applied = fixture
+        .runtime
+        .apply_config(&path, Trigger::Hangup)
+        .await
+        .expect("valid");
+    assert_eq!(applied, Applied::Reloaded(Default::default()));
+    assert_eq!(serving().generation, 2);
 }

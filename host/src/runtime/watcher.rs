@@ -9,7 +9,8 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::loader::{Loader, PluginSet};
+use super::loader::Loader;
+use super::plugin_set::PluginSet;
 
 /// Copying a plugin into place produces several events; waiting for this
 /// much quiet loads the finished file once instead of half-written ones.
@@ -28,24 +29,31 @@ pub fn watch(
     watcher.watch(loader.plugin_dir(), RecursiveMode::NonRecursive)?;
     let task = tokio::spawn(async move {
         while let Some(first) = received.recv().await {
-            let mut relevant = is_relevant(&first);
+            if !is_relevant(&first) {
+                continue;
+            }
+            // Only changes push the deadline: reads of the directory (a
+            // backup, a scanner) must not postpone the reload forever.
+            let mut quiet_at = tokio::time::Instant::now() + DEBOUNCE;
             loop {
-                match tokio::time::timeout(DEBOUNCE, received.recv()).await {
-                    Ok(Some(event)) => relevant |= is_relevant(&event),
+                match tokio::time::timeout_at(quiet_at, received.recv()).await {
+                    Ok(Some(event)) if is_relevant(&event) => {
+                        quiet_at = tokio::time::Instant::now() + DEBOUNCE;
+                    }
+                    Ok(Some(_read)) => {}
                     Ok(None) => return,
                     Err(_quiet) => break,
                 }
             }
-            if relevant {
-                reload(&loader, &plugins).await;
-            }
+            reload(&loader, &plugins).await;
         }
     });
     Ok((watcher, task))
 }
 
 /// Scans the directory and swaps in the result; calls in flight keep the
-/// set they started with.
+/// set they started with. Also what releases retired plugins whose
+/// instances are gone (`retired`).
 pub async fn reload(loader: &Loader, plugins: &ArcSwap<PluginSet>) {
     let _turn = loader.reload_turn().await;
     let current = plugins.load_full();

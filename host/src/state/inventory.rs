@@ -391,7 +391,7 @@ fn new_purge_id() -> String {
 }
 
 /// How a status or phase is stored: its serde name.
-fn column_text(value: impl Serialize) -> String {
+pub(super) fn column_text(value: impl Serialize) -> String {
     match serde_json::to_value(value) {
         Ok(serde_json::Value::String(text)) => text,
         _ => unreachable!("statuses and phases serialize as strings"),

@@ -22,12 +22,15 @@
 //! - `keys`: the encryption keys of the stored credentials (checked at
 //!   open, rotated by `wasm-broker rotate-key`);
 //! - [`inventory`]: what operators ask outside the OSB flow;
+//! - [`served`]: which plugin version served each service last, and the
+//!   instances each service still has (retired plugins);
 //! - `tables`: the SQL and the stored documents behind all of it.
 
 pub mod inventory;
 mod keys;
 mod kv;
 mod replicas;
+pub mod served;
 mod tables;
 #[cfg(test)]
 mod tests;

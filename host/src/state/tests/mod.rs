@@ -283,3 +283,4 @@ mod inventory;
 mod kv;
 mod records;
 mod replicas;
+mod served;
