@@ -11,7 +11,8 @@ const USAGE: &str = "usage: cargo xtask <command> [args...]
 commands:
   build-plugins   build the shipped plugins (wasm32-wasip2) into plugins/dist/
   serve [ARGS]    build the plugins and the broker (release), run `wasm-broker serve` with broker.toml
-  test [ARGS]     build the plugins and the test fixtures, run every test (`cargo test --workspace`)";
+  test [ARGS]     build the plugins and the test fixtures, run the plugins' and the SDK's unit tests
+                  natively, then every host test (`cargo test --workspace [ARGS]`)";
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -41,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         "test" => {
             build_plugins(&root)?;
             build_fixtures(&root)?;
+            test_plugins_natively(&root)?;
             run(cargo()
                 .current_dir(&root)
                 .args(["test", "--workspace"])
@@ -97,9 +99,57 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
 /// Builds a plugin workspace for wasm32-wasip2 (its .cargo/config.toml picks
 /// the target and target dir) and returns the directory holding the .wasm files.
 fn build_wasm_workspace(root: &Path, workspace: &str) -> anyhow::Result<PathBuf> {
+    ensure_wasm_target(root)?;
     let dir = root.join(workspace);
     run(cargo().current_dir(&dir).args(["build", "--release"]))?;
     Ok(root.join("target/wasm/wasm32-wasip2/release"))
+}
+
+/// rust-toolchain.toml names the wasm32-wasip2 target, but rustup adds a
+/// toolchain's targets only when it installs the toolchain: where Rust 1.95
+/// was already installed without it, the first plugin build would fail.
+fn ensure_wasm_target(root: &Path) -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .current_dir(root)
+        .args(["target", "list", "--installed"])
+        .output();
+    match installed {
+        Ok(output) if output.status.success() => {
+            let listed = String::from_utf8_lossy(&output.stdout);
+            if !listed.lines().any(|line| line.trim() == WASM_TARGET) {
+                println!("adding the {WASM_TARGET} target to the pinned toolchain");
+                run(Command::new("rustup")
+                    .current_dir(root)
+                    .args(["target", "add", WASM_TARGET]))?;
+            }
+            Ok(())
+        }
+        // No rustup: the toolchain came some other way and must bring the target.
+        _ => Ok(()),
+    }
+}
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// The plugins' and the SDK's own unit tests (codecs, names, parameter
+/// checks), on the machine's native target: the plugin workspace builds for
+/// wasm32-wasip2 by default, where no test can run.
+fn test_plugins_natively(root: &Path) -> anyhow::Result<()> {
+    let output = Command::new("rustc")
+        .current_dir(root)
+        .arg("-vV")
+        .output()
+        .context("running rustc -vV")?;
+    let description = String::from_utf8_lossy(&output.stdout);
+    let host = description
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .context("rustc -vV names no host target")?
+        .trim()
+        .to_owned();
+    run(cargo()
+        .current_dir(root.join("plugins"))
+        .args(["test", "--workspace", "--target", &host]))
 }
 
 /// Copies every built plugin into plugins/dist, the default plugin directory.
