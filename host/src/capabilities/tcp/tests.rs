@@ -237,9 +237,13 @@ async fn reads_time_out_and_see_the_end_of_the_stream() {
 
 #[tokio::test]
 async fn nothing_listening_fails_and_other_endpoints_are_tried_in_order() {
-    let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    // Bound but not listening: the port stays ours (no other test's server
+    // can get it, as one did when it was only bound and dropped), and a
+    // connection to it is refused.
+    let dead = tokio::net::TcpSocket::new_v4().expect("socket");
+    dead.bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
     let dead_port = dead.local_addr().expect("address").port();
-    drop(dead);
     let (port, mut received) = server(false).await;
     let mut host = host_for(
         &[
@@ -265,6 +269,7 @@ async fn nothing_listening_fails_and_other_endpoints_are_tried_in_order() {
         .expect("no trap")
         .expect("written");
     assert_eq!(drain(&mut received, 2).await, b"hi");
+    drop(dead);
 }
 
 #[tokio::test]
