@@ -353,6 +353,13 @@ impl CatalogSnapshot {
 
     /// The offering of a retired plugin with this id: no longer offered,
     /// but its instances remain.
+    /// Whether any plugin serves anything: an offering, or the instances of
+    /// a retired one (which the platform must still be able to unbind and
+    /// deprovision, so the broker is ready while they exist).
+    pub fn serves_anything(&self) -> bool {
+        !self.catalog.services.is_empty() || !self.retired.is_empty()
+    }
+
     pub fn retired_service(&self, service_id: &str) -> Option<&ServiceOffering> {
         self.retired.get(service_id)
     }

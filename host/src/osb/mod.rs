@@ -133,7 +133,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
         tracing::warn!(%error, "readiness: the state store does not answer");
         return (StatusCode::SERVICE_UNAVAILABLE, "state store unreachable").into_response();
     }
-    if state.broker.catalog().catalog.services.is_empty() {
+    // Retired plugins alone still count: taken out of service, the broker
+    // could not unbind or deprovision their instances.
+    if !state.broker.catalog().serves_anything() {
         return (StatusCode::SERVICE_UNAVAILABLE, "no plugin loaded").into_response();
     }
     "ready".into_response()

@@ -70,6 +70,18 @@ async fn a_removed_plugin_serves_its_instances_until_they_are_gone() {
     let line = wait_for_log(&broker, &["plugin retired", "echo"], RELOAD_WITHIN).await;
     assert!(line.contains("instances=1"), "{line}");
 
+    // Still ready: taken out of service, it could not deprovision them.
+    let readiness = broker
+        .raw(reqwest::Method::GET, "/readyz")
+        .send()
+        .await
+        .expect("GET /readyz");
+    assert_eq!(
+        readiness.status().as_u16(),
+        200,
+        "/readyz with only retired plugins"
+    );
+
     // What exists is served by the retired versions...
     assert_eq!(fetched_version(&broker, &instance).await, json!("1.0.0"));
     let (status, body) = broker.get(&binding_path(&instance, &binding)).await;
