@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
@@ -91,28 +91,9 @@ async fn swap_in(
     std::fs::copy(source, &partial)?;
     let dropped = Instant::now();
     std::fs::rename(&partial, plugin_dir.join("echo.wasm"))?;
-    let plan = echo_plan();
-    loop {
-        let (status, body) = connection
-            .send(
-                Method::PUT,
-                &instance_path(&ids.fresh()),
-                Some(provision_body(&plan)),
-            )
-            .await?;
-        if status == StatusCode::CREATED {
-            let answer: Value = serde_json::from_slice(&body)?;
-            if answer["metadata"]["attributes"]["served_by"] == version {
-                return Ok(dropped.elapsed());
-            }
-        }
-        if dropped.elapsed() > GIVE_UP_AFTER {
-            bail!(
-                "echo {version} was not served within {GIVE_UP_AFTER:?} of its file being dropped in"
-            );
-        }
-        tokio::time::sleep(POLL_EVERY).await;
-    }
+    first_provision_where(connection, ids, dropped, "served_by", version)
+        .await
+        .with_context(|| format!("echo {version}, its file dropped in"))
 }
 
 /// Appends `[plugins.echo.config] marker = ...` to broker.toml the way an
@@ -130,6 +111,20 @@ async fn change_config(
     std::fs::write(&partial, text)?;
     let saved = Instant::now();
     std::fs::rename(&partial, config)?;
+    first_provision_where(connection, ids, saved, "marker", &marker)
+        .await
+        .context("the broker.toml change")
+}
+
+/// Provisions fresh echo instances until one reports `attribute` = `value`
+/// in its metadata; the time since `since`.
+async fn first_provision_where(
+    connection: &mut Connection,
+    ids: &mut Ids,
+    since: Instant,
+    attribute: &str,
+    value: &str,
+) -> anyhow::Result<Duration> {
     let plan = echo_plan();
     loop {
         let (status, body) = connection
@@ -141,12 +136,12 @@ async fn change_config(
             .await?;
         if status == StatusCode::CREATED {
             let answer: Value = serde_json::from_slice(&body)?;
-            if answer["metadata"]["attributes"]["marker"] == marker.as_str() {
-                return Ok(saved.elapsed());
+            if answer["metadata"]["attributes"][attribute] == value {
+                return Ok(since.elapsed());
             }
         }
-        if saved.elapsed() > GIVE_UP_AFTER {
-            bail!("the broker.toml change was not served within {GIVE_UP_AFTER:?}");
+        if since.elapsed() > GIVE_UP_AFTER {
+            bail!("not served within {GIVE_UP_AFTER:?}");
         }
         tokio::time::sleep(POLL_EVERY).await;
     }

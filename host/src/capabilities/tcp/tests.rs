@@ -67,6 +67,21 @@ fn own(stream: &Resource<ByteStream>) -> Resource<ByteStream> {
     Resource::new_borrow(stream.rep())
 }
 
+/// Reads from `stream` until `len` bytes came back from the echo server.
+async fn read_echo(host: &mut TcpHost, stream: &Resource<ByteStream>, len: usize) -> Vec<u8> {
+    let mut echoed = Vec::new();
+    while echoed.len() < len {
+        let bytes = host
+            .read(own(stream), 4096, 2000)
+            .await
+            .expect("no trap")
+            .expect("read");
+        assert!(!bytes.is_empty(), "the echo server closed early");
+        echoed.extend(bytes);
+    }
+    echoed
+}
+
 #[tokio::test]
 async fn the_peer_gets_the_secret_and_the_plugin_only_ever_sees_the_token() {
     let (port, mut received) = server(true).await;
@@ -108,16 +123,7 @@ async fn the_peer_gets_the_secret_and_the_plugin_only_ever_sees_the_token() {
     );
 
     // The echo carries the secret back: the plugin sees the token.
-    let mut echoed = Vec::new();
-    while echoed.len() < expected_len {
-        let bytes = host
-            .read(own(&stream), 4096, 2000)
-            .await
-            .expect("no trap")
-            .expect("read");
-        assert!(!bytes.is_empty(), "the echo server closed early");
-        echoed.extend(bytes);
-    }
+    let echoed = read_echo(&mut host, &stream, expected_len).await;
     let echoed = String::from_utf8_lossy(&echoed);
     assert!(!echoed.contains(SECRET), "{echoed}");
     assert_eq!(echoed, format!("AUTH {token}\nAGAIN {token}\n"));
@@ -385,16 +391,7 @@ async fn an_encoded_placeholder_stands_for_the_encoded_secrets() {
         String::from_utf8_lossy(&drain(&mut received, line.len()).await),
         line
     );
-    let mut echoed = Vec::new();
-    while echoed.len() < line.len() {
-        let bytes = host
-            .read(own(&stream), 4096, 2000)
-            .await
-            .expect("no trap")
-            .expect("read");
-        assert!(!bytes.is_empty(), "the echo server closed early");
-        echoed.extend(bytes);
-    }
+    let echoed = read_echo(&mut host, &stream, line.len()).await;
     assert_eq!(
         String::from_utf8_lossy(&echoed),
         format!("AUTH PLAIN {token}\r\n")
