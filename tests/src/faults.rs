@@ -410,6 +410,25 @@ where
         .collect()
 }
 
+/// What a fresh provision of the escape fixture got for its three HTTP path
+/// escapes through the alias `api`: `denied: ...` when `api` is granted (the
+/// host's path check refused them), `not-granted: ...` when it is not.
+pub async fn escape_http_results(broker: &TestBroker) -> Vec<String> {
+    let (status, body) = broker
+        .provision(&crate::unique_id("escape-http"), &ESCAPE.plan(), None)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let attempts = body["metadata"]["http_escape"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(attempts.len(), 3, "{body}");
+    attempts
+        .iter()
+        .map(|attempt: &Value| attempt["result"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use wasm_broker_tests::faults::{
-    ESCAPE, FAULT_LOOP, eventually, plain_logs, replace_atomically, wait_for_log,
+    ESCAPE, FAULT_LOOP, escape_http_results, eventually, plain_logs, replace_atomically,
+    wait_for_log,
 };
 use wasm_broker_tests::{BrokerSetup, CONNECTIONS, TestBroker, unique_id};
 
@@ -26,24 +26,6 @@ async fn escape_broker() -> TestBroker {
         ..BrokerSetup::default()
     })
     .await
-}
-
-/// What a fresh provision of the escape fixture got for its three HTTP
-/// path escapes through the alias `api`.
-async fn api_results(broker: &TestBroker) -> Vec<String> {
-    let (status, body) = broker
-        .provision(&unique_id("live-escape"), &ESCAPE.plan(), None)
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let attempts = body["metadata"]["http_escape"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(attempts.len(), 3, "{body}");
-    attempts
-        .iter()
-        .map(|attempt: &Value| attempt["result"].as_str().unwrap_or_default().to_owned())
-        .collect()
 }
 
 fn all_start_with(results: &[String], prefix: &str) -> bool {
@@ -66,7 +48,7 @@ async fn a_grant_saved_in_broker_toml_serves_the_next_call() {
     let _cpu = wasm_broker_tests::timed().await;
     let broker = escape_broker().await;
     let original = read_config(&broker);
-    let results = api_results(&broker).await;
+    let results = escape_http_results(&broker).await;
     assert!(
         all_start_with(&results, "not-granted"),
         "no [plugins.escape] section yet: {results:?}"
@@ -84,7 +66,7 @@ async fn a_grant_saved_in_broker_toml_serves_the_next_call() {
     )
     .await;
     assert!(line.contains("ERROR"), "logged as an error: {line}");
-    let results = api_results(&broker).await;
+    let results = escape_http_results(&broker).await;
     assert!(
         all_start_with(&results, "not-granted"),
         "the invalid file changed nothing: {results:?}"
@@ -107,14 +89,14 @@ async fn a_grant_saved_in_broker_toml_serves_the_next_call() {
         !plain_logs(&broker).contains("leaky-secret-7f3a"),
         "the log quotes a password from the invalid file"
     );
-    let results = api_results(&broker).await;
+    let results = escape_http_results(&broker).await;
     assert!(all_start_with(&results, "not-granted"), "{results:?}");
 
     broker.note("save the grant of rabbitmq-management");
     let saved = Instant::now();
     save_config(&broker, &format!("{original}{ESCAPE_GRANT}"));
     eventually("the new grant serves a call", APPLY_WITHIN, || async {
-        all_start_with(&api_results(&broker).await, "denied").then_some(())
+        all_start_with(&escape_http_results(&broker).await, "denied").then_some(())
     })
     .await;
     eprintln!(
@@ -132,7 +114,7 @@ async fn a_grant_saved_in_broker_toml_serves_the_next_call() {
     broker.note("remove the grant again");
     save_config(&broker, &original);
     eventually("the grant is gone", APPLY_WITHIN, || async {
-        all_start_with(&api_results(&broker).await, "not-granted").then_some(())
+        all_start_with(&escape_http_results(&broker).await, "not-granted").then_some(())
     })
     .await;
 }
@@ -163,7 +145,7 @@ async fn sighup_applies_a_change_the_watcher_cannot_see() {
     broker.note("edit conf/broker.toml in place: a grant");
     std::fs::write(&target, format!("{original}{ESCAPE_GRANT}")).expect("edit the target");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let results = api_results(&broker).await;
+    let results = escape_http_results(&broker).await;
     assert!(
         all_start_with(&results, "not-granted"),
         "applied without SIGHUP, so this test proves nothing: {results:?}"
@@ -172,7 +154,7 @@ async fn sighup_applies_a_change_the_watcher_cannot_see() {
     broker.note("SIGHUP");
     broker.hang_up();
     wait_for_log(&broker, &["broker.toml applied", "SIGHUP"], APPLY_WITHIN).await;
-    let results = api_results(&broker).await;
+    let results = escape_http_results(&broker).await;
     assert!(
         all_start_with(&results, "denied"),
         "the first call after the reload has the grant: {results:?}"
@@ -187,7 +169,7 @@ async fn sighup_applies_a_change_the_watcher_cannot_see() {
         APPLY_WITHIN,
     )
     .await;
-    let results = api_results(&broker).await;
+    let results = escape_http_results(&broker).await;
     assert!(
         all_start_with(&results, "denied"),
         "the old config still serves: {results:?}"
