@@ -215,19 +215,21 @@ impl ServicePlugin for MySql {
             Some(lifetime) => format!("PASSWORD EXPIRE INTERVAL {} DAY", lifetime.days()),
             None => "PASSWORD EXPIRE NEVER".to_owned(),
         };
-        // CREATE ... IF NOT EXISTS then ALTER: a retry after a failed bind
-        // finds the user and gives it the password (and the lifetime) this
-        // attempt returns.
-        sql::execute(ADMIN, &format!("CREATE USER IF NOT EXISTS {account}"))?;
-        sql::execute(
-            ADMIN,
-            &format!(
-                "ALTER USER {account} IDENTIFIED BY {} WITH MAX_USER_CONNECTIONS {} {expiry_clause}",
-                quote_sql_string(Dialect::Mysql, &password),
-                plan.max_user_connections
-            ),
-        )
-        .map_err(|error| error.redact(&password))?;
+        let login = format!(
+            "IDENTIFIED BY {} WITH MAX_USER_CONNECTIONS {} {expiry_clause}",
+            quote_sql_string(Dialect::Mysql, &password),
+            plan.max_user_connections
+        );
+        // The password is part of the CREATE itself: a user created without
+        // one and given it by a second statement would be a passwordless
+        // login until that statement ran (or forever, if the broker died in
+        // between). The ALTER is for a retry after a failed bind: it finds
+        // the user and gives it the password (and the lifetime) this attempt
+        // returns.
+        sql::execute(ADMIN, &format!("CREATE USER IF NOT EXISTS {account} {login}"))
+            .map_err(|error| error.redact(&password))?;
+        sql::execute(ADMIN, &format!("ALTER USER {account} {login}"))
+            .map_err(|error| error.redact(&password))?;
         let expiry = lifetime
             .map(|lifetime| Expiry::starting_at(password_last_changed(&user)?, lifetime))
             .transpose()?;
