@@ -19,6 +19,7 @@ pub mod contract;
 pub mod lifecycle;
 pub mod limits;
 pub mod model;
+pub mod printable;
 pub mod osb;
 pub mod runtime;
 pub mod secrets;

@@ -512,3 +512,46 @@ async fn instances_and_purge_work_on_the_store_a_broker_serves() {
         "{shown}"
     );
 }
+
+/// An instance id is the platform's to choose, and OSB does not restrict its
+/// characters: one carrying a terminal escape and a line break must reach the
+/// operator's terminal escaped, not clear the screen or forge a table row.
+#[tokio::test]
+async fn control_characters_in_ids_are_shown_escaped() {
+    let Some(echo) = built_plugin("echo") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_with_store(dir.path(), false).await;
+    std::fs::copy(&echo, dir.path().join("plugins/echo.wasm")).expect("install echo");
+    let broker = Served::start(&config, free_port()).await;
+
+    let hostile = "evil\u{1b}[2J\nforged-row";
+    let path = "/v2/service_instances/evil%1B%5B2J%0Aforged-row";
+    assert_eq!(
+        broker
+            .send(reqwest::Method::PUT, path, Some(provision_body()))
+            .await,
+        201
+    );
+
+    let (ok, stdout, stderr) = run_on(&config, &["instances", "list"]);
+    assert!(ok, "{stderr}");
+    assert!(!stdout.contains('\u{1b}'), "raw escape on the terminal: {stdout:?}");
+    assert!(
+        !stdout.lines().any(|line| line.starts_with("forged-row")),
+        "the id's line break made a row of its own: {stdout:?}"
+    );
+    assert!(stdout.contains("evil\\u{1b}[2J\\nforged-row"), "{stdout:?}");
+
+    let (ok, stdout, stderr) = run_on(&config, &["instances", "show", hostile]);
+    assert!(ok, "{stderr}");
+    assert!(!stdout.contains('\u{1b}'), "raw escape on the terminal: {stdout:?}");
+    assert!(stdout.starts_with("service instance evil\\u{1b}[2J\\nforged-row\n"), "{stdout:?}");
+
+    // --json is for programs: the id comes back exactly, JSON-escaped.
+    let (ok, stdout, stderr) = run_on(&config, &["instances", "list", "--json"]);
+    assert!(ok, "{stderr}");
+    let page: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(page["instances"][0]["id"], hostile, "{page}");
+}

@@ -46,7 +46,7 @@ macro_rules! plugin_event {
             plugin = %$host.plugin,
             request_identity = $host.request_identity.as_deref(),
             "{}",
-            $message
+            crate::printable::printable($message)
         )
     };
 }

@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use wasm_broker::catalog::CatalogSnapshot;
 use wasm_broker::config::{Config, StateBackend};
+use wasm_broker::printable::printable;
 use wasm_broker::state::inventory::{
     BindingSummary, HistoryEntry, InstanceFilter, InstancePage, InstanceSummary, StatusFilter,
 };
@@ -263,9 +264,9 @@ impl InstanceReport {
             ("dashboard url", text(&self.record.dashboard_url)),
             ("metadata", json(&self.record.metadata)),
         ];
-        let mut out = format!("service instance {}\n", instance.id);
+        let mut out = format!("service instance {}\n", printable(&instance.id));
         for (name, value) in fields {
-            out.push_str(&format!("  {name:<15} {value}\n"));
+            out.push_str(&format!("  {name:<15} {}\n", printable(&value)));
         }
         out.push_str(&format!(
             "\nbindings ({}; credentials are never shown)\n",

@@ -10,6 +10,7 @@ use anyhow::anyhow;
 
 use wasm_broker::catalog::CatalogSnapshot;
 use wasm_broker::config::{Config, StateBackend, StateConfig};
+use wasm_broker::printable::printable;
 use wasm_broker::runtime::{PluginRuntime, PluginStatus};
 use wasm_broker::state::StateStore;
 
@@ -25,7 +26,7 @@ pub async fn print_catalog(config: &Config) -> anyhow::Result<()> {
 pub async fn list(config: &Config) -> anyhow::Result<()> {
     let runtime = load_plugins(config, &config.runtime.plugin_dir).await?;
     for status in runtime.plugins() {
-        println!("{}", describe_status(&status));
+        println!("{}", printable(&describe_status(&status)));
         let revealed = config.revealed_to(&status.name);
         if !revealed.is_empty() {
             println!(
@@ -38,7 +39,7 @@ pub async fn list(config: &Config) -> anyhow::Result<()> {
     match retired_plugins(config, &runtime.catalog()).await {
         Ok(retired) => {
             for line in retired {
-                println!("{line}");
+                println!("{}", printable(&line));
             }
         }
         Err(error) => {
@@ -96,7 +97,7 @@ fn describe_retired(name: &str, version: &str, services: &[String], instances: u
 /// Validates `file`; fails if the broker would refuse it.
 pub async fn check(config: &Config, file: &Path) -> anyhow::Result<()> {
     let status = check_plugin(config, file).await?;
-    println!("{}", describe_status(&status));
+    println!("{}", printable(&describe_status(&status)));
     match status.error {
         Some(reason) => anyhow::bail!("{} would be refused: {reason}", file.display()),
         None => Ok(()),

@@ -3,6 +3,7 @@
 
 use wasm_broker::catalog::CatalogSnapshot;
 use wasm_broker::lifecycle::{OperationPhase, ResourceStatus};
+use wasm_broker::printable::printable;
 use wasm_broker::state::inventory::{BindingSummary, OperationSummary};
 
 pub(super) fn bindings_table(bindings: &[BindingSummary]) -> String {
@@ -85,16 +86,22 @@ pub(super) fn short_time(stored: &str) -> String {
         .map_or_else(|| stored.to_owned(), |time| time.replacen('T', " ", 1))
 }
 
-/// Left-aligned columns two spaces apart, sized to their widest cell.
+/// Left-aligned columns two spaces apart, sized to their widest cell. Cells
+/// hold ids and names from platforms and plugins: control characters are
+/// shown escaped, never sent to the terminal.
 pub(super) fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|row| row.clone().map(|cell| printable(&cell).into_owned()))
+        .collect();
     let mut widths = [0; N];
-    for row in rows {
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in rows {
+    for row in &rows {
         let line: Vec<String> = row
             .iter()
             .zip(widths)

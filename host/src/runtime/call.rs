@@ -21,6 +21,7 @@ use super::{CallError, CallState};
 use crate::capabilities::{CallContext, CallHosts, PluginGrants};
 use crate::config::CallLimits;
 use crate::contract::{ServicePlugin, ServicePluginPre};
+use crate::printable::printable;
 
 /// The wall-clock safety net fires this long after the CPU deadline, so a
 /// guest that computes too long is reported as such by the epoch check, and
@@ -116,7 +117,7 @@ impl PluginEngine {
         let metrics = self.metrics.of(plugin.name, operation);
         let _in_progress = CallInProgress::start(metrics.in_progress);
         let fault = |kind: &'static str, cause: String| {
-            tracing::warn!(plugin = plugin.name, operation, %cause, "plugin call failed");
+            tracing::warn!(plugin = plugin.name, operation, cause = %printable(&cause), "plugin call failed");
             metrics::counter!(
                 "plugin_faults_total",
                 "plugin" => plugin.name.to_owned(),

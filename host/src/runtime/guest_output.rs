@@ -15,6 +15,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 use crate::capabilities::log::TARGET;
 use crate::limits::MAX_LOG_LINE_BYTES;
+use crate::printable::printable;
 
 /// Output a plugin may log per stream and call; beyond it lines are dropped,
 /// so a chatty plugin cannot flood the log.
@@ -134,10 +135,10 @@ impl LineSink {
         }
         match self.stream {
             Stream::Stdout => {
-                tracing::info!(target: TARGET, plugin = %self.plugin, stream = "stdout", "{line}")
+                tracing::info!(target: TARGET, plugin = %self.plugin, stream = "stdout", "{}", printable(line))
             }
             Stream::Stderr => {
-                tracing::warn!(target: TARGET, plugin = %self.plugin, stream = "stderr", "{line}")
+                tracing::warn!(target: TARGET, plugin = %self.plugin, stream = "stderr", "{}", printable(line))
             }
         }
     }
