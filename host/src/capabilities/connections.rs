@@ -315,6 +315,16 @@ impl RedisConnection {
         })
     }
 
+    /// The user the host logs in as (`default` when the url names none).
+    pub(crate) fn username(&self) -> &str {
+        self.client
+            .get_connection_info()
+            .redis
+            .username
+            .as_deref()
+            .unwrap_or("default")
+    }
+
     /// A new connection for one plugin call. Commands may change the state of
     /// the connection they run on (SELECT, MULTI, CLIENT REPLY ...), so calls
     /// never share one; the permit is held as long as the connection lives.

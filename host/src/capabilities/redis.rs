@@ -72,7 +72,7 @@ impl RedisHost {
         }
         self.grants
             .policy(alias)
-            .check_redis(&args)
+            .check_redis(&args, redis.username())
             .map_err(|reason| Error::Denied(self.refusals.denied("redis", alias, reason)))?;
         ByteBudget::new(self.max_host_call_bytes)
             .take(args.iter().map(Vec::len).sum(), "the command")

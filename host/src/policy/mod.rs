@@ -94,9 +94,10 @@ impl GrantPolicy {
             .collect()
     }
 
-    /// Why the Redis command `args` is refused, if it is.
-    pub fn check_redis(&self, args: &[Vec<u8>]) -> Result<(), String> {
-        redis::check(self.commands.as_deref(), args)
+    /// Why the Redis command `args` is refused, if it is. `own_user` is the
+    /// user the host logs in as, which no grant may change.
+    pub fn check_redis(&self, args: &[Vec<u8>], own_user: &str) -> Result<(), String> {
+        redis::check(self.commands.as_deref(), args, own_user)
     }
 
     /// Why an HTTP request is refused, if it is. `path` is the request's

@@ -137,9 +137,47 @@ fn describe(args: &[Vec<u8>]) -> String {
         .join(" ")
 }
 
-/// Why `args` is refused: not in `allowed` when the grant lists commands,
-/// else in [`DEFAULT_DENIED`].
-pub fn check(allowed: Option<&[CommandPattern]>, args: &[Vec<u8>]) -> Result<(), String> {
+/// The user an `ACL SETUSER` or `ACL DELUSER` would change that no grant
+/// may change: `default` (every client that does not log in) and `own_user`
+/// (the one the host logs in as). Either would hand the plugin the server:
+/// `ACL SETUSER default on nopass +@all`.
+fn protected_user<'a>(args: &'a [Vec<u8>], own_user: &str) -> Option<&'a [u8]> {
+    let [command, subcommand, users @ ..] = args else {
+        return None;
+    };
+    if !command.eq_ignore_ascii_case(b"ACL") {
+        return None;
+    }
+    // SETUSER names one user, DELUSER any number.
+    let users = if subcommand.eq_ignore_ascii_case(b"SETUSER") {
+        users.get(..1).unwrap_or_default()
+    } else if subcommand.eq_ignore_ascii_case(b"DELUSER") {
+        users
+    } else {
+        return None;
+    };
+    // User names are case-sensitive.
+    users
+        .iter()
+        .map(Vec::as_slice)
+        .find(|user| *user == b"default" || *user == own_user.as_bytes())
+}
+
+/// Why `args` is refused: an ACL change of `default` or of `own_user`
+/// (always); else not in `allowed` when the grant lists commands, or in
+/// [`DEFAULT_DENIED`] when it does not.
+pub fn check(
+    allowed: Option<&[CommandPattern]>,
+    args: &[Vec<u8>],
+    own_user: &str,
+) -> Result<(), String> {
+    if let Some(user) = protected_user(args, own_user) {
+        return Err(format!(
+            "{} of {:?} is refused: no grant may change the default user or the one the host logs in as",
+            describe(args),
+            String::from_utf8_lossy(user)
+        ));
+    }
     match allowed {
         Some(allowed) => {
             if allowed.iter().any(|pattern| pattern.matches(args)) {
@@ -215,7 +253,7 @@ mod tests {
             &["SWAPDB", "0", "1"],
             &["KEYS", "*"],
         ] {
-            let error = check(None, &args(denied)).expect_err(&denied.join(" "));
+            let error = check(None, &args(denied), "broker").expect_err(&denied.join(" "));
             assert!(error.contains("administers the server"), "{error}");
         }
         for allowed in [
@@ -231,7 +269,8 @@ mod tests {
             &["SET", "CONFIG", "x"],
             &["GET", "FLUSHALL"],
         ] {
-            check(None, &args(allowed)).unwrap_or_else(|error| panic!("{allowed:?}: {error}"));
+            check(None, &args(allowed), "broker")
+                .unwrap_or_else(|error| panic!("{allowed:?}: {error}"));
         }
     }
 
@@ -245,7 +284,8 @@ mod tests {
             &["ACL", "SETUSER", "u"],
             &["Acl", "DelUser", "u"],
         ] {
-            check(Some(&allowed), &args(ok)).unwrap_or_else(|error| panic!("{ok:?}: {error}"));
+            check(Some(&allowed), &args(ok), "broker")
+                .unwrap_or_else(|error| panic!("{ok:?}: {error}"));
         }
         for denied in [
             &["GET", "k"][..],
@@ -257,18 +297,48 @@ mod tests {
             &["PINGX"],
             &[],
         ] {
-            let error = check(Some(&allowed), &args(denied)).expect_err(&denied.join(" "));
+            let error =
+                check(Some(&allowed), &args(denied), "broker").expect_err(&denied.join(" "));
             assert!(error.contains("not among the commands"), "{error}");
         }
         // A whole command allows every subcommand; an empty list nothing.
         let whole = patterns(&["CONFIG"]);
-        check(Some(&whole), &args(&["CONFIG", "GET", "x"])).expect("allowed");
-        assert!(check(Some(&[]), &args(&["PING"])).is_err());
+        check(Some(&whole), &args(&["CONFIG", "GET", "x"]), "broker").expect("allowed");
+        assert!(check(Some(&[]), &args(&["PING"]), "broker").is_err());
+    }
+
+    #[test]
+    fn no_grant_changes_the_default_user_or_its_own() {
+        let allowed = patterns(&["ACL SETUSER", "ACL DELUSER"]);
+        for denied in [
+            &["ACL", "SETUSER", "default", "on", "nopass", "+@all"][..],
+            &["acl", "setuser", "broker", "resetpass"],
+            &["ACL", "DELUSER", "u_1", "default"],
+            &["ACL", "DELUSER", "broker"],
+        ] {
+            for list in [None, Some(allowed.as_slice())] {
+                let error = check(list, &args(denied), "broker").expect_err(&denied.join(" "));
+                assert!(
+                    error.contains("default user or the one the host logs in as"),
+                    "{error}"
+                );
+            }
+        }
+        for ok in [
+            &["ACL", "SETUSER", "u_1", "on"][..],
+            &["ACL", "SETUSER", "Default"],
+            &["ACL", "DELUSER", "u_1", "u_2"],
+            &["ACL", "WHOAMI"],
+        ] {
+            let list = Some(allowed.as_slice()).filter(|_| ok[1] != "WHOAMI");
+            check(list, &args(ok), "broker").unwrap_or_else(|error| panic!("{ok:?}: {error}"));
+        }
     }
 
     #[test]
     fn refusals_name_the_command_safely() {
-        let error = check(None, &args(&["config", "get\r\n", "requirepass"])).expect_err("denied");
+        let error = check(None, &args(&["config", "get\r\n", "requirepass"]), "broker")
+            .expect_err("denied");
         assert!(error.starts_with("CONFIG GET\\R\\N "), "{error}");
         assert!(!error.contains("requirepass"), "{error}");
     }

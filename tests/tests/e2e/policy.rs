@@ -98,6 +98,8 @@ async fn the_default_redis_policy_refuses_server_administration() {
             {"redis": ["EVAL", "return redis.call('CONFIG', 'GET', 'requirepass')", "0"]},
             {"redis": ["ACL", "LIST"]},
             {"redis": ["PING"]},
+            // No rules: a no-op, were it not refused.
+            {"redis": ["ACL", "SETUSER", "default"]},
         ]),
     )
     .await;
@@ -112,6 +114,7 @@ async fn the_default_redis_policy_refuses_server_administration() {
     assert_denied(&report[5], "EVAL");
     assert_denied(&report[6], "ACL LIST");
     assert_eq!(report[7], "OK: PONG", "an ordinary command is refused");
+    assert_denied(&report[8], "ACL SETUSER default");
     assert!(report[0].contains("CONFIG GET"), "{}", report[0]);
 
     // CONFIG is refused: the policy works, so the wiping commands can be
@@ -125,7 +128,7 @@ async fn the_default_redis_policy_refuses_server_administration() {
     assert_denied(&report[1], "FLUSHDB");
     let report = run(&broker, json!([{"redis": ["FLUSHALL"]}])).await;
     assert_denied(&report[0], "FLUSHALL");
-    assert_eq!(denied_count(&broker, "redis").await, 7.0);
+    assert_eq!(denied_count(&broker, "redis").await, 8.0);
 }
 
 #[tokio::test]
