@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::policy::{Family, Grant, GrantPolicy};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -244,6 +246,18 @@ pub enum ConnectionKind {
     Tcp,
 }
 
+impl ConnectionKind {
+    /// Which policy keys apply to a grant of such a connection.
+    pub fn family(self) -> Family {
+        match self {
+            Self::Mysql | Self::Postgres => Family::Sql,
+            Self::Redis => Family::Redis,
+            Self::Http => Family::Http,
+            Self::Tcp => Family::Tcp,
+        }
+    }
+}
+
 /// A backend the host connects to on behalf of plugins.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -306,17 +320,49 @@ impl ConnectionConfig {
     }
 }
 
-// No `deny_unknown_fields`: serde does not support it together with `flatten`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
-#[serde(default)]
+#[serde(from = "RawPluginConfig")]
 pub struct PluginConfig {
     /// Connections this plugin may use: alias the plugin asks for -> name of
     /// a `[connections.<name>]` section. Nothing else is reachable.
     pub connections: BTreeMap<String, String>,
-    #[serde(flatten)]
+    /// The policy of each grant that declares one (the table form of a
+    /// grant), by alias; see [`crate::policy`].
+    pub policies: BTreeMap<String, GrantPolicy>,
     pub limits: LimitOverrides,
     /// Free-form settings the plugin reads through the `config` import.
     pub config: toml::Table,
+}
+
+/// `[plugins.<name>]` as written: a grant is a connection name or a table
+/// with a policy (`admin = { connection = "redis", commands = [...] }`).
+// No `deny_unknown_fields`: serde does not support it together with `flatten`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawPluginConfig {
+    connections: BTreeMap<String, Grant>,
+    #[serde(flatten)]
+    limits: LimitOverrides,
+    config: toml::Table,
+}
+
+impl From<RawPluginConfig> for PluginConfig {
+    fn from(raw: RawPluginConfig) -> Self {
+        let mut connections = BTreeMap::new();
+        let mut policies = BTreeMap::new();
+        for (alias, grant) in raw.connections {
+            if grant.policy != GrantPolicy::default() {
+                policies.insert(alias.clone(), grant.policy);
+            }
+            connections.insert(alias, grant.connection);
+        }
+        Self {
+            connections,
+            policies,
+            limits: raw.limits,
+            config: raw.config,
+        }
+    }
 }
 
 impl Config {
@@ -405,9 +451,21 @@ impl Config {
         self.state.validate()?;
         for (plugin, plugin_config) in &self.plugins {
             for (alias, target) in &plugin_config.connections {
-                if !self.connections.contains_key(target) {
+                let Some(connection) = self.connections.get(target) else {
                     return Err(ConfigError::Invalid(format!(
                         "[plugins.{plugin}] grants connection {alias:?} -> {target:?}, but there is no [connections.{target}]"
+                    )));
+                };
+                let misplaced = plugin_config
+                    .policies
+                    .get(alias)
+                    .map(|policy| policy.misplaced_keys(connection.kind.family()))
+                    .unwrap_or_default();
+                if !misplaced.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "[plugins.{plugin}] grant {alias:?}: {} does not apply to [connections.{target}] (kind = {:?})",
+                        misplaced.join(", "),
+                        connection.kind
                     )));
                 }
             }
@@ -454,6 +512,9 @@ pub fn parse_api_version(text: &str) -> Option<(u32, u32)> {
     let (major, minor) = text.trim().split_once('.')?;
     Some((number(major)?, number(minor)?))
 }
+
+#[cfg(test)]
+mod grant_tests;
 
 #[cfg(test)]
 mod tests {

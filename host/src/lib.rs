@@ -7,6 +7,7 @@
 //! - [`runtime`]: loads and calls plugin components; knows nothing of HTTP.
 //! - [`contract`]: the WIT contract with plugins, as generated Rust.
 //! - [`limits`]: the fixed limits on a plugin call, shared by runtime and capabilities.
+//! - [`policy`]: per-grant policy (Redis commands, HTTP methods and paths, SQL read-only and caps), pure.
 //! - [`capabilities`]: what a plugin may reach (sql, redis, http, kv, log, settings).
 //! - [`state`]: durable instances, bindings and operations.
 //! - [`secrets`]: encryption at rest of the credentials in [`state`].
@@ -21,6 +22,7 @@ pub mod limits;
 pub mod model;
 pub mod printable;
 pub mod osb;
+pub mod policy;
 pub mod runtime;
 pub mod secrets;
 pub mod state;

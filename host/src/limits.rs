@@ -41,9 +41,86 @@ impl ByteBudget {
     }
 }
 
+/// The instant a plugin call must end by. The runtime interrupts the guest
+/// there (epoch interruption), and every host call the guest waits on ends
+/// there too ([`CallDeadline::bound`]): a statement, command or request in
+/// flight is abandoned, its connection closed rather than reused.
+#[derive(Debug, Clone, Copy)]
+pub struct CallDeadline {
+    at: tokio::time::Instant,
+    timeout_ms: u64,
+}
+
+/// A host call was still waiting when its plugin call's deadline came. The
+/// host function returns it as a trap, so the call fails there; the runtime
+/// reports it as a deadline fault.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "did not finish within its deadline of {timeout_ms} ms (a {capability} host call was still waiting)"
+)]
+pub struct DeadlineExceeded {
+    pub timeout_ms: u64,
+    pub capability: &'static str,
+}
+
+impl CallDeadline {
+    /// `timeout` from now.
+    pub fn after(timeout: std::time::Duration) -> Self {
+        Self {
+            at: tokio::time::Instant::now() + timeout,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// A deadline that does not come in practice: for hosts built outside a
+    /// plugin call (tests).
+    pub fn distant() -> Self {
+        Self::after(std::time::Duration::from_secs(365 * 24 * 3600))
+    }
+
+    pub fn instant(self) -> tokio::time::Instant {
+        self.at
+    }
+
+    /// `work`'s output, or [`DeadlineExceeded`] if the deadline comes first
+    /// (then `work` is dropped, and with it whatever it held).
+    pub async fn bound<F: std::future::Future>(
+        self,
+        capability: &'static str,
+        work: F,
+    ) -> Result<F::Output, DeadlineExceeded> {
+        tokio::time::timeout_at(self.at, work)
+            .await
+            .map_err(|_| DeadlineExceeded {
+                timeout_ms: self.timeout_ms,
+                capability,
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_deadline_ends_the_work_it_bounds() {
+        let deadline = CallDeadline::after(std::time::Duration::from_millis(20));
+        assert_eq!(
+            deadline.bound("sql", async { 7 }).await.expect("in time"),
+            7
+        );
+        let late = deadline
+            .bound(
+                "sql",
+                tokio::time::sleep(std::time::Duration::from_secs(30)),
+            )
+            .await
+            .expect_err("late");
+        assert_eq!(
+            late.to_string(),
+            "did not finish within its deadline of 20 ms (a sql host call was still waiting)"
+        );
+    }
 
     #[test]
     fn byte_budget_counts_up_to_the_limit() {

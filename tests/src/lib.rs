@@ -177,16 +177,9 @@ impl BrokerSetup {
     pub fn shipped(names: &[&str]) -> Self {
         let mut extra = String::from(CONNECTIONS);
         for name in names {
-            let connection = match *name {
-                "mysql" => "mariadb",
-                "postgres" => "postgres",
-                "redis" => "redis",
-                "rabbitmq" => "rabbitmq-management",
-                "mosquitto" => "mosquitto",
-                other => panic!("no shipped plugin {other}"),
-            };
             extra.push_str(&format!(
-                "\n[plugins.{name}.connections]\nadmin = \"{connection}\"\n"
+                "\n[plugins.{name}.connections]\n{}\n",
+                shipped_grants(name)
             ));
         }
         if names.contains(&"rabbitmq") {
@@ -206,6 +199,22 @@ impl BrokerSetup {
             state: String::new(),
         }
     }
+}
+
+/// The grants (with their policies) of `[plugins.<name>.connections]` in
+/// the shipped broker.toml, as TOML lines: the tests run the shipped
+/// plugins with exactly what the shipped configuration allows them.
+pub fn shipped_grants(name: &str) -> String {
+    let path = repo_root().join("broker.toml");
+    let text = std::fs::read_to_string(&path).expect("the shipped broker.toml");
+    let header = format!("[plugins.{name}.connections]");
+    let mut lines = text.lines().skip_while(|line| line.trim() != header);
+    assert!(lines.next().is_some(), "broker.toml has no {header}");
+    let grants: Vec<&str> = lines
+        .take_while(|line| !line.starts_with('['))
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .collect();
+    grants.join("\n")
 }
 
 /// A running `wasm-broker serve`; killed when dropped.
@@ -346,6 +355,22 @@ cache_dir = "{cache}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The broker process's peak resident memory so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .expect("the broker is running");
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status")
     }
 
     /// SIGKILL: no graceful shutdown, as in a crash.

@@ -13,8 +13,10 @@ use sqlx::{ConnectOptions, Executor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
+use super::redis::ReplyMeter;
 use super::tcp::TcpConnection;
 use crate::config::{ConnectionConfig, ConnectionKind};
+use crate::policy::GrantPolicy;
 
 /// How long a call waits for a free connection before it fails, so a burst of
 /// calls reports "busy" instead of piling up behind the plugin deadline.
@@ -313,11 +315,23 @@ impl RedisConnection {
         })
     }
 
+    /// The user the host logs in as (`default` when the url names none).
+    pub(crate) fn username(&self) -> &str {
+        self.client
+            .get_connection_info()
+            .redis
+            .username
+            .as_deref()
+            .unwrap_or("default")
+    }
+
     /// A new connection for one plugin call. Commands may change the state of
     /// the connection they run on (SELECT, MULTI, CLIENT REPLY ...), so calls
     /// never share one; the permit is held as long as the connection lives.
-    pub async fn open(
+    /// `meter` bounds what each reply may read.
+    pub(crate) async fn open(
         &self,
+        meter: &ReplyMeter,
     ) -> Result<(redis::aio::MultiplexedConnection, OwnedSemaphorePermit), String> {
         let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.clone().acquire_owned())
             .await
@@ -331,9 +345,8 @@ impl RedisConnection {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(REQUEST_TIMEOUT);
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
+        let connection = meter
+            .connect(&self.client, config)
             .await
             .map_err(|error| format!("cannot connect: {error}"))?;
         Ok((connection, permit))
@@ -428,7 +441,12 @@ pub(crate) fn permit_count(max_connections: u32) -> usize {
 pub struct Grants {
     connections: Arc<Connections>,
     aliases: Arc<BTreeMap<String, String>>,
+    /// The policy of each alias that declares one (`crate::policy`).
+    policies: Arc<BTreeMap<String, GrantPolicy>>,
 }
+
+/// The policy of an alias granted without one.
+static NO_POLICY: GrantPolicy = GrantPolicy::NONE;
 
 impl std::fmt::Debug for Grants {
     /// The aliases only: a connection holds secrets.
@@ -436,6 +454,7 @@ impl std::fmt::Debug for Grants {
         formatter
             .debug_struct("Grants")
             .field("aliases", &self.aliases)
+            .field("policies", &self.policies)
             .finish_non_exhaustive()
     }
 }
@@ -445,7 +464,18 @@ impl Grants {
         Self {
             connections,
             aliases,
+            policies: Arc::default(),
         }
+    }
+
+    /// The same grants, with the policy of each alias that declares one.
+    pub fn with_policies(self, policies: Arc<BTreeMap<String, GrantPolicy>>) -> Self {
+        Self { policies, ..self }
+    }
+
+    /// What broker.toml lets the plugin do through `alias`.
+    pub(crate) fn policy(&self, alias: &str) -> &GrantPolicy {
+        self.policies.get(alias).unwrap_or(&NO_POLICY)
     }
 
     /// The connection name behind `alias` and the connection, or why the

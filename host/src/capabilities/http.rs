@@ -3,16 +3,20 @@
 //! the host prefixes the connection's base URL and adds its authentication,
 //! so no other host can be reached and the admin password stays here.
 
+use std::sync::Arc;
+
 use reqwest::header::{HeaderName, HeaderValue};
 use url::Url;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::connections::{ACQUIRE_TIMEOUT, Grants};
+use super::refusal::Refusals;
 use super::{CallContext, Capability};
 use crate::contract::wasm_broker::plugin::http::{
     self as wit, Error, Method, Request, Response, ServerInfo,
 };
-use crate::limits::ByteBudget;
+use crate::limits::{ByteBudget, CallDeadline};
+use crate::policy::HttpMethod;
 
 /// Headers the host owns: authentication is the connection's, and framing
 /// is the HTTP client's (a plugin's Content-Length could desynchronise it).
@@ -29,6 +33,8 @@ const HOST_OWNED_HEADERS: [&str; 6] = [
 pub struct HttpHost {
     grants: Grants,
     max_host_call_bytes: u64,
+    deadline: CallDeadline,
+    refusals: Refusals,
 }
 
 impl HttpHost {
@@ -37,6 +43,17 @@ impl HttpHost {
         Self {
             grants,
             max_host_call_bytes,
+            deadline: CallDeadline::distant(),
+            refusals: Refusals::new(Arc::from("unnamed")),
+        }
+    }
+
+    /// The same host, serving a call of `plugin` that ends at `deadline`.
+    pub(crate) fn in_call(self, plugin: Arc<str>, deadline: CallDeadline) -> Self {
+        Self {
+            deadline,
+            refusals: Refusals::new(plugin),
+            ..self
         }
     }
 
@@ -46,6 +63,16 @@ impl HttpHost {
             tracing::warn!(connection = alias, path = ?request.path, reason, "http request denied");
             Error::Denied(format!("path {:?} denied: {reason}", request.path))
         })?;
+        // The path as the server sees it: below the base path, dot segments
+        // resolved; the query is not part of the policy.
+        let below_base = url
+            .path()
+            .get(http.base_url.path().trim_end_matches('/').len()..)
+            .unwrap_or_default();
+        self.grants
+            .policy(alias)
+            .check_http(policy_method(request.method), below_base)
+            .map_err(|reason| Error::Denied(self.refusals.denied("http", alias, reason)))?;
 
         let request_size = request.path.len()
             + request
@@ -117,13 +144,17 @@ impl wit::Host for HttpHost {
         connection: String,
         request: Request,
     ) -> wasmtime::Result<Result<Response, Error>> {
-        Ok(self.run(&connection, request).await)
+        self.deadline
+            .bound("http", self.run(&connection, request))
+            .await
+            .map_err(wasmtime::Error::new)
     }
 }
 
 impl Capability for HttpHost {
     fn for_call(call: &CallContext<'_>) -> Self {
         Self::new(call.connections(), call.max_host_call_bytes())
+            .in_call(call.plugin().clone(), call.deadline)
     }
 
     fn add_to_linker<T: Send + 'static>(
@@ -142,6 +173,17 @@ fn method(method: Method) -> reqwest::Method {
         Method::Put => reqwest::Method::PUT,
         Method::Patch => reqwest::Method::PATCH,
         Method::Delete => reqwest::Method::DELETE,
+    }
+}
+
+fn policy_method(method: Method) -> HttpMethod {
+    match method {
+        Method::Get => HttpMethod::Get,
+        Method::Head => HttpMethod::Head,
+        Method::Post => HttpMethod::Post,
+        Method::Put => HttpMethod::Put,
+        Method::Patch => HttpMethod::Patch,
+        Method::Delete => HttpMethod::Delete,
     }
 }
 
@@ -365,6 +407,49 @@ mod tests {
             .expect("no trap")
             .expect("granted");
         assert_eq!(info.base_url, "http://127.0.0.1:9");
+    }
+
+    #[tokio::test]
+    async fn the_grant_policy_refuses_before_the_network() {
+        use crate::policy::{GrantPolicy, HttpMethod, PathPrefix};
+        // Port 9: nothing listens, so an allowed request fails to connect.
+        let connections =
+            connections(&[("closed", "kind = 'http'\nurl = 'http://127.0.0.1:9/base/'")]);
+        let aliases = BTreeMap::from([("svc".to_owned(), "closed".to_owned())]);
+        let policy = GrantPolicy {
+            methods: Some(vec![HttpMethod::Put]),
+            paths: Some(vec![PathPrefix::parse("/api/users/").expect("valid")]),
+            ..GrantPolicy::default()
+        };
+        let policies = BTreeMap::from([("svc".to_owned(), policy)]);
+        let grants = Grants::new(connections, Arc::new(aliases)).with_policies(Arc::new(policies));
+        let mut host = HttpHost::new(grants, 1024);
+        let mut send = async |method, path: &str| {
+            let mut request = get(path);
+            request.method = method;
+            host.send("svc".to_owned(), request).await.expect("no trap")
+        };
+        for (method, path) in [
+            (Method::Get, "/api/users/u_1"),
+            (Method::Put, "/api/users"),
+            (Method::Put, "/api/users-evil/x"),
+            (Method::Put, "/api/./users"),
+            (Method::Put, "/api/overview"),
+        ] {
+            let result = send(method, path).await;
+            assert!(
+                matches!(&result, Err(Error::Denied(_))),
+                "{path}: {result:?}"
+            );
+        }
+        // Allowed: normalised, below the base path; then the network refuses.
+        for path in ["/api/users/u_1", "/api/./users/u_1?x=1", "/api/%75sers/u_1"] {
+            let result = send(Method::Put, path).await;
+            assert!(
+                matches!(&result, Err(Error::Failed(_))),
+                "{path}: {result:?}"
+            );
+        }
     }
 
     #[tokio::test]

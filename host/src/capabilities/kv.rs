@@ -8,7 +8,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::{CallContext, Capability};
 use crate::contract::wasm_broker::plugin::kv::{self as wit, Error};
-use crate::limits::ByteBudget;
+use crate::limits::{ByteBudget, CallDeadline};
 use crate::state::{StateError, StateStore};
 
 /// The `kv` import of one plugin call.
@@ -16,6 +16,8 @@ pub struct KvHost {
     state: StateStore,
     plugin: Arc<str>,
     max_host_call_bytes: u64,
+    /// When the call ends: a store operation still waiting then traps.
+    deadline: CallDeadline,
 }
 
 impl KvHost {
@@ -24,6 +26,7 @@ impl KvHost {
             state,
             plugin,
             max_host_call_bytes,
+            deadline: CallDeadline::distant(),
         }
     }
 
@@ -48,13 +51,19 @@ impl wit::Host for KvHost {
         if let Err(error) = self.within_limit(&[(key.len(), "the key")]) {
             return Ok(Err(error));
         }
-        Ok(match self.state.kv_get(&self.plugin, &key).await {
-            Ok(Some(value)) => self
-                .within_limit(&[(value.len(), "the stored value")])
-                .map(|()| Some(value)),
-            Ok(None) => Ok(None),
-            Err(error) => Err(self.failed("get", error)),
-        })
+        let deadline = self.deadline;
+        Ok(
+            match deadline
+                .bound("kv", self.state.kv_get(&self.plugin, &key))
+                .await?
+            {
+                Ok(Some(value)) => self
+                    .within_limit(&[(value.len(), "the stored value")])
+                    .map(|()| Some(value)),
+                Ok(None) => Ok(None),
+                Err(error) => Err(self.failed("get", error)),
+            },
+        )
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
@@ -64,10 +73,10 @@ impl wit::Host for KvHost {
         ]) {
             return Ok(Err(error));
         }
-        Ok(self
-            .state
-            .kv_set(&self.plugin, &key, &value)
-            .await
+        let deadline = self.deadline;
+        Ok(deadline
+            .bound("kv", self.state.kv_set(&self.plugin, &key, &value))
+            .await?
             .map_err(|error| self.failed("set", error)))
     }
 
@@ -75,10 +84,10 @@ impl wit::Host for KvHost {
         if let Err(error) = self.within_limit(&[(key.len(), "the key")]) {
             return Ok(Err(error));
         }
-        Ok(self
-            .state
-            .kv_delete(&self.plugin, &key)
-            .await
+        let deadline = self.deadline;
+        Ok(deadline
+            .bound("kv", self.state.kv_delete(&self.plugin, &key))
+            .await?
             .map_err(|error| self.failed("delete", error)))
     }
 
@@ -86,26 +95,35 @@ impl wit::Host for KvHost {
         if let Err(error) = self.within_limit(&[(prefix.len(), "the prefix")]) {
             return Ok(Err(error));
         }
-        Ok(match self.state.kv_list_keys(&self.plugin, &prefix).await {
-            Ok(keys) => {
-                let parts: Vec<(usize, &str)> = keys
-                    .iter()
-                    .map(|key| (key.len(), "the list of keys"))
-                    .collect();
-                self.within_limit(&parts).map(|()| keys)
-            }
-            Err(error) => Err(self.failed("list-keys", error)),
-        })
+        let deadline = self.deadline;
+        Ok(
+            match deadline
+                .bound("kv", self.state.kv_list_keys(&self.plugin, &prefix))
+                .await?
+            {
+                Ok(keys) => {
+                    let parts: Vec<(usize, &str)> = keys
+                        .iter()
+                        .map(|key| (key.len(), "the list of keys"))
+                        .collect();
+                    self.within_limit(&parts).map(|()| keys)
+                }
+                Err(error) => Err(self.failed("list-keys", error)),
+            },
+        )
     }
 }
 
 impl Capability for KvHost {
     fn for_call(call: &CallContext<'_>) -> Self {
-        Self::new(
-            call.backends.state.clone(),
-            call.plugin().clone(),
-            call.max_host_call_bytes(),
-        )
+        Self {
+            deadline: call.deadline,
+            ..Self::new(
+                call.backends.state.clone(),
+                call.plugin().clone(),
+                call.max_host_call_bytes(),
+            )
+        }
     }
 
     fn add_to_linker<T: Send + 'static>(

@@ -27,6 +27,7 @@ pub mod http;
 pub mod kv;
 pub mod log;
 pub mod redis;
+mod refusal;
 pub mod settings;
 pub mod sql;
 pub mod tcp;
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use wasmtime::component::Linker;
 
 use self::connections::{Connections, Grants};
+use crate::limits::CallDeadline;
 use crate::state::StateStore;
 
 /// One host capability: the host of one WIT import, built for each call.
@@ -126,7 +128,8 @@ impl PluginGrants {
         Self {
             plugin: Arc::from(plugin),
             settings: Arc::new(settings::Settings::from_table(&plugin_config.config)),
-            connections: Grants::new(connections, Arc::new(plugin_config.connections.clone())),
+            connections: Grants::new(connections, Arc::new(plugin_config.connections.clone()))
+                .with_policies(Arc::new(plugin_config.policies.clone())),
             max_host_call_bytes,
         }
     }
@@ -153,6 +156,8 @@ pub struct CallContext<'a> {
     /// The platform's identity of the request, which tags the plugin's log
     /// lines so they can be correlated with it.
     pub request_identity: Option<&'a str>,
+    /// When the call ends: every host call still waiting then ends too.
+    pub deadline: CallDeadline,
 }
 
 impl CallContext<'_> {

@@ -1,24 +1,34 @@
 //! The `redis` capability: commands on the Redis connections broker.toml
-//! grants a plugin. The host holds the URL and the admin password.
+//! grants a plugin. The host holds the URL and the admin password. A
+//! command passes the grant's policy first (`crate::policy::redis`: a
+//! `denied` never reaches the server), ends at the call's deadline (its
+//! connection closed), and its reply is bounded while read (`meter`).
+
+mod meter;
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::sync::Arc;
 
 use redis::aio::MultiplexedConnection;
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::component::{HasSelf, Linker};
 
+pub(crate) use self::meter::ReplyMeter;
 use super::connections::Grants;
+use super::refusal::Refusals;
 use super::{CallContext, Capability};
 use crate::contract::wasm_broker::plugin::redis::{
     self as wit, Error, Reply, ReplyItem, ServerInfo,
 };
-use crate::limits::ByteBudget;
+use crate::limits::{ByteBudget, CallDeadline};
 
 /// The `redis` import of one plugin call.
 pub struct RedisHost {
     grants: Grants,
     max_host_call_bytes: u64,
+    deadline: CallDeadline,
+    refusals: Refusals,
     /// Connections this call opened, by connection name; closed when the
     /// call ends, so what one call does to its connection (SELECT, MULTI,
     /// CLIENT REPLY ...) never reaches another.
@@ -27,6 +37,8 @@ pub struct RedisHost {
 
 struct Session {
     connection: MultiplexedConnection,
+    /// What each reply on the connection may read.
+    meter: ReplyMeter,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -36,7 +48,18 @@ impl RedisHost {
         Self {
             grants,
             max_host_call_bytes,
+            deadline: CallDeadline::distant(),
+            refusals: Refusals::new(Arc::from("unnamed")),
             sessions: BTreeMap::new(),
+        }
+    }
+
+    /// The same host, serving a call of `plugin` that ends at `deadline`.
+    pub(crate) fn in_call(self, plugin: Arc<str>, deadline: CallDeadline) -> Self {
+        Self {
+            deadline,
+            refusals: Refusals::new(plugin),
+            ..self
         }
     }
 
@@ -47,19 +70,26 @@ impl RedisHost {
                 "empty command: the first argument names the command".to_owned(),
             ));
         }
+        self.grants
+            .policy(alias)
+            .check_redis(&args, redis.username())
+            .map_err(|reason| Error::Denied(self.refusals.denied("redis", alias, reason)))?;
         ByteBudget::new(self.max_host_call_bytes)
             .take(args.iter().map(Vec::len).sum(), "the command")
             .map_err(Error::LimitExceeded)?;
         let session = match self.sessions.entry(name.to_owned()) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
-                let (connection, permit) = redis.open().await.map_err(Error::Failed)?;
+                let meter = ReplyMeter::new(meter::wire_allowance(self.max_host_call_bytes));
+                let (connection, permit) = redis.open(&meter).await.map_err(Error::Failed)?;
                 entry.insert(Session {
                     connection,
+                    meter,
                     _permit: permit,
                 })
             }
         };
+        session.meter.next_reply();
         let mut command = redis::Cmd::new();
         for arg in &args {
             command.arg(arg.as_slice());
@@ -69,6 +99,15 @@ impl RedisHost {
             .await
         {
             Ok(value) => to_reply(value, &mut ByteBudget::new(self.max_host_call_bytes)),
+            Err(_) if session.meter.tripped() => {
+                // The rest of the reply is still on the way: the connection
+                // is dropped with it, and the next command reconnects.
+                self.sessions.remove(name);
+                Err(Error::LimitExceeded(format!(
+                    "the reply exceeds the host-call data limit of {} bytes (abandoned while read)",
+                    self.max_host_call_bytes
+                )))
+            }
             Err(error) => {
                 if error.is_io_error() || error.is_connection_dropped() {
                     // The next command of this call reconnects.
@@ -101,13 +140,21 @@ impl wit::Host for RedisHost {
         connection: String,
         args: Vec<Vec<u8>>,
     ) -> wasmtime::Result<Result<Reply, Error>> {
-        Ok(self.run(&connection, args).await)
+        let deadline = self.deadline;
+        let outcome = deadline.bound("redis", self.run(&connection, args)).await;
+        outcome.map_err(|exceeded| {
+            // The command may still be running on the server: its
+            // connection is closed, not used again.
+            self.sessions.clear();
+            wasmtime::Error::new(exceeded)
+        })
     }
 }
 
 impl Capability for RedisHost {
     fn for_call(call: &CallContext<'_>) -> Self {
         Self::new(call.connections(), call.max_host_call_bytes())
+            .in_call(call.plugin().clone(), call.deadline)
     }
 
     fn add_to_linker<T: Send + 'static>(
@@ -226,6 +273,9 @@ fn flatten(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod policy_tests;
 
 #[cfg(test)]
 mod tests {

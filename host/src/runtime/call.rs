@@ -21,6 +21,7 @@ use super::{CallError, CallState};
 use crate::capabilities::{CallContext, CallHosts, PluginGrants};
 use crate::config::CallLimits;
 use crate::contract::{ServicePlugin, ServicePluginPre};
+use crate::limits::{CallDeadline, DeadlineExceeded};
 use crate::printable::printable;
 
 /// The wall-clock safety net fires this long after the CPU deadline, so a
@@ -156,6 +157,9 @@ impl PluginEngine {
         let memory_exhausted = Arc::new(AtomicBool::new(false));
         let memory_limit =
             usize::try_from(limits.memory_limit_mb.saturating_mul(MIB)).unwrap_or(usize::MAX);
+        // One instant for the guest (epoch interruption) and for every host
+        // call it waits on.
+        let cpu_deadline = Instant::now() + deadline;
         let state = CallState::new(
             sandbox_wasi(stdout.clone(), stderr.clone()),
             CallLimiter::new(memory_limit, memory_exhausted.clone()),
@@ -163,6 +167,7 @@ impl PluginEngine {
                 grants: plugin.grants,
                 backends: &self.backends,
                 request_identity,
+                deadline: CallDeadline::after(deadline),
             }),
         );
         let mut store = Store::new(&self.engine, state);
@@ -170,7 +175,6 @@ impl PluginEngine {
         // Every tick past the first the guest yields to other tasks, so a
         // busy plugin cannot starve the executor; past the deadline it is
         // interrupted with a trap.
-        let cpu_deadline = Instant::now() + deadline;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             Ok(if Instant::now() >= cpu_deadline {
@@ -278,6 +282,9 @@ fn failure_cause(
             format!("ran out of memory (limit {} MiB)", limits.memory_limit_mb),
         );
     }
+    if let Some(exceeded) = error.downcast_ref::<DeadlineExceeded>() {
+        return ("deadline", exceeded.to_string());
+    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => (
             "deadline",
@@ -356,6 +363,18 @@ mod tests {
             (
                 "trap",
                 "trapped: wasm `unreachable` instruction executed".to_owned()
+            )
+        );
+        let late = wasmtime::Error::new(DeadlineExceeded {
+            timeout_ms: 2000,
+            capability: "sql",
+        });
+        assert_eq!(
+            failure_cause(&late, &limits(), false, None),
+            (
+                "deadline",
+                "did not finish within its deadline of 2000 ms (a sql host call was still waiting)"
+                    .to_owned()
             )
         );
         let host = wasmtime::format_err!("resource table full");

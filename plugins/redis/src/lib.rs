@@ -242,7 +242,8 @@ fn user_name(binding: &Binding) -> String {
 }
 
 /// Best effort: without an `aclfile` the server cannot save, and users live
-/// until it restarts; the operator is told so.
+/// until it restarts; the operator is told so. The host refuses ACL SAVE
+/// unless the grant lists it in `commands` (the shipped broker.toml does).
 fn save_acl() {
     match redis::command(ADMIN, &["ACL", "SAVE"]) {
         Ok(Reply::Data(_)) => {}

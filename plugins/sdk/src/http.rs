@@ -66,7 +66,9 @@ fn to_broker_error(connection: &str, error: host::Error) -> BrokerError {
                 "connection `{connection}` is not granted to this plugin in broker.toml: {message}"
             )
         }
-        host::Error::Denied(message) => format!("HTTP path refused by the host: {message}"),
+        host::Error::Denied(message) => {
+            format!("HTTP on connection `{connection}` refused by the host: {message}")
+        }
         host::Error::Failed(message) => {
             format!("HTTP on connection `{connection}` failed: {message}")
         }

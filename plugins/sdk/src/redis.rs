@@ -29,6 +29,9 @@ fn to_broker_error(connection: &str, error: host::Error) -> BrokerError {
         host::Error::LimitExceeded(message) => {
             format!("Redis on connection `{connection}` exceeded the host-call limit: {message}")
         }
+        host::Error::Denied(message) => {
+            format!("Redis on connection `{connection}` refused by the grant's policy: {message}")
+        }
     })
 }
 

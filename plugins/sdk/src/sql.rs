@@ -40,6 +40,9 @@ fn to_broker_error(connection: &str, error: host::Error) -> BrokerError {
         host::Error::LimitExceeded(message) => {
             format!("SQL on connection `{connection}` exceeded the host-call limit: {message}")
         }
+        host::Error::Denied(message) => {
+            format!("SQL on connection `{connection}` refused by the grant's policy: {message}")
+        }
     })
 }
 

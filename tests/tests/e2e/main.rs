@@ -22,6 +22,8 @@ mod live_config;
 mod malformed;
 mod metrics;
 mod osb_rules;
+mod policy;
+mod reading_limits;
 mod restart;
 mod retired;
 mod sandbox;

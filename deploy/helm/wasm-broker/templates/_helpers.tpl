@@ -86,7 +86,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 {{- range $plugin, $settings := .Values.plugins.settings }}
-{{- range $alias, $target := $settings.connections }}
+{{- range $alias, $grant := $settings.connections }}
+{{- $target := $grant }}
+{{- if kindIs "map" $grant }}{{ $target = toString (get $grant "connection") }}{{ end }}
 {{- if not (hasKey $.Values.connections $target) }}
 {{- fail (printf "plugins.settings.%s grants connection %s -> %s, but connections.%s is not defined" $plugin $alias $target $target) }}
 {{- end }}

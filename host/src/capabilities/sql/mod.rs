@@ -1,8 +1,14 @@
 //! The `sql` capability: statements on the MySQL/MariaDB and PostgreSQL
 //! connections broker.toml grants a plugin. The host holds the DSN and the
 //! admin credentials; the plugin sends text and gets typed values back.
+//! A grant's policy may make statements read-only and cap their rows and
+//! bytes (`crate::policy`); a statement still running at the call's
+//! deadline ends there, its connection closed.
+
+use std::sync::Arc;
 
 use futures_util::TryStreamExt;
+use sqlx::database::HasStatementCache;
 use sqlx::mysql::{MySql, MySqlQueryResult, MySqlRow};
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArgumentBuffer, PgQueryResult, PgRow, PgTypeInfo, PgValueFormat, Postgres};
@@ -14,16 +20,19 @@ use sqlx::{
 use wasmtime::component::{HasSelf, Linker};
 
 use super::connections::{Grants, SqlPool};
+use super::refusal::Refusals;
 use super::{CallContext, Capability};
 use crate::contract::wasm_broker::plugin::sql::{
     self as wit, Dialect, Error, QueryResult, ServerInfo, Value,
 };
-use crate::limits::ByteBudget;
+use crate::limits::{ByteBudget, CallDeadline, DeadlineExceeded};
 
 /// The `sql` import of one plugin call.
 pub struct SqlHost {
     grants: Grants,
     max_host_call_bytes: u64,
+    deadline: CallDeadline,
+    refusals: Refusals,
 }
 
 impl SqlHost {
@@ -32,6 +41,17 @@ impl SqlHost {
         Self {
             grants,
             max_host_call_bytes,
+            deadline: CallDeadline::distant(),
+            refusals: Refusals::new(Arc::from("unnamed")),
+        }
+    }
+
+    /// The same host, serving a call of `plugin` that ends at `deadline`.
+    pub(crate) fn in_call(self, plugin: Arc<str>, deadline: CallDeadline) -> Self {
+        Self {
+            deadline,
+            refusals: Refusals::new(plugin),
+            ..self
         }
     }
 
@@ -40,17 +60,32 @@ impl SqlHost {
         alias: &str,
         statement: String,
         params: Vec<Value>,
-    ) -> Result<QueryResult, Error> {
-        let connection = self.grants.sql(alias).map_err(Error::NotGranted)?;
+    ) -> Result<Result<QueryResult, Error>, DeadlineExceeded> {
+        let connection = match self.grants.sql(alias) {
+            Ok(connection) => connection,
+            Err(reason) => return Ok(Err(Error::NotGranted(reason))),
+        };
         let request_size = statement.len() + params.iter().map(value_size).sum::<usize>();
-        ByteBudget::new(self.max_host_call_bytes)
-            .take(request_size, "the statement with its parameters")
-            .map_err(Error::LimitExceeded)?;
-        let mut result_budget = ByteBudget::new(self.max_host_call_bytes);
-        match &connection.pool {
-            SqlPool::Mysql(pool) => execute(pool, &statement, params, &mut result_budget).await,
-            SqlPool::Postgres(pool) => execute(pool, &statement, params, &mut result_budget).await,
+        let within_limit = ByteBudget::new(self.max_host_call_bytes)
+            .take(request_size, "the statement with its parameters");
+        if let Err(reason) = within_limit {
+            return Ok(Err(Error::LimitExceeded(reason)));
         }
+        let policy = self.grants.policy(alias);
+        let mut limits = StatementLimits {
+            read_only: policy.read_only,
+            max_rows: policy.max_rows,
+            budget: ByteBudget::new(policy.sql_max_bytes(self.max_host_call_bytes)),
+            deadline: self.deadline,
+        };
+        let outcome = match &connection.pool {
+            SqlPool::Mysql(pool) => execute(pool, &statement, params, &mut limits).await?,
+            SqlPool::Postgres(pool) => execute(pool, &statement, params, &mut limits).await?,
+        };
+        Ok(outcome.map_err(|error| match error {
+            Error::Denied(reason) => Error::Denied(self.refusals.denied("sql", alias, reason)),
+            other => other,
+        }))
     }
 }
 
@@ -79,13 +114,16 @@ impl wit::Host for SqlHost {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<QueryResult, Error>> {
-        Ok(self.run(&connection, statement, params).await)
+        self.run(&connection, statement, params)
+            .await
+            .map_err(wasmtime::Error::new)
     }
 }
 
 impl Capability for SqlHost {
     fn for_call(call: &CallContext<'_>) -> Self {
         Self::new(call.connections(), call.max_host_call_bytes())
+            .in_call(call.plugin().clone(), call.deadline)
     }
 
     fn add_to_linker<T: Send + 'static>(
@@ -114,7 +152,14 @@ enum Protocol {
 }
 
 /// What differs between MySQL and PostgreSQL; [`execute`] is the rest.
-trait Engine: Database {
+trait Engine: Database + HasStatementCache {
+    /// Makes what follows on the connection read-only, until
+    /// [`Self::READ_ONLY_END`]. MariaDB commits implicitly before DDL, which
+    /// then escapes a `START TRANSACTION READ ONLY`: the session is made
+    /// read-only instead. PostgreSQL: a read-only transaction.
+    const READ_ONLY_BEGIN: &'static str;
+    const READ_ONLY_END: &'static str;
+
     fn bind<'q>(
         query: Query<'q, Self, <Self as Database>::Arguments<'q>>,
         value: Value,
@@ -126,22 +171,111 @@ trait Engine: Database {
     fn rows_affected(result: &Self::QueryResult) -> u64;
 }
 
-/// Runs one statement and collects its rows, stopping as soon as they exceed
-/// the budget so a large result is never buffered whole.
+/// What one statement may do and return: the grant's policy with the
+/// call's byte limit and deadline.
+struct StatementLimits {
+    read_only: bool,
+    max_rows: Option<u64>,
+    budget: ByteBudget,
+    deadline: CallDeadline,
+}
+
+/// Why a statement stopped, and whether its connection can serve again.
+enum Stop {
+    /// The exchange with the server ended cleanly (e.g. an error reply).
+    Clean(Error),
+    /// Rows or a reply are still coming: the connection is closed, never
+    /// returned to the pool, whose next user would have to read them all.
+    Midway(Error),
+}
+
+/// Runs one statement on a connection of `pool`. Past the deadline, or
+/// when the result passes a limit, the connection is closed at once rather
+/// than returned to the pool with the statement still running or its rows
+/// still coming. (The server may go on with the statement until it next
+/// writes to the closed connection.)
 async fn execute<DB: Engine>(
     pool: &Pool<DB>,
     statement: &str,
     params: Vec<Value>,
-    budget: &mut ByteBudget,
-) -> Result<QueryResult, Error>
+    limits: &mut StatementLimits,
+) -> Result<Result<QueryResult, Error>, DeadlineExceeded>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
 {
-    let mut connection = pool.acquire().await.map_err(failed)?;
+    let deadline = limits.deadline;
+    let mut connection = match deadline.bound("sql", pool.acquire()).await? {
+        Ok(connection) => connection,
+        Err(error) => return Ok(Err(failed(error, false))),
+    };
+    let outcome = deadline
+        .bound(
+            "sql",
+            run_statement(&mut *connection, statement, params, limits),
+        )
+        .await;
+    match outcome {
+        Ok(Ok(result)) => Ok(Ok(result)),
+        Ok(Err(Stop::Clean(error))) => Ok(Err(error)),
+        Ok(Err(Stop::Midway(error))) => {
+            drop(connection.detach());
+            Ok(Err(error))
+        }
+        Err(exceeded) => {
+            drop(connection.detach());
+            Err(exceeded)
+        }
+    }
+}
+
+/// The statement, inside the read-only bracket when the grant asks for it.
+async fn run_statement<DB: Engine>(
+    connection: &mut DB::Connection,
+    statement: &str,
+    params: Vec<Value>,
+    limits: &mut StatementLimits,
+) -> Result<QueryResult, Stop>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    if !limits.read_only {
+        return collect(connection, statement, params, limits).await;
+    }
+    connection
+        .execute(DB::READ_ONLY_BEGIN)
+        .await
+        .map_err(|error| Stop::Midway(failed(error, false)))?;
+    let result = collect(connection, statement, params, limits).await;
+    if let Err(Stop::Midway(_)) = result {
+        return result;
+    }
+    connection
+        .execute(DB::READ_ONLY_END)
+        .await
+        .map_err(|error| Stop::Midway(failed(error, false)))?;
+    result
+}
+
+/// Runs one statement and collects its rows, stopping as soon as they exceed
+/// a limit so a large result is never buffered whole.
+async fn collect<DB: Engine>(
+    connection: &mut DB::Connection,
+    statement: &str,
+    params: Vec<Value>,
+    limits: &mut StatementLimits,
+) -> Result<QueryResult, Stop>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    let read_only = limits.read_only;
     // Only the text protocol runs DDL (CREATE USER, GRANT, CREATE DATABASE),
-    // which never has parameters.
-    let (mut stream, protocol) = if params.is_empty() {
+    // which never has parameters. A read-only statement is prepared even
+    // without parameters: the prepared-statement protocol takes one
+    // statement, so a `COMMIT; CREATE ...` cannot leave the read-only bracket.
+    let (mut stream, protocol) = if params.is_empty() && !read_only {
         (
             connection.fetch_many(sqlx::raw_sql(statement)),
             Protocol::Text,
@@ -149,7 +283,7 @@ where
     } else {
         let query = params
             .into_iter()
-            .fold(sqlx::query::<DB>(statement), DB::bind);
+            .fold(sqlx::query::<DB>(statement).persistent(false), DB::bind);
         (connection.fetch_many(query), Protocol::Binary)
     };
     let mut result = QueryResult {
@@ -157,7 +291,12 @@ where
         rows: Vec::new(),
         rows_affected: 0,
     };
-    while let Some(item) = stream.try_next().await.map_err(failed)? {
+    let over_limit = |reason: String| Stop::Midway(Error::LimitExceeded(reason));
+    while let Some(item) = stream
+        .try_next()
+        .await
+        .map_err(|error| Stop::Clean(failed(error, read_only)))?
+    {
         match item {
             Either::Left(done) => {
                 result.rows_affected = result
@@ -165,6 +304,13 @@ where
                     .saturating_add(DB::rows_affected(&done))
             }
             Either::Right(row) => {
+                if let Some(max_rows) = limits.max_rows
+                    && u64::try_from(result.rows.len()).unwrap_or(u64::MAX) >= max_rows
+                {
+                    return Err(over_limit(format!(
+                        "the result has more than the {max_rows} rows the grant allows (max_rows)"
+                    )));
+                }
                 if result.columns.is_empty() {
                     result.columns = row
                         .columns()
@@ -172,17 +318,19 @@ where
                         .map(|column| column.name().to_owned())
                         .collect();
                     let names_size = result.columns.iter().map(String::len).sum();
-                    budget
+                    limits
+                        .budget
                         .take(names_size, "the result")
-                        .map_err(Error::LimitExceeded)?;
+                        .map_err(over_limit)?;
                 }
                 let values = (0..row.len())
                     .map(|index| DB::column_value(&row, index, protocol))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(Error::Failed)?;
-                budget
+                    .map_err(|reason| Stop::Midway(Error::Failed(reason)))?;
+                limits
+                    .budget
                     .take(values.iter().map(value_size).sum(), "the result")
-                    .map_err(Error::LimitExceeded)?;
+                    .map_err(over_limit)?;
                 result.rows.push(values);
             }
         }
@@ -190,8 +338,20 @@ where
     Ok(result)
 }
 
-fn failed(error: sqlx::Error) -> Error {
-    Error::Failed(error.to_string())
+/// The database's refusal; `denied` when a read-only grant's statement
+/// tried to write (SQLSTATE 25006, `read_only_sql_transaction`, on both
+/// MySQL/MariaDB and PostgreSQL).
+fn failed(error: sqlx::Error, read_only: bool) -> Error {
+    let read_only_refusal = read_only
+        && error
+            .as_database_error()
+            .and_then(|error| error.code())
+            .is_some_and(|code| code == "25006");
+    if read_only_refusal {
+        Error::Denied(format!("the grant is read-only in broker.toml: {error}"))
+    } else {
+        Error::Failed(error.to_string())
+    }
 }
 
 fn decode<'r, DB: Database, T: Decode<'r, DB>>(
@@ -211,6 +371,9 @@ fn unconvertible(column: &str) -> String {
 }
 
 impl Engine for MySql {
+    const READ_ONLY_BEGIN: &'static str = "SET SESSION TRANSACTION READ ONLY";
+    const READ_ONLY_END: &'static str = "SET SESSION TRANSACTION READ WRITE";
+
     fn bind<'q>(
         query: Query<'q, Self, <Self as Database>::Arguments<'q>>,
         value: Value,
@@ -284,6 +447,9 @@ impl Encode<'_, Postgres> for UntypedNull {
 }
 
 impl Engine for Postgres {
+    const READ_ONLY_BEGIN: &'static str = "BEGIN READ ONLY";
+    const READ_ONLY_END: &'static str = "ROLLBACK";
+
     fn bind<'q>(
         query: Query<'q, Self, <Self as Database>::Arguments<'q>>,
         value: Value,
@@ -338,3 +504,6 @@ impl Engine for Postgres {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod policy_tests;

@@ -15,8 +15,8 @@
 //! address, port, UDP or name lookup is reachable.
 //!
 //! A call's streams are closed when the call ends (its host is dropped with
-//! the store), and a read blocked past the call's deadline ends with the
-//! call (the runtime's wall-clock net drops the call's future).
+//! the store), and a connect, write or read still waiting at the call's
+//! deadline traps there, failing the call.
 
 mod endpoint;
 mod placeholder;
@@ -38,7 +38,7 @@ use super::{CallContext, Capability};
 use crate::contract::wasm_broker::plugin::tcp::{
     self as wit, ByteStream, Credentials, Encoding, Error, ServerInfo,
 };
-use crate::limits::ByteBudget;
+use crate::limits::{ByteBudget, CallDeadline};
 
 /// Streams one call may have open at once: an admin session rarely needs
 /// more than one; a plugin opening streams in a loop stops here instead of
@@ -76,6 +76,9 @@ pub struct TcpHost {
     /// Bytes written and read in this call, over all its streams.
     written: ByteBudget,
     read: ByteBudget,
+    /// When the call ends: a connect, write or read still waiting then
+    /// traps, failing the call there.
+    deadline: CallDeadline,
 }
 
 impl TcpHost {
@@ -87,6 +90,7 @@ impl TcpHost {
             placeholders: BTreeMap::new(),
             written: ByteBudget::new(max_host_call_bytes),
             read: ByteBudget::new(max_host_call_bytes),
+            deadline: CallDeadline::distant(),
         }
     }
 
@@ -254,7 +258,12 @@ impl wit::HostByteStream for TcpHost {
         {
             return Ok(Err(Error::LimitExceeded(why)));
         }
-        Ok(self.stream(&stream)?.write(&data).await)
+        let deadline = self.deadline;
+        let open = self.stream(&stream)?;
+        deadline
+            .bound("tcp", open.write(&data))
+            .await
+            .map_err(wasmtime::Error::new)
     }
 
     async fn read(
@@ -267,7 +276,13 @@ impl wit::HostByteStream for TcpHost {
             .unwrap_or(usize::MAX)
             .clamp(1, MAX_READ_CHUNK);
         let timeout = Duration::from_millis(u64::from(timeout_ms));
-        let bytes = match self.stream(&stream)?.read(max, timeout).await {
+        let deadline = self.deadline;
+        let open = self.stream(&stream)?;
+        let bytes = match deadline
+            .bound("tcp", open.read(max, timeout))
+            .await
+            .map_err(wasmtime::Error::new)?
+        {
             Ok(bytes) => bytes,
             Err(error) => return Ok(Err(error)),
         };
@@ -325,7 +340,12 @@ impl wit::Host for TcpHost {
         &mut self,
         connection: String,
     ) -> wasmtime::Result<Result<Resource<ByteStream>, Error>> {
-        match self.open_stream(&connection).await {
+        let deadline = self.deadline;
+        let opened = deadline
+            .bound("tcp", self.open_stream(&connection))
+            .await
+            .map_err(wasmtime::Error::new)?;
+        match opened {
             Ok(stream) => {
                 let handle = self.next_handle;
                 self.next_handle = self
@@ -342,7 +362,10 @@ impl wit::Host for TcpHost {
 
 impl Capability for TcpHost {
     fn for_call(call: &CallContext<'_>) -> Self {
-        Self::new(call.connections(), call.max_host_call_bytes())
+        Self {
+            deadline: call.deadline,
+            ..Self::new(call.connections(), call.max_host_call_bytes())
+        }
     }
 
     fn add_to_linker<T: Send + 'static>(

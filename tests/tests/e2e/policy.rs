@@ -1,0 +1,339 @@
+//! Per-grant policy and the deadline during host calls, attacked through
+//! the grant_abuse fixture: the host refuses what a grant's policy does not
+//! allow (`denied: ...`, counted in `/metrics`), and a host call still
+//! waiting at the call's deadline ends there, its connection closed rather
+//! than handed to the next call.
+//!
+//! Never run against the shared Redis what would hurt it if the policy
+//! failed: administration commands are probed with harmless forms
+//! (`CONFIG GET`, `DEBUG SLEEP 0`, `FLUSHDB` of an empty database), and
+//! `FLUSHALL` only once those were refused.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use wasm_broker_tests::faults::Fixture;
+use wasm_broker_tests::{
+    BrokerSetup, CONNECTIONS, TestBroker, instance_path, mariadb_has_database, postgres_admin,
+    provision_body, service_available, shipped_grants, unique_id,
+};
+
+const GRANT_ABUSE: Fixture = Fixture {
+    stem: "grant_abuse",
+    offering: "grant-abuse",
+    service_id: "6f1f4c1e-8f3e-4d55-9a0b-2b8e54a1c7d3",
+    plan_id: "b3a7d0e2-51c4-4f0e-9d6a-0c1e7f9a2b48",
+};
+
+/// A broker serving grant_abuse with `grants` (lines of its
+/// `[plugins.grant_abuse.connections]`) and `plugin` (lines of its
+/// `[plugins.grant_abuse]`).
+async fn broker(grants: &str, plugin: &str) -> TestBroker {
+    TestBroker::start(BrokerSetup {
+        plugins: vec![GRANT_ABUSE.plugin()],
+        extra_config: format!(
+            "{CONNECTIONS}\n[plugins.grant_abuse]\n{plugin}\n[plugins.grant_abuse.connections]\n{grants}\n"
+        ),
+        ..BrokerSetup::default()
+    })
+    .await
+}
+
+/// The report lines of one provision running `calls`.
+async fn run(broker: &TestBroker, calls: Value) -> Vec<String> {
+    let parameters = json!({ "calls": calls });
+    let (status, body) = broker
+        .provision(&unique_id("abuse"), &GRANT_ABUSE.plan(), Some(parameters))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["metadata"]["report"]
+        .as_array()
+        .expect("an array of report lines")
+        .iter()
+        .map(|line| line.as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn assert_denied(line: &str, what: &str) {
+    assert!(
+        line.starts_with("denied: "),
+        "{what} was not denied: {line}"
+    );
+}
+
+/// `plugin_host_calls_denied_total` of grant_abuse for `capability`.
+async fn denied_count(broker: &TestBroker, capability: &str) -> f64 {
+    let response = broker
+        .raw(Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("GET /metrics");
+    let text = response.text().await.expect("metrics body");
+    text.lines()
+        .filter(|line| line.starts_with("plugin_host_calls_denied_total{"))
+        .filter(|line| {
+            line.contains("plugin=\"grant_abuse\"")
+                && line.contains(&format!("capability=\"{capability}\""))
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_default_redis_policy_refuses_server_administration() {
+    if !service_available("Redis", "127.0.0.1:6379") {
+        return;
+    }
+    let broker = broker("admin = \"redis\"", "").await;
+    // A database index no test uses: FLUSHDB there would flush nothing.
+    let report = run(
+        &broker,
+        json!([
+            {"redis": ["CONFIG", "GET", "requirepass"]},
+            {"redis": ["config", "set", "slowlog-max-len", "128"]},
+            {"redis": ["DEBUG", "SLEEP", "0"]},
+            {"redis": ["SELECT", "13"]},
+            {"redis": ["DBSIZE"]},
+            {"redis": ["EVAL", "return redis.call('CONFIG', 'GET', 'requirepass')", "0"]},
+            {"redis": ["ACL", "LIST"]},
+            {"redis": ["PING"]},
+            // No rules: a no-op, were it not refused.
+            {"redis": ["ACL", "SETUSER", "default"]},
+        ]),
+    )
+    .await;
+    assert_denied(&report[0], "CONFIG GET requirepass");
+    assert_denied(&report[1], "CONFIG SET");
+    assert_denied(&report[2], "DEBUG SLEEP 0");
+    assert_eq!(report[3], "OK: OK");
+    assert_eq!(
+        report[4], "OK: 0",
+        "database 13 of the shared Redis is in use"
+    );
+    assert_denied(&report[5], "EVAL");
+    assert_denied(&report[6], "ACL LIST");
+    assert_eq!(report[7], "OK: PONG", "an ordinary command is refused");
+    assert_denied(&report[8], "ACL SETUSER default");
+    assert!(report[0].contains("CONFIG GET"), "{}", report[0]);
+
+    // CONFIG is refused: the policy works, so the wiping commands can be
+    // tried, FLUSHDB on the empty database 13 first, then FLUSHALL. (SHUTDOWN
+    // is left to the unit tests: nothing here may stop the shared server.)
+    let report = run(
+        &broker,
+        json!([{"redis": ["SELECT", "13"]}, {"redis": ["FLUSHDB"]}]),
+    )
+    .await;
+    assert_denied(&report[1], "FLUSHDB");
+    let report = run(&broker, json!([{"redis": ["FLUSHALL"]}])).await;
+    assert_denied(&report[0], "FLUSHALL");
+    assert_eq!(denied_count(&broker, "redis").await, 8.0);
+}
+
+#[tokio::test]
+async fn a_redis_command_list_allows_only_its_commands() {
+    if !service_available("Redis", "127.0.0.1:6379") {
+        return;
+    }
+    let broker = broker(
+        "admin = { connection = \"redis\", commands = [\"PING\", \"ACL WHOAMI\"] }",
+        "",
+    )
+    .await;
+    let report = run(
+        &broker,
+        json!([
+            {"redis": ["PING"]},
+            {"redis": ["acl", "whoami"]},
+            {"redis": ["ACL", "USERS"]},
+            {"redis": ["GET", "x"]},
+        ]),
+    )
+    .await;
+    assert_eq!(report[0], "OK: PONG");
+    assert!(report[1].starts_with("OK: "), "{}", report[1]);
+    assert_denied(&report[2], "ACL USERS");
+    assert_denied(&report[3], "GET");
+}
+
+#[tokio::test]
+async fn the_shipped_rabbitmq_policy_refuses_reading_users_and_other_admin_paths() {
+    if !service_available("RabbitMQ management API", "127.0.0.1:15672") {
+        return;
+    }
+    let grants = shipped_grants("rabbitmq");
+    assert!(
+        grants.contains("paths"),
+        "the shipped grant has no policy: {grants}"
+    );
+    let broker = broker(&grants, "").await;
+    let absent = format!("/api/vhosts/{}", unique_id("absent"));
+    let report = run(
+        &broker,
+        json!([
+            {"http": "GET", "path": "/api/users"},
+            {"http": "GET", "path": "/api/users/guest"},
+            {"http": "PUT", "path": "/api/users"},
+            {"http": "GET", "path": "/api/overview"},
+            {"http": "PUT", "path": "/api/definitions"},
+            {"http": "DELETE", "path": "/api/users-evil/x"},
+            {"http": "DELETE", "path": "/api/%2e/users/x/../../definitions"},
+            {"http": "DELETE", "path": absent},
+        ]),
+    )
+    .await;
+    for (line, what) in report.iter().zip([
+        "GET /api/users",
+        "GET /api/users/guest",
+        "PUT /api/users",
+        "GET /api/overview",
+        "PUT /api/definitions",
+        "DELETE /api/users-evil/x",
+        "a path with dot segments",
+    ]) {
+        assert_denied(line, what);
+    }
+    assert_eq!(report[7], "OK: HTTP 404", "an allowed request is refused");
+    assert_eq!(denied_count(&broker, "http").await, 6.0);
+}
+
+/// A read-only grant with a row cap: writes are `denied`, also behind a
+/// `COMMIT`, and more rows than allowed `limit-exceeded`.
+async fn read_only_refuses_writes(connection: &str, create: &str, many_rows: &str) -> TestBroker {
+    let broker = broker(
+        &format!("admin = {{ connection = \"{connection}\", read_only = true, max_rows = 5 }}"),
+        "",
+    )
+    .await;
+    let report = run(
+        &broker,
+        json!([
+            {"sql": create},
+            {"sql": format!("COMMIT; {create}")},
+            {"sql": "SELECT 1"},
+            {"sql": many_rows},
+        ]),
+    )
+    .await;
+    assert_denied(&report[0], create);
+    assert!(
+        !report[1].starts_with("OK"),
+        "COMMIT; {create}: {}",
+        report[1]
+    );
+    assert_eq!(report[2], "OK: 1 rows; 1");
+    assert!(
+        report[3].starts_with("limit-exceeded: ") && report[3].contains("max_rows"),
+        "{}",
+        report[3]
+    );
+    assert!(denied_count(&broker, "sql").await >= 1.0);
+    broker
+}
+
+#[tokio::test]
+async fn a_read_only_postgres_grant_refuses_writes() {
+    if !service_available("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    let table = unique_id("wb_ro").replace('-', "_");
+    let _broker = read_only_refuses_writes(
+        "postgres",
+        &format!("CREATE TABLE {table} (a int)"),
+        "SELECT generate_series(1, 10)",
+    )
+    .await;
+    let created = sqlx::query("SELECT 1 FROM pg_tables WHERE tablename = $1")
+        .bind(&table)
+        .fetch_optional(&mut postgres_admin().await)
+        .await
+        .expect("pg_tables");
+    if created.is_some() {
+        sqlx::query(&format!("DROP TABLE {table}"))
+            .execute(&mut postgres_admin().await)
+            .await
+            .expect("drop");
+        panic!("a read-only grant created table {table}");
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_mariadb_grant_refuses_writes() {
+    if !service_available("MariaDB", "127.0.0.1:3306") {
+        return;
+    }
+    let database = unique_id("wb_ro").replace('-', "_");
+    let _broker = read_only_refuses_writes(
+        "mariadb",
+        &format!("CREATE DATABASE {database}"),
+        "SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6",
+    )
+    .await;
+    assert!(
+        !mariadb_has_database(&database).await,
+        "a read-only grant created database {database}"
+    );
+}
+
+/// Four statements sleeping far past a 2 s deadline: each call fails at
+/// the deadline, and the connections they held are closed, not queued for
+/// reuse behind the sleep, so the next call is served at once.
+async fn sleeping_statements_end_at_the_deadline(connection: &str, sleep: &str) {
+    let _timing = wasm_broker_tests::timed().await;
+    let broker = broker(
+        &format!("admin = \"{connection}\""),
+        "call_timeout_ms = 2000",
+    )
+    .await;
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    // The connection's pool has 4 connections: all of them sleep.
+    for _ in 0..4 {
+        let request = broker
+            .osb(Method::PUT, &instance_path(&unique_id("sleep")))
+            .json(&provision_body(
+                &GRANT_ABUSE.plan(),
+                Some(json!({"calls": [{"sql": sleep}]})),
+            ))
+            .timeout(Duration::from_secs(30));
+        calls.spawn(async move {
+            let response = request.send().await.expect("answered");
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        });
+    }
+    for (status, body) in calls.join_all().await {
+        assert_eq!(status, 500, "{body}");
+        assert!(body.contains("deadline of 2000 ms"), "{body}");
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(12),
+        "the calls took {elapsed:?} with a 2 s deadline"
+    );
+    let started = Instant::now();
+    let report = run(&broker, json!([{"sql": "SELECT 1"}])).await;
+    assert_eq!(report, ["OK: 1 rows; 1"], "the next call was not served");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the next call waited {:?} for a connection",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_sleeping_postgres_statement_ends_at_the_deadline() {
+    if !service_available("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    sleeping_statements_end_at_the_deadline("postgres", "SELECT pg_sleep(30)").await;
+}
+
+#[tokio::test]
+async fn a_sleeping_mariadb_statement_ends_at_the_deadline() {
+    if !service_available("MariaDB", "127.0.0.1:3306") {
+        return;
+    }
+    sleeping_statements_end_at_the_deadline("mariadb", "SELECT SLEEP(30)").await;
+}
