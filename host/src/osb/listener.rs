@@ -9,11 +9,12 @@
 //!   `idle_timeout`;
 //! - at most `max_connections` are open. At the cap, a new connection
 //!   takes the place of the one idle longest (a half-sent request is idle:
-//!   nothing is under way for it), so a flood of stalled connections cannot
-//!   lock out the platform or the probes. If every connection is busy, a
-//!   few more (`PROBE_RESERVE`) are taken that answer only `/healthz` and
-//!   `/readyz`; beyond those a new connection is closed at once, so the
-//!   process never runs out of file descriptors.
+//!   nothing is under way for it), once that one has had `EVICTABLE_AFTER`
+//!   to send its request, so a flood of stalled connections cannot lock out
+//!   the platform or the probes. If every connection is busy, a few more
+//!   (`PROBE_RESERVE`) are taken that answer only `/healthz` and `/readyz`.
+//!   Meanwhile new connections wait in the kernel's backlog: the process
+//!   never holds more than that, so it never runs out of file descriptors.
 //!
 //! hyper's own header timer also runs while a kept-alive connection waits,
 //! so it is set to the longer of the two timeouts, as a backstop; the
@@ -47,6 +48,12 @@ use super::{ApiError, HEALTHZ, READYZ};
 /// a request; they are answered only for the probes.
 pub const PROBE_RESERVE: usize = 8;
 
+/// A connection idle for less than this is not pushed out at the cap: a
+/// client that has sent its request gets it read even on a busy machine.
+/// Under a flood, connections are accepted at most this much faster than
+/// the cap per this interval; the rest wait in the kernel's backlog.
+const EVICTABLE_AFTER: Duration = Duration::from_millis(250);
+
 /// `[server]` header_read_timeout_ms, idle_timeout_ms, max_connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -75,35 +82,40 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        let stream = tokio::select! {
             () = &mut shutdown => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        // Out of file descriptors, or a connection reset
-                        // before it was accepted: try again shortly, without
-                        // spinning.
-                        tracing::warn!(%error, "cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Some(state) = tracker.admit() else {
-                    closed("refused");
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, or a connection reset before
+                    // it was accepted: try again shortly, without spinning.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
-                };
-                let connection = Connection {
-                    state,
-                    tracker: tracker.clone(),
-                    builder: builder.clone(),
-                    app: app.clone(),
-                    limits,
-                };
-                connections.spawn(connection.run(stream, tls.clone(), stopping.clone()));
+                }
+            },
+        };
+        // Until this one has a place, the next ones wait in the kernel's
+        // backlog: the process holds at most the cap, the reserve and this.
+        let state = loop {
+            match tracker.admit() {
+                Ok(state) => break Some(state),
+                Err(wait) => tokio::select! {
+                    () = &mut shutdown => break None,
+                    () = tokio::time::sleep(wait) => {}
+                },
             }
-        }
+        };
+        let Some(state) = state else { break };
+        let connection = Connection {
+            state,
+            tracker: tracker.clone(),
+            builder: builder.clone(),
+            app: app.clone(),
+            limits,
+        };
+        connections.spawn(connection.run(stream, tls.clone(), stopping.clone()));
+        while connections.try_join_next().is_some() {}
     }
     // Ignored: no connection task left to tell.
     let _ = stop.send(true);
@@ -121,6 +133,7 @@ type Millis = u64;
 const NEVER: Millis = u64::MAX;
 
 /// What the listener knows of one connection.
+#[derive(Debug)]
 struct ConnState {
     id: u64,
     /// Taken beyond the cap: answers the probes only.
@@ -202,32 +215,42 @@ impl Tracker {
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400))
     }
 
-    /// A place for a new connection: a free one, the place of the
-    /// connection idle longest (told to close), or one of the probe
-    /// reserve; `None` if all of those are taken.
-    fn admit(&self) -> Option<Arc<ConnState>> {
+    /// A place for a new connection: a free one, one of the probe reserve
+    /// (when every connection is busy), or the place of the connection idle
+    /// longest, if it has been idle at least `EVICTABLE_AFTER` (told to
+    /// close). Otherwise how long to wait before asking again.
+    fn admit(&self) -> Result<Arc<ConnState>, Duration> {
         // Only this map's integrity is guarded: a panic elsewhere cannot
         // leave it half-changed.
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = self.now();
         let regular = open.values().filter(|state| !state.probes_only).count();
-        let probes_only = if regular < self.limits.max_connections {
-            false
-        } else if let Some(victim) = open
+        let longest_idle = open
             .values()
             .filter(|state| state.is_idle())
             .min_by_key(|state| (state.probes_only, state.idle_since.load(Ordering::Acquire)))
-            .cloned()
-        {
+            .cloned();
+        let probes_only = if regular < self.limits.max_connections {
+            false
+        } else if longest_idle.is_none() && open.len() - regular < PROBE_RESERVE {
+            true
+        } else {
+            let Some(victim) = longest_idle else {
+                // Everything busy: a request will end.
+                return Err(Duration::from_millis(20));
+            };
+            let idle_for = now.saturating_sub(victim.idle_since.load(Ordering::Acquire));
+            let evictable_after = millis(EVICTABLE_AFTER);
+            if idle_for < evictable_after {
+                // Just accepted: its request may be in its buffer, not yet
+                // read. Let it be read before it can be pushed out.
+                return Err(Duration::from_millis(evictable_after - idle_for));
+            }
             open.remove(&victim.id);
             victim.close.notify_one();
             closed("evicted");
             victim.probes_only
-        } else if open.len() - regular < PROBE_RESERVE {
-            true
-        } else {
-            return None;
         };
-        let now = self.now();
         let state = Arc::new(ConnState {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             probes_only,
@@ -241,7 +264,7 @@ impl Tracker {
         });
         open.insert(state.id, state.clone());
         metrics::gauge!("http_connections_open").set(open.len() as f64);
-        Some(state)
+        Ok(state)
     }
 
     fn remove(&self, id: u64) {
@@ -478,12 +501,28 @@ mod tests {
         }
     }
 
+    /// A tracker whose clock has run ten seconds, so connections can be aged.
+    fn tracker(max_connections: usize) -> Arc<Tracker> {
+        let mut tracker = Tracker::new(limits(max_connections));
+        tracker.epoch = Instant::now() - Duration::from_secs(10);
+        Arc::new(tracker)
+    }
+
+    fn age(tracker: &Tracker, state: &ConnState) {
+        state
+            .idle_since
+            .store(tracker.now() - 1_000, Ordering::Release);
+    }
+
     #[test]
     fn at_the_cap_the_longest_idle_connection_makes_room() {
-        let tracker = Arc::new(Tracker::new(limits(2)));
+        let tracker = tracker(2);
         let first = tracker.admit().expect("free");
         let second = tracker.admit().expect("free");
         let _busy = Busy::start(second.clone(), tracker.clone());
+        let wait = tracker.admit().expect_err("the idle one just arrived");
+        assert!(wait <= EVICTABLE_AFTER, "{wait:?}");
+        age(&tracker, &first);
         let third = tracker.admit().expect("takes the idle one's place");
         assert!(!third.probes_only);
         let open = tracker.open.lock().expect("lock");
@@ -494,17 +533,21 @@ mod tests {
 
     #[test]
     fn when_every_connection_is_busy_only_probes_get_a_few_more() {
-        let tracker = Arc::new(Tracker::new(limits(1)));
+        let tracker = tracker(1);
         let mut held = vec![Busy::start(tracker.admit().expect("free"), tracker.clone())];
         for _ in 0..PROBE_RESERVE {
             let state = tracker.admit().expect("reserve");
             assert!(state.probes_only);
             held.push(Busy::start(state, tracker.clone()));
         }
-        assert!(tracker.admit().is_none(), "all busy and the reserve taken");
-        // A reserve connection goes idle: a new one takes its place, and
-        // stays probes-only.
-        drop(held.pop());
+        tracker
+            .admit()
+            .expect_err("all busy and the reserve taken: wait");
+        // A reserve connection goes idle: once it had its chance, a new one
+        // takes its place, and stays probes-only.
+        let idle = held.pop().expect("held").0.clone();
+        tracker.admit().expect_err("it just went idle");
+        age(&tracker, &idle);
         let next = tracker
             .admit()
             .expect("replaces the idle reserve connection");
