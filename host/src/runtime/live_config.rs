@@ -193,17 +193,16 @@ pub fn fixed_changes(started: &Config, new: &Config, pool_bytes: u64) -> Vec<Str
         old_server.max_body_bytes != new_server.max_body_bytes,
     );
     check("[server.tls]", old_server.tls != new_server.tls);
+    let limits = |s: &crate::config::ServerConfig| {
+        (
+            s.header_read_timeout_ms,
+            s.idle_timeout_ms,
+            s.max_connections,
+        )
+    };
     check(
         "[server] connection limits",
-        (
-            old_server.header_read_timeout_ms,
-            old_server.idle_timeout_ms,
-            old_server.max_connections,
-        ) != (
-            new_server.header_read_timeout_ms,
-            new_server.idle_timeout_ms,
-            new_server.max_connections,
-        ),
+        limits(old_server) != limits(new_server),
     );
     check(
         "[auth] username",

@@ -360,6 +360,7 @@ fn refused_plugins(statuses: &[PluginStatus]) -> Vec<String> {
         .filter(|status| status.error.is_some())
         .map(|status| status.name.clone())
         .collect();
+    refused.sort();
     refused.dedup();
     refused
 }

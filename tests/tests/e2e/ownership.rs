@@ -6,7 +6,9 @@
 
 use reqwest::Method;
 use serde_json::Value;
-use wasm_broker_tests::faults::{CLASH, log_lines_with, offering, offerings_with_id, plain_logs};
+use wasm_broker_tests::faults::{
+    CLASH, ECHO, log_lines_with, offering, offerings_with_id, plain_logs,
+};
 use wasm_broker_tests::{BrokerSetup, TestBroker, credentials, service_available, unique_id};
 
 async fn readiness(broker: &TestBroker) -> (u16, String) {
@@ -127,7 +129,7 @@ async fn an_owner_keeps_its_ids_while_its_file_is_gone() {
     // echo.wasm renamed aaa.wasm: the same id and name under another file
     // name. echo owns them, so after a restart aaa is refused.
     let mut broker = TestBroker::start(BrokerSetup {
-        plugins: vec![wasm_broker_tests::faults::ECHO.plugin()],
+        plugins: vec![ECHO.plugin()],
         ..BrokerSetup::default()
     })
     .await;
@@ -142,4 +144,34 @@ async fn an_owner_keeps_its_ids_while_its_file_is_gone() {
     // No plugin serves: not ready, and saying why is the log's job.
     let (status, _) = readiness(&broker).await;
     assert_eq!(status, 503);
+}
+
+#[tokio::test]
+async fn a_replica_with_a_squatter_cannot_take_what_another_replica_serves() {
+    // Replica A serves echo first; replica B, on the same PostgreSQL store,
+    // has echo's file under the name aaa.wasm: it sorts first there, and
+    // nothing else claims echo's id on B, but A owns it.
+    let Some(database) = wasm_broker_tests::ScratchDatabase::create().await else {
+        return;
+    };
+    let state = database.state_config(30);
+    let a = TestBroker::start(BrokerSetup {
+        plugins: vec![ECHO.plugin()],
+        state: state.clone(),
+        ..BrokerSetup::default()
+    })
+    .await;
+    let b = TestBroker::start(BrokerSetup {
+        plugins: vec![("aaa".to_owned(), ECHO.plugin().1)],
+        state,
+        ..BrokerSetup::default()
+    })
+    .await;
+    assert!(offering(&a.catalog().await, ECHO.offering).is_some());
+    assert!(
+        offering(&b.catalog().await, ECHO.offering).is_none(),
+        "replica B must refuse aaa"
+    );
+    let lines = log_lines_with(&b, &["plugin refused", "aaa", "plugin echo owns"]);
+    assert!(!lines.is_empty(), "log of B:\n{}", plain_logs(&b));
 }
