@@ -65,6 +65,17 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// `[server.tls]`: serve HTTPS instead of plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// A new connection must have sent a request's headers (and finished
+    /// its TLS handshake) within this long, or it is closed.
+    pub header_read_timeout_ms: u64,
+    /// A kept-alive connection with no request under way is closed after
+    /// this long (longer than a load balancer's idle timeout, so that the
+    /// balancer closes first).
+    pub idle_timeout_ms: u64,
+    /// Connections open at once. At the cap the connection idle longest is
+    /// closed to make room; if every one is busy, a few more are taken for
+    /// the probes only. Keep it well below the open-file limit.
+    pub max_connections: usize,
 }
 
 /// The certificate (chain) and private key the HTTPS listener presents.
@@ -85,6 +96,9 @@ impl Default for ServerConfig {
             missing_version_status: MissingVersionStatus::default(),
             max_body_bytes: 1024 * 1024,
             tls: None,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 120_000,
+            max_connections: 512,
         }
     }
 }
@@ -207,6 +221,10 @@ pub struct RuntimeConfig {
     pub max_host_call_bytes: u64,
     /// Plugin instances alive at once across all plugins (pooling allocator).
     pub max_concurrent_instances: u32,
+    /// Deadline of a plugin's `describe` and `catalog` calls when it is
+    /// loaded (at most its call_timeout_ms), so one that loops cannot hold
+    /// up loading the others.
+    pub catalog_timeout_ms: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -218,6 +236,7 @@ impl Default for RuntimeConfig {
             call_timeout_ms: 10_000,
             max_host_call_bytes: 4 * 1024 * 1024,
             max_concurrent_instances: 256,
+            catalog_timeout_ms: 2_000,
         }
     }
 }
@@ -447,6 +466,15 @@ impl Config {
                 "[server] min_api_version {:?} is not MAJOR.MINOR",
                 self.server.min_api_version
             )));
+        }
+        if self.server.header_read_timeout_ms == 0
+            || self.server.idle_timeout_ms == 0
+            || self.server.max_connections == 0
+        {
+            return Err(ConfigError::Invalid(
+                "[server] header_read_timeout_ms, idle_timeout_ms and max_connections must be at least 1"
+                    .to_owned(),
+            ));
         }
         self.state.validate()?;
         for (plugin, plugin_config) in &self.plugins {

@@ -16,7 +16,9 @@ async fn main() -> anyhow::Result<()> {
     // The store commands talk to the operator on stderr: only what goes
     // wrong belongs between their lines.
     let default_level = match args.command {
-        Command::Instances(_) | Command::Purge { .. } => "warn",
+        Command::Instances(_)
+        | Command::Purge { .. }
+        | Command::Plugins(PluginsCommand::Release { .. }) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -40,6 +42,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Plugins(PluginsCommand::List) => cli::plugins::list(&config()?).await,
         Command::Plugins(PluginsCommand::Check { file }) => {
             cli::plugins::check(&config()?, &file).await
+        }
+        Command::Plugins(PluginsCommand::Release { name }) => {
+            cli::plugins::release(&config()?, &name).await
         }
         Command::GenerateKey => cli::keys::generate(),
         Command::RotateKey { new_key_file } => {

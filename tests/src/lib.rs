@@ -231,6 +231,14 @@ pub struct TestBroker {
 
 impl TestBroker {
     pub async fn start(setup: BrokerSetup) -> Self {
+        let mut broker = Self::prepare(setup);
+        broker.spawn().await;
+        broker
+    }
+
+    /// Writes the broker's directory and broker.toml without starting it
+    /// (then [`Self::spawn`] or [`Self::spawn_listening`]).
+    pub fn prepare(setup: BrokerSetup) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let plugin_dir = dir.path().join("plugins");
         std::fs::create_dir_all(&plugin_dir).expect("plugin dir");
@@ -274,16 +282,14 @@ cache_dir = "{cache}"
             Some(certificate) => ("https", https_client(certificate)),
             None => ("http", reqwest::Client::new()),
         };
-        let mut broker = Self {
+        Self {
             child: None,
             dir,
             base_url: format!("{scheme}://127.0.0.1:{port}"),
             port,
             client,
             encryption_key: Some(ENCRYPTION_KEY.to_owned()),
-        };
-        broker.spawn().await;
-        broker
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -304,8 +310,49 @@ cache_dir = "{cache}"
     }
 
     /// Starts the process (again) on the same directory and port, and waits
-    /// until it serves.
+    /// until it serves with its plugins loaded.
     pub async fn spawn(&mut self) {
+        self.spawn_listening().await;
+        self.wait_loaded().await;
+    }
+
+    /// Waits until `/readyz` no longer says the plugins are loading.
+    pub async fn wait_loaded(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "wasm-broker exited with {status} while loading its plugins:\n{}",
+                    self.logs()
+                );
+            }
+            let readiness = self
+                .client
+                .get(format!("{}/readyz", self.base_url))
+                .send()
+                .await;
+            if let Ok(response) = readiness
+                && response
+                    .text()
+                    .await
+                    .is_ok_and(|body| body != "loading plugins")
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wasm-broker did not load its plugins within 120 s:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts the process (again) on the same directory and port, and waits
+    /// until `/healthz` answers (the plugins may still be loading).
+    pub async fn spawn_listening(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -10,6 +10,8 @@ use sha2::{Digest, Sha256};
 
 use crate::model::{Catalog, PluginInfo, ServiceOffering, ServicePlan};
 
+pub mod ownership;
+
 /// OSB allows only these values in an offering's `requires`.
 const ALLOWED_REQUIRES: [&str; 3] = ["syslog_drain", "route_forwarding", "volume_mount"];
 
@@ -26,6 +28,9 @@ pub enum CatalogError {
     /// An id or name is already served by another plugin.
     #[error("{0}")]
     Clash(String),
+    /// An id or name is owned by another plugin (`ownership`).
+    #[error("{0}")]
+    Owned(String),
 }
 
 /// One plugin's contribution to the merged catalog.
@@ -288,6 +293,11 @@ pub struct CatalogSnapshot {
     /// still describing the instances made from them, which can be fetched,
     /// unbound and deprovisioned until none is left.
     retired: HashMap<String, ServiceOffering>,
+    /// Set only before the first load of the plugin directory finished.
+    loading: bool,
+    /// Plugin files refused (or kept at an older version because their new
+    /// file was refused): the broker serves, degraded.
+    refused: Vec<String>,
 }
 
 impl Default for CatalogSnapshot {
@@ -334,7 +344,33 @@ impl CatalogSnapshot {
             plugins,
             offerings,
             retired: HashMap::new(),
+            loading: false,
+            refused: Vec::new(),
         }
+    }
+
+    /// What is served before the plugins are loaded: nothing, and saying so.
+    pub fn loading() -> Self {
+        Self {
+            loading: true,
+            ..Self::default()
+        }
+    }
+
+    /// The same catalog, knowing which plugins were refused.
+    pub fn with_refused(mut self, refused: Vec<String>) -> Self {
+        self.refused = refused;
+        self
+    }
+
+    /// Whether the plugins are still being loaded (the broker just started).
+    pub fn is_loading(&self) -> bool {
+        self.loading
+    }
+
+    /// Plugins refused, by file stem.
+    pub fn refused(&self) -> &[String] {
+        &self.refused
     }
 
     /// The same catalog, knowing `offerings` as retired ones. The served
@@ -351,8 +387,6 @@ impl CatalogSnapshot {
         self
     }
 
-    /// The offering of a retired plugin with this id: no longer offered,
-    /// but its instances remain.
     /// Whether any plugin serves anything: an offering, or the instances of
     /// a retired one (which the platform must still be able to unbind and
     /// deprovision, so the broker is ready while they exist).
@@ -360,6 +394,8 @@ impl CatalogSnapshot {
         !self.catalog.services.is_empty() || !self.retired.is_empty()
     }
 
+    /// The offering of a retired plugin with this id: no longer offered,
+    /// but its instances remain.
     pub fn retired_service(&self, service_id: &str) -> Option<&ServiceOffering> {
         self.retired.get(service_id)
     }

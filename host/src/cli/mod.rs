@@ -155,4 +155,21 @@ pub enum PluginsCommand {
         /// The plugin file.
         file: PathBuf,
     },
+    /// Release the offering ids, plan ids and offering names a plugin owns (it served them first),
+    /// so that another plugin may serve them. Remove the plugin's file first, or it claims them again.
+    #[command(long_about = RELEASE_HELP)]
+    Release {
+        /// The plugin's name: its file stem (mysql for mysql.wasm).
+        name: String,
+    },
 }
+
+const RELEASE_HELP: &str = "\
+Release what a plugin owns: the broker records, in its state store, the plugin (file stem) that
+first served each offering id, plan id and offering name, and refuses any other plugin that
+declares one of them, whatever the file names, across restarts and replicas. This hands them over.
+
+Prints what was released. Remove (or replace) the old owner's .wasm first: a broker still serving
+it records it as the owner again at its next reload. The brokers pick up the change at their next
+restart or change of the plugin directory: the new claimant then serves, and owns, what it
+declares. Instances made by the old owner stay in the store; the new plugin answers for them.";

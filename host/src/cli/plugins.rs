@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::anyhow;
 
 use wasm_broker::catalog::CatalogSnapshot;
+use wasm_broker::catalog::ownership::Claim;
 use wasm_broker::config::{Config, StateBackend, StateConfig};
 use wasm_broker::printable::printable;
 use wasm_broker::runtime::{PluginRuntime, PluginStatus};
@@ -94,6 +95,26 @@ fn describe_retired(name: &str, version: &str, services: &[String], instances: u
     )
 }
 
+/// Forgets what plugin `name` owns in the state store, printing it.
+pub async fn release(config: &Config, name: &str) -> anyhow::Result<()> {
+    let store = StateStore::open(&config.state).await?;
+    let released = store.release_owner(name).await;
+    store.close().await;
+    let released = released?;
+    if released.is_empty() {
+        println!("plugin {name} owns nothing");
+        return Ok(());
+    }
+    for claim in &released {
+        println!("released {claim} (owned by plugin {name})");
+    }
+    println!(
+        "another plugin may serve these from the next restart or plugin-directory change; \
+         if {name}.wasm is still served, it claims them again"
+    );
+    Ok(())
+}
+
 /// Validates `file`; fails if the broker would refuse it.
 pub async fn check(config: &Config, file: &Path) -> anyhow::Result<()> {
     let status = check_plugin(config, file).await?;
@@ -105,11 +126,14 @@ pub async fn check(config: &Config, file: &Path) -> anyhow::Result<()> {
 }
 
 /// Loads a plugin directory as `serve` would, with a scratch state store so
-/// inspecting never touches (or needs the key of) the real one.
+/// inspecting never writes to the real one; only the owners of ids and
+/// names are copied from it (if it can be read), so a plugin the broker
+/// would refuse for declaring another's id is shown refused.
 pub async fn load_plugins(
     config: &Config,
     plugin_dir: &Path,
 ) -> anyhow::Result<Arc<PluginRuntime>> {
+    let owners = recorded_owners(config).await;
     let scratch =
         tempfile::tempdir().map_err(|error| anyhow!("cannot make a scratch dir: {error}"))?;
     let mut scratch_config = config.clone();
@@ -120,7 +144,36 @@ pub async fn load_plugins(
         ..config.state.clone()
     };
     let store = StateStore::open(&scratch_config.state).await?;
+    if !owners.is_empty() {
+        store.claim(&owners).await?;
+    }
     Ok(PluginRuntime::start(&scratch_config, store).await?)
+}
+
+/// The owners the real state store records; none (after saying why) if it
+/// does not exist yet or cannot be opened.
+async fn recorded_owners(config: &Config) -> Vec<(Claim, String)> {
+    if config.state.backend == StateBackend::Sqlite && !config.state.path.exists() {
+        return Vec::new();
+    }
+    let read = async {
+        let store = StateStore::open(&config.state).await?;
+        let owners = store.owners().await;
+        store.close().await;
+        anyhow::Ok(owners?)
+    };
+    match read.await {
+        Ok(owners) => owners
+            .iter()
+            .map(|(claim, plugin)| (claim.clone(), plugin.to_owned()))
+            .collect(),
+        Err(error) => {
+            eprintln!(
+                "cannot read the state store, so ids and names other plugins own are not checked: {error:#}"
+            );
+            Vec::new()
+        }
+    }
 }
 
 /// Validates one `.wasm` against the contract and the catalog rules, alone

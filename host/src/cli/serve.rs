@@ -1,18 +1,22 @@
 //! `serve`: the OSB API over HTTP or HTTPS, from the state store and the
-//! plugin directory the configuration names, until Ctrl-C or SIGTERM.
+//! plugin directory the configuration names, until Ctrl-C or SIGTERM. The
+//! listener opens before the plugins load (`osb::listener` holds the
+//! connection limits of `[server]`).
 //! broker.toml stays live: a change of the file, or SIGHUP, applies its
 //! connections, plugin sections and call limits without a restart.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
 use wasm_broker::broker::Broker;
 use wasm_broker::config::{Config, TlsConfig, parse_api_version};
+use wasm_broker::osb::listener::{self, ConnectionLimits};
 use wasm_broker::osb::{self, GuardConfig};
-use wasm_broker::runtime::PluginRuntime;
+use wasm_broker::runtime::{PluginRuntime, RuntimeError};
 use wasm_broker::state::StateStore;
 
 /// `config` was loaded from `config_path`, which is watched from now on.
@@ -44,12 +48,11 @@ pub async fn serve(
             );
         }
     }
-    let runtime = PluginRuntime::start(&config, store.clone())
-        .await
-        .context("starting the plugin runtime")?;
-    // Kept until serving ends: dropping it stops applying broker.toml.
-    let _config_watch = runtime.watch_config(config_path);
-    let broker = Arc::new(Broker::new(runtime, store));
+    // The plugins load after the listener opens: /healthz answers at once,
+    // /readyz and the OSB calls say "loading" until they are loaded.
+    let runtime =
+        PluginRuntime::new(&config, store.clone()).context("starting the plugin runtime")?;
+    let broker = Arc::new(Broker::new(runtime.clone(), store));
 
     let min_version =
         parse_api_version(&config.server.min_api_version).context("[server] min_api_version")?;
@@ -63,27 +66,55 @@ pub async fn serve(
         .install_recorder()
         .context("installing the Prometheus recorder")?;
     let app = osb::router(broker, guard, config.server.max_body_bytes, Some(metrics));
+    let tls = match &config.server.tls {
+        Some(tls) => Some(tls_acceptor(tls).await?),
+        None => None,
+    };
     let address = listen.unwrap_or(config.server.listen);
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("binding {address}"))?;
-    if let Some(tls) = &config.server.tls {
-        return serve_https(listener, app, tls).await;
+    let over = if tls.is_some() { "HTTPS" } else { "HTTP" };
+    tracing::info!(
+        address = %listener.local_addr()?,
+        "serving the Open Service Broker API v2.17 over {over}"
+    );
+
+    // Work that starts once the listener is open.
+    let loading = tokio::spawn({
+        let runtime = runtime.clone();
+        async move { runtime.load().await }
+    });
+    // Kept until serving ends: dropping it stops applying broker.toml.
+    let _config_watch = runtime.watch_config(config_path);
+
+    let limits = ConnectionLimits {
+        header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
+        max_connections: config.server.max_connections,
+    };
+    tokio::select! {
+        () = listener::serve(listener, app, tls, limits, shutdown_signal()) => Ok(()),
+        failed = loading_failed(loading) => failed,
     }
-    tracing::info!(address = %listener.local_addr()?, "serving the Open Service Broker API v2.17");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
-    Ok(())
+}
+
+/// Completes only if loading the plugins fails (the plugin directory cannot
+/// be read): then the broker stops, as it would have before listening.
+async fn loading_failed(
+    loading: tokio::task::JoinHandle<Result<(), RuntimeError>>,
+) -> anyhow::Result<()> {
+    match loading.await {
+        Ok(Ok(())) => std::future::pending().await,
+        Ok(Err(error)) => Err(error).context("loading the plugins"),
+        Err(error) => Err(anyhow::anyhow!(
+            "loading the plugins did not complete: {error}"
+        )),
+    }
 }
 
 /// `[server.tls]`: HTTPS only (rustls); plain HTTP to the port fails the handshake.
-async fn serve_https(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    tls: &TlsConfig,
-) -> anyhow::Result<()> {
+async fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
         .await
         .with_context(|| {
@@ -93,19 +124,7 @@ async fn serve_https(
                 tls.key.display()
             )
         })?;
-    let address = listener.local_addr()?;
-    let handle = axum_server::Handle::new();
-    let stopping = handle.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        stopping.graceful_shutdown(None);
-    });
-    tracing::info!(%address, "serving the Open Service Broker API v2.17 over HTTPS");
-    axum_server::from_tcp_rustls(listener.into_std()?, rustls)?
-        .handle(handle)
-        .serve(app.into_make_service())
-        .await
-        .context("serving HTTPS")
+    Ok(tokio_rustls::TlsAcceptor::from(rustls.get_inner()))
 }
 
 /// Stops accepting on Ctrl-C or SIGTERM and lets requests in flight finish.

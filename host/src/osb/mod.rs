@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod guard;
 mod instances;
+pub mod listener;
 mod observe;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower::ServiceBuilder;
@@ -70,6 +72,10 @@ pub fn router(
             get(bindings::last_operation),
         )
         .fallback(not_found)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            while_loading,
+        ))
         .route_layer(guard::GuardLayer::new(guard));
     Router::new()
         .route(HEALTHZ, get(healthz))
@@ -86,6 +92,25 @@ pub fn router(
                 .layer(DefaultBodyLimit::max(max_body_bytes)),
         )
         .with_state(state)
+}
+
+/// Until the plugins are loaded (the listener opens before), OSB calls get
+/// a 503 that says so: an empty catalog would tell the platform every
+/// service is gone.
+async fn while_loading(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.broker.catalog().is_loading() {
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the broker is starting and its plugins are still loading; retry in a few seconds",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return response;
+    }
+    next.run(request).await
 }
 
 async fn not_found() -> ApiError {
@@ -125,8 +150,17 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the state store answers and at least one plugin is loaded.
+/// Ready when the plugins are loaded, the state store answers and at least
+/// one plugin serves. A refused plugin (a bad file, an id or name another
+/// plugin owns) makes it answer 200 `degraded: ...`, naming it: the others
+/// serve, and every replica sees the same directory, so taking them out of
+/// the load balancer would stop the whole broker. `plugin_refused` in
+/// `/metrics` is the signal to alert on.
 async fn readyz(State(state): State<AppState>) -> Response {
+    let catalog = state.broker.catalog();
+    if catalog.is_loading() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "loading plugins").into_response();
+    }
     if let Err(error) = state.broker.records().ping().await {
         // The cause (host, database, user names) is for the log, not for
         // whoever can reach this unauthenticated probe.
@@ -135,8 +169,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
     // Retired plugins alone still count: taken out of service, the broker
     // could not unbind or deprovision their instances.
-    if !state.broker.catalog().serves_anything() {
+    if !catalog.serves_anything() {
         return (StatusCode::SERVICE_UNAVAILABLE, "no plugin loaded").into_response();
+    }
+    if !catalog.refused().is_empty() {
+        return format!("degraded: plugin refused: {}", catalog.refused().join(", "))
+            .into_response();
     }
     "ready".into_response()
 }

@@ -162,6 +162,7 @@ pub fn live_part_differs(old: &Config, new: &Config) -> bool {
             config.runtime.memory_limit_mb,
             config.runtime.call_timeout_ms,
             config.runtime.max_host_call_bytes,
+            config.runtime.catalog_timeout_ms,
         )
     };
     old.connections != new.connections || old.plugins != new.plugins || limits(old) != limits(new)
@@ -192,6 +193,17 @@ pub fn fixed_changes(started: &Config, new: &Config, pool_bytes: u64) -> Vec<Str
         old_server.max_body_bytes != new_server.max_body_bytes,
     );
     check("[server.tls]", old_server.tls != new_server.tls);
+    let limits = |s: &crate::config::ServerConfig| {
+        (
+            s.header_read_timeout_ms,
+            s.idle_timeout_ms,
+            s.max_connections,
+        )
+    };
+    check(
+        "[server] connection limits",
+        limits(old_server) != limits(new_server),
+    );
     check(
         "[auth] username",
         started.auth.username != new.auth.username,

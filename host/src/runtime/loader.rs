@@ -16,9 +16,10 @@ use super::call::CallTarget;
 use super::compile_cache::{compile_cached, keep_source};
 use super::engine::PluginEngine;
 use super::live_config::LiveSettings;
-use super::plugin_set::{Attempt, FileRecord, PluginSet, merge};
+use super::plugin_set::{Attempt, FileRecord, Merged, PluginSet, merge};
 use super::{CallError, CallState, RuntimeError, convert};
 use crate::capabilities::PluginGrants;
+use crate::catalog::ownership::Owners;
 use crate::catalog::{self, PluginCatalog};
 use crate::config::{CallLimits, Config};
 use crate::contract::ServicePluginPre;
@@ -199,8 +200,55 @@ impl Loader {
             };
             files.insert(stem, (path, record));
         }
-        let merged = merge(previous, files, &live);
+        let owners = self.owners(previous).await;
+        let mut merged = merge(previous, files.clone(), &live, &owners);
+        // Another replica may record an owner for something this merge gave
+        // to another plugin, between our read and our claim: decide again
+        // with what the store says (twice at most; a third race waits for
+        // the next scan).
+        for _ in 0..2 {
+            match self.claim(&merged).await {
+                Some(owners) => merged = merge(previous, files.clone(), &live, &owners),
+                None => break,
+            }
+        }
         Ok(self.settle(merged, &live).await)
+    }
+
+    /// The owners of ids and names the state store records; the ones last
+    /// read if it does not answer (none at startup: then the first start's
+    /// rule, name order, decides what is not yet owned).
+    async fn owners(&self, previous: &PluginSet) -> Owners {
+        match self.engine.backends.state.owners().await {
+            Ok(owners) => owners,
+            Err(error) => {
+                tracing::error!(%error, "cannot read which plugin owns each service id and name; deciding with the owners read last");
+                previous.owners().clone()
+            }
+        }
+    }
+
+    /// Records as owned what the merge serves that nobody owns yet. Returns
+    /// the owners after it if a serving plugin lost one of its claims to
+    /// another replica meanwhile (the merge must be decided again).
+    async fn claim(&self, merged: &Merged) -> Option<Owners> {
+        let unclaimed = merged
+            .owners
+            .unclaimed(merged.serving.values().map(|plugin| &plugin.published));
+        if unclaimed.is_empty() {
+            return None;
+        }
+        match self.engine.backends.state.claim(&unclaimed).await {
+            Ok(owners) => merged
+                .serving
+                .values()
+                .any(|plugin| owners.trespass(&plugin.published).is_some())
+                .then_some(owners),
+            Err(error) => {
+                tracing::error!(%error, "cannot record which plugin owns each service id and name; recording again at the next change");
+                None
+            }
+        }
     }
 
     /// `*.wasm` files of the plugin directory by stem, in name order.
@@ -231,6 +279,32 @@ impl Loader {
     /// a plugin. Keeps a copy of the file in the cache directory, so that a
     /// retired version can be loaded again after a restart.
     pub(super) async fn load(
+        &self,
+        stem: &str,
+        wasm: Vec<u8>,
+        digest: &str,
+        live: &LiveSettings,
+    ) -> Result<LoadedPlugin, String> {
+        let started = std::time::Instant::now();
+        tracing::info!(
+            plugin = stem,
+            "compiling {stem} ({})",
+            human_size(wasm.len())
+        );
+        let loaded = self.compile_and_admit(stem, wasm, digest, live).await;
+        let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match &loaded {
+            Ok(_) => tracing::info!(
+                plugin = stem,
+                took_ms,
+                "{stem} compiled and checked in {took_ms} ms"
+            ),
+            Err(_) => tracing::info!(plugin = stem, took_ms, "{stem} refused after {took_ms} ms"),
+        }
+        loaded
+    }
+
+    async fn compile_and_admit(
         &self,
         stem: &str,
         wasm: Vec<u8>,
@@ -269,11 +343,20 @@ impl Loader {
         live: &LiveSettings,
     ) -> Result<LoadedPlugin, String> {
         let (grants, limits) = grants_and_limits(stem, live);
+        // describe and catalog get a deadline of their own, shorter than a
+        // call's: a plugin looping there must not hold up loading the rest
+        // (at startup, the broker's readiness) for call_timeout_ms.
+        let load_limits = CallLimits {
+            call_timeout_ms: limits
+                .call_timeout_ms
+                .min(live.config.runtime.catalog_timeout_ms),
+            ..limits
+        };
         let target = CallTarget {
             name: stem,
             pre: &pre,
             grants: &grants,
-            limits,
+            limits: load_limits,
         };
         let described = |error: CallError, what: &str| match error {
             CallError::Fault { cause, .. } => format!("{what} failed: {cause}"),
@@ -320,6 +403,19 @@ impl Loader {
     }
 }
 
+/// `412 KiB`, `18.7 MiB`: a file size for the log.
+fn human_size(bytes: usize) -> String {
+    const KIB: f64 = 1024.0;
+    let size = bytes as f64;
+    if size < KIB {
+        format!("{bytes} B")
+    } else if size < KIB * KIB {
+        format!("{:.0} KiB", size / KIB)
+    } else {
+        format!("{:.1} MiB", size / (KIB * KIB))
+    }
+}
+
 /// The version of the contract the component exports, if this host serves it.
 fn contract_version(component: &Component, engine: &Engine) -> Result<String, String> {
     let component_type = component.component_type();
@@ -358,6 +454,13 @@ fn served_contract(exports: &[&str]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_logged_for_people() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(50 * 1024), "50 KiB");
+        assert_eq!(human_size(19_608_371), "18.7 MiB");
+    }
 
     #[test]
     fn only_the_served_contract_version_is_accepted() {

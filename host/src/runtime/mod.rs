@@ -168,6 +168,19 @@ impl PluginRuntime {
         config: &Config,
         state: crate::state::StateStore,
     ) -> Result<Arc<Self>, RuntimeError> {
+        let runtime = Self::new(config, state)?;
+        runtime.load().await?;
+        Ok(runtime)
+    }
+
+    /// Builds the engine and starts watching the plugin directory, without
+    /// loading it: until [`Self::load`] finishes the catalog is empty and
+    /// says it is loading (`CatalogSnapshot::is_loading`), so `serve` can
+    /// listen (and answer its probes) while plugins compile.
+    pub fn new(
+        config: &Config,
+        state: crate::state::StateStore,
+    ) -> Result<Arc<Self>, RuntimeError> {
         let live = LiveSettings {
             config: config.clone(),
             connections: Arc::new(Connections::from_config(&config.connections)?),
@@ -180,10 +193,8 @@ impl PluginRuntime {
             live,
         ));
         let plugins = Arc::new(ArcSwap::from_pointee(PluginSet::empty()));
-
-        // Watch before the first scan, so a file that changes meanwhile is
-        // not missed; the watcher's first reload waits for this one.
-        let first_turn = loader.reload_turn().await;
+        // Watching starts before the first scan, so a file that changes
+        // meanwhile is not missed (a reload waits for the scan's turn).
         let watcher = match watcher::watch(loader.clone(), plugins.clone()) {
             Ok(watcher) => Some(watcher),
             Err(error) => {
@@ -195,24 +206,6 @@ impl PluginRuntime {
                 None
             }
         };
-        let initial = loader.scan(&PluginSet::empty()).await?;
-        let count = |wanted: fn(&PluginStatus) -> bool| {
-            initial
-                .statuses()
-                .iter()
-                .filter(|status| wanted(status))
-                .count()
-        };
-        tracing::info!(
-            dir = %loader.plugin_dir().display(),
-            serving = count(|status| status.info.is_some() && status.retired_instances.is_none()),
-            refused = count(|status| status.info.is_none() && status.retired_instances.is_none()),
-            retired = count(|status| status.retired_instances.is_some()),
-            services = initial.catalog().catalog.services.len(),
-            "plugins loaded"
-        );
-        plugins.store(Arc::new(initial));
-        drop(first_turn);
         let sweeper = tokio::spawn({
             let (loader, plugins) = (loader.clone(), plugins.clone());
             async move {
@@ -230,6 +223,32 @@ impl PluginRuntime {
             watcher,
             sweeper,
         }))
+    }
+
+    /// The first scan of the plugin directory: compiles (or takes from the
+    /// cache) and admits every plugin, then serves them.
+    pub async fn load(&self) -> Result<(), RuntimeError> {
+        let started = std::time::Instant::now();
+        let _turn = self.loader.reload_turn().await;
+        let initial = self.loader.scan(&self.plugins.load_full()).await?;
+        let count = |wanted: fn(&PluginStatus) -> bool| {
+            initial
+                .statuses()
+                .iter()
+                .filter(|status| wanted(status))
+                .count()
+        };
+        tracing::info!(
+            dir = %self.loader.plugin_dir().display(),
+            serving = count(|status| status.info.is_some() && status.retired_instances.is_none()),
+            refused = count(|status| status.info.is_none() && status.retired_instances.is_none()),
+            retired = count(|status| status.retired_instances.is_some()),
+            services = initial.catalog().catalog.services.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "plugins loaded"
+        );
+        self.plugins.store(Arc::new(initial));
+        Ok(())
     }
 
     /// Applies broker.toml at `path` whenever it changes or the process

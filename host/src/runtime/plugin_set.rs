@@ -9,7 +9,8 @@ use std::sync::Arc;
 use super::PluginStatus;
 use super::live_config::LiveSettings;
 use super::loader::LoadedPlugin;
-use crate::catalog::{self, CatalogSnapshot, PluginCatalog};
+use crate::catalog::ownership::{self, Owners};
+use crate::catalog::{CatalogSnapshot, PluginCatalog};
 
 /// What loading one version of a file gave. Kept per file so an unchanged
 /// file is neither loaded nor reported again.
@@ -52,18 +53,27 @@ pub struct PluginSet {
     catalog: Arc<CatalogSnapshot>,
     statuses: Vec<PluginStatus>,
     files: BTreeMap<String, FileRecord>,
+    /// Owners of ids and names as last read from the state store: used if
+    /// the store does not answer at the next scan.
+    owners: Owners,
 }
 
 impl PluginSet {
+    /// Before the first scan: nothing served, the catalog says "loading".
     pub fn empty() -> Self {
         Self {
             serving: BTreeMap::new(),
             services: BTreeMap::new(),
             retired: BTreeMap::new(),
-            catalog: Arc::new(CatalogSnapshot::default()),
+            catalog: Arc::new(CatalogSnapshot::loading()),
             statuses: Vec::new(),
             files: BTreeMap::new(),
+            owners: Owners::default(),
         }
+    }
+
+    pub(super) fn owners(&self) -> &Owners {
+        &self.owners
     }
 
     pub fn catalog(&self) -> &Arc<CatalogSnapshot> {
@@ -104,17 +114,24 @@ pub(super) struct Merged {
     files: BTreeMap<String, FileRecord>,
     previous_serving: BTreeMap<String, Arc<LoadedPlugin>>,
     previous_retired: BTreeMap<String, Retired>,
+    previous_refused: Vec<String>,
+    /// The owners the merge was decided with.
+    pub owners: Owners,
 }
 
-/// Decides which plugins serve: plugins that served before are kept first,
-/// so a newly added plugin cannot push out a serving one by clashing with
-/// it; among the rest, name order decides. A version kept from `previous`
+/// Decides which plugins serve: a plugin declaring an id or name another
+/// one owns (`owners`, from the state store) is refused, whatever the
+/// order. For what nobody owns yet, plugins that served before are kept
+/// first, so a newly added plugin cannot push out a serving one by clashing
+/// with it; among the rest, name order decides (the first start only: what
+/// serves is recorded as owned). A version kept from `previous`
 /// (its new file, or its reload under a changed broker.toml, was refused)
 /// takes the grants and limits of `live`. Logs every change of the files.
 pub(super) fn merge(
     previous: &PluginSet,
     files: BTreeMap<String, (PathBuf, FileRecord)>,
     live: &LiveSettings,
+    owners: &Owners,
 ) -> Merged {
     let mut order: Vec<&String> = files.keys().collect();
     order.sort_by_key(|stem| (!previous.serving.contains_key(*stem), *stem));
@@ -135,14 +152,18 @@ pub(super) fn merge(
         }
         let mut chosen = None;
         for (candidate, is_current_file) in candidates {
-            match catalog::find_clash(serving.values().map(|p| &p.published), &candidate.published)
-            {
-                None => {
+            let admitted = ownership::admit(
+                owners,
+                serving.values().map(|p| &p.published),
+                &candidate.published,
+            );
+            match admitted {
+                Ok(()) => {
                     chosen = Some((candidate.clone(), is_current_file));
                     break;
                 }
-                Some(clash) if refusal.is_none() => refusal = Some(clash.to_string()),
-                Some(_) => {}
+                Err(clash) if refusal.is_none() => refusal = Some(clash.to_string()),
+                Err(_) => {}
             }
         }
         match (chosen, refusal) {
@@ -237,6 +258,8 @@ pub(super) fn merge(
             .collect(),
         previous_serving: previous.serving.clone(),
         previous_retired: previous.retired.clone(),
+        previous_refused: previous.catalog.refused().to_vec(),
+        owners: owners.clone(),
     }
 }
 
@@ -265,11 +288,16 @@ impl Merged {
                 .iter()
                 .find(|offering| &offering.id == service_id)
         });
-        let catalog = CatalogSnapshot::build(&published).with_retired(retired_offerings);
         let mut statuses = self.statuses;
         statuses.extend(retired_statuses(&retired));
         statuses.extend(stranded);
+        let refused = refused_plugins(&statuses);
+        count_refused(&self.previous_refused, &refused);
+        let catalog = CatalogSnapshot::build(&published)
+            .with_retired(retired_offerings)
+            .with_refused(refused);
         PluginSet {
+            owners: self.owners,
             catalog: Arc::new(catalog),
             services: self.services,
             serving: self.serving,
@@ -322,6 +350,29 @@ impl Merged {
                 tracing::info!(plugin = %name, "plugin removed: its file is gone and none of its instances is left");
             }
         }
+    }
+}
+
+/// Plugins refused (their file, or their kept copy when retired), by name.
+fn refused_plugins(statuses: &[PluginStatus]) -> Vec<String> {
+    let mut refused: Vec<String> = statuses
+        .iter()
+        .filter(|status| status.error.is_some())
+        .map(|status| status.name.clone())
+        .collect();
+    refused.sort();
+    refused.dedup();
+    refused
+}
+
+/// `plugin_refused{plugin}`: 1 while the plugin is refused, back to 0 once
+/// it is not (or its file is gone).
+fn count_refused(before: &[String], now: &[String]) {
+    for plugin in before.iter().filter(|plugin| !now.contains(plugin)) {
+        metrics::gauge!("plugin_refused", "plugin" => plugin.clone()).set(0.0);
+    }
+    for plugin in now {
+        metrics::gauge!("plugin_refused", "plugin" => plugin.clone()).set(1.0);
     }
 }
 

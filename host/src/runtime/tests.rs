@@ -119,7 +119,7 @@ fn instance(service_id: &str, plan_id: &str, plugin_version: &str) -> Instance {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugins_load_reload_and_refuse_clashes() {
+async fn plugins_load_reload_and_refuse_what_another_owns() {
     let (Some(mysql), Some(postgres)) = (built_plugin("mysql"), built_plugin("postgres")) else {
         return;
     };
@@ -136,7 +136,7 @@ async fn plugins_load_reload_and_refuse_clashes() {
         Some("mysql")
     );
 
-    // The same catalog under another name clashes with the serving plugin.
+    // The same catalog under another name declares what mysql owns.
     std::fs::copy(&mysql, fixture.plugin_file("mysql-copy.wasm")).expect("copied");
     fixture
         .wait_for("the copy to be refused", |f| {
@@ -149,10 +149,7 @@ async fn plugins_load_reload_and_refuse_clashes() {
         error.starts_with("plugin mysql-copy declares offering id"),
         "{error}"
     );
-    assert!(
-        error.ends_with("which plugin mysql already serves"),
-        "{error}"
-    );
+    assert!(error.contains("which plugin mysql owns"), "{error}");
     assert_eq!(
         fixture.status("mysql").and_then(|s| s.error),
         None,
@@ -183,11 +180,27 @@ async fn plugins_load_reload_and_refuse_clashes() {
     );
     assert!(status.info.is_some(), "the old version still serves");
 
-    // Once mysql is gone, the copy no longer clashes and serves.
+    // mysql gone, the copy is still refused: mysql owns the offering
+    // until the operator releases it.
     std::fs::remove_file(fixture.plugin_file("mysql.wasm")).expect("removed");
     fixture
         .wait_for("mysql to go", |f| f.status("mysql").is_none())
         .await;
+    let still = fixture.status("mysql-copy").and_then(|s| s.error);
+    assert!(
+        still
+            .as_deref()
+            .is_some_and(|error| error.contains("which plugin mysql owns")),
+        "{still:?}"
+    );
+    let released = fixture
+        .state
+        .release_owner("mysql")
+        .await
+        .expect("released");
+    assert!(!released.is_empty());
+    // Released: the next change of the directory lets the copy serve.
+    std::fs::write(fixture.plugin_file("unrelated.txt"), b"a change").expect("written");
     fixture
         .wait_for("the copy to serve", |f| {
             f.status("mysql-copy").is_some_and(|s| s.error.is_none())

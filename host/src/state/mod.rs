@@ -29,6 +29,7 @@
 pub mod inventory;
 mod keys;
 mod kv;
+mod owners;
 mod replicas;
 pub mod served;
 mod tables;

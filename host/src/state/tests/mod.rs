@@ -281,6 +281,7 @@ mod backends;
 mod credentials;
 mod inventory;
 mod kv;
+mod owners;
 mod records;
 mod replicas;
 mod served;
