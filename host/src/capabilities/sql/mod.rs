@@ -338,3 +338,5 @@ impl Engine for Postgres {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod share_tests;
