@@ -179,6 +179,12 @@ pub struct LimitOverrides {
     pub memory_limit_mb: Option<u64>,
     pub call_timeout_ms: Option<u64>,
     pub max_host_call_bytes: Option<u64>,
+    pub max_log_bytes_per_call: Option<u64>,
+    pub max_log_lines_per_call: Option<u64>,
+    pub kv_max_keys: Option<u64>,
+    pub kv_max_bytes: Option<u64>,
+    /// Overrides `[runtime] max_concurrent_calls_per_plugin`.
+    pub max_concurrent_calls: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +197,15 @@ pub struct CallLimits {
     /// Largest statement, parameter, request body or result that crosses the
     /// sandbox boundary in one host call.
     pub max_host_call_bytes: u64,
+    /// What one call may write to the host log (the `log` import, stdout
+    /// and stderr together); past either, one notice and nothing more.
+    pub max_log_bytes_per_call: u64,
+    pub max_log_lines_per_call: u64,
+    /// The plugin's kv store: keys, and bytes of keys and values as stored.
+    pub kv_max_keys: u64,
+    pub kv_max_bytes: u64,
+    /// Calls of the plugin running at once; more wait for one to finish.
+    pub max_concurrent_calls: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -205,6 +220,17 @@ pub struct RuntimeConfig {
     pub max_host_call_bytes: u64,
     /// Plugin instances alive at once across all plugins (pooling allocator).
     pub max_concurrent_instances: u32,
+    pub max_log_bytes_per_call: u64,
+    pub max_log_lines_per_call: u64,
+    pub kv_max_keys: u64,
+    pub kv_max_bytes: u64,
+    /// Calls of one plugin running at once, so one plugin cannot take every
+    /// instance slot; `max_concurrent_calls` in `[plugins.<name>]` overrides.
+    pub max_concurrent_calls_per_plugin: u32,
+    /// Guest memory all calls running at once may reserve: each call
+    /// reserves its plugin's `memory_limit_mb` before it starts, and waits
+    /// (at most its deadline) while the budget is taken.
+    pub max_total_memory_mb: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -216,6 +242,12 @@ impl Default for RuntimeConfig {
             call_timeout_ms: 10_000,
             max_host_call_bytes: 4 * 1024 * 1024,
             max_concurrent_instances: 256,
+            max_log_bytes_per_call: 1024 * 1024,
+            max_log_lines_per_call: 1000,
+            kv_max_keys: 10_000,
+            kv_max_bytes: 64 * 1024 * 1024,
+            max_concurrent_calls_per_plugin: 32,
+            max_total_memory_mb: 4096,
         }
     }
 }
@@ -229,6 +261,17 @@ impl RuntimeConfig {
             max_host_call_bytes: overrides
                 .max_host_call_bytes
                 .unwrap_or(self.max_host_call_bytes),
+            max_log_bytes_per_call: overrides
+                .max_log_bytes_per_call
+                .unwrap_or(self.max_log_bytes_per_call),
+            max_log_lines_per_call: overrides
+                .max_log_lines_per_call
+                .unwrap_or(self.max_log_lines_per_call),
+            kv_max_keys: overrides.kv_max_keys.unwrap_or(self.kv_max_keys),
+            kv_max_bytes: overrides.kv_max_bytes.unwrap_or(self.kv_max_bytes),
+            max_concurrent_calls: overrides
+                .max_concurrent_calls
+                .unwrap_or(self.max_concurrent_calls_per_plugin),
         }
     }
 }
@@ -403,6 +446,17 @@ impl Config {
             )));
         }
         self.state.validate()?;
+        if self.runtime.max_concurrent_calls_per_plugin == 0
+            || self
+                .plugins
+                .values()
+                .any(|plugin| plugin.limits.max_concurrent_calls == Some(0))
+        {
+            return Err(ConfigError::Invalid(
+                "max_concurrent_calls_per_plugin and max_concurrent_calls must be at least 1"
+                    .to_owned(),
+            ));
+        }
         for (plugin, plugin_config) in &self.plugins {
             for (alias, target) in &plugin_config.connections {
                 if !self.connections.contains_key(target) {

@@ -123,10 +123,12 @@ impl PluginGrants {
         connections: Arc<Connections>,
         max_host_call_bytes: u64,
     ) -> Self {
+        let plugin: Arc<str> = Arc::from(plugin);
         Self {
-            plugin: Arc::from(plugin),
+            plugin: plugin.clone(),
             settings: Arc::new(settings::Settings::from_table(&plugin_config.config)),
-            connections: Grants::new(connections, Arc::new(plugin_config.connections.clone())),
+            connections: Grants::new(connections, Arc::new(plugin_config.connections.clone()))
+                .of_plugin(plugin),
             max_host_call_bytes,
         }
     }
@@ -153,6 +155,10 @@ pub struct CallContext<'a> {
     /// The platform's identity of the request, which tags the plugin's log
     /// lines so they can be correlated with it.
     pub request_identity: Option<&'a str>,
+    /// What the call may still log, shared with its stdout and stderr.
+    pub log_budget: &'a Arc<crate::limits::LogBudget>,
+    /// The plugin's limits (its kv quota among them).
+    pub limits: &'a crate::config::CallLimits,
 }
 
 impl CallContext<'_> {
