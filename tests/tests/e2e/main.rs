@@ -22,6 +22,7 @@ mod live_config;
 mod malformed;
 mod metrics;
 mod osb_rules;
+mod quotas;
 mod restart;
 mod retired;
 mod sandbox;
