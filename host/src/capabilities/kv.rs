@@ -264,7 +264,10 @@ mod tests {
                 .expect("no trap")
                 .expect("within the quota");
         }
-        let refused = flood.set("k3".to_owned(), vec![1; 10]).await.expect("no trap");
+        let refused = flood
+            .set("k3".to_owned(), vec![1; 10])
+            .await
+            .expect("no trap");
         assert!(
             matches!(&refused, Err(Error::LimitExceeded(reason)) if reason.contains("kv_max_keys")),
             "{refused:?}"
@@ -276,7 +279,10 @@ mod tests {
             .expect("a replacement adds no key");
 
         // Bytes: a value that takes the store past the quota stores nothing.
-        let refused = flood.set("k1".to_owned(), vec![3; 4096]).await.expect("no trap");
+        let refused = flood
+            .set("k1".to_owned(), vec![3; 4096])
+            .await
+            .expect("no trap");
         assert!(
             matches!(&refused, Err(Error::LimitExceeded(reason)) if reason.contains("kv_max_bytes")),
             "{refused:?}"

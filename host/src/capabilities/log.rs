@@ -111,7 +111,9 @@ mod tests {
         let budget = Arc::new(LogBudget::new(3 * 8192, 1000));
         let mut host = LogHost::new(Arc::from("p"), None, budget.clone());
         for _ in 0..100 {
-            host.log(Level::Info, "x".repeat(8192)).await.expect("no trap");
+            host.log(Level::Info, "x".repeat(8192))
+                .await
+                .expect("no trap");
         }
         assert_eq!(budget.admit(0), LogAdmission::Drop, "the budget is spent");
     }

@@ -156,7 +156,11 @@ mod tests {
         let big = limits(128, 100);
         let first = quotas.admit("a", &big, WAIT).await.expect("128 of 256");
         let _second = quotas.admit("b", &big, WAIT).await.expect("256 of 256");
-        let refused = quotas.admit("c", &limits(1, 100), WAIT).await.err().expect("full");
+        let refused = quotas
+            .admit("c", &limits(1, 100), WAIT)
+            .await
+            .err()
+            .expect("full");
         assert!(refused.contains("max_total_memory_mb"), "{refused}");
         drop(first);
         quotas
@@ -178,7 +182,11 @@ mod tests {
         config.validate().expect("valid");
         let limits = config.runtime.limits_for(&config.plugin("chatty").limits);
         assert_eq!(
-            (limits.max_log_bytes_per_call, limits.kv_max_keys, limits.max_concurrent_calls),
+            (
+                limits.max_log_bytes_per_call,
+                limits.kv_max_keys,
+                limits.max_concurrent_calls
+            ),
             (10, 5, 2)
         );
         let defaults = config.runtime.limits_for(&config.plugin("other").limits);

@@ -65,13 +65,12 @@ pub(super) const KEYS_FROM: &str =
 impl StateStore {
     /// The plugin's private key-value store (`kv` capability).
     pub async fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        let row: Option<(Vec<u8>, i64)> = sqlx::query_as(
-            "SELECT value, sealed FROM plugin_kv WHERE plugin = $1 AND key = $2",
-        )
-        .bind(plugin)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<(Vec<u8>, i64)> =
+            sqlx::query_as("SELECT value, sealed FROM plugin_kv WHERE plugin = $1 AND key = $2")
+                .bind(plugin)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|(stored, sealed)| open_value(&self.keyring, plugin, key, stored, sealed))
             .transpose()
     }

@@ -108,7 +108,10 @@ async fn mysql_session_state_does_not_pass_to_the_next_call_or_plugin() {
         ]),
     )
     .await;
-    assert!(planted.iter().all(|line| line.starts_with("OK")), "{planted:?}");
+    assert!(
+        planted.iter().all(|line| line.starts_with("OK")),
+        "{planted:?}"
+    );
 
     // The same plugin's next call.
     let seen = abuse(
@@ -121,24 +124,38 @@ async fn mysql_session_state_does_not_pass_to_the_next_call_or_plugin() {
         seen[0].starts_with("OK: 1 rows; *"),
         "old_passwords reached the next call: {seen:?}"
     );
-    assert_eq!(seen[1], "OK: 1 rows; NULL", "a user variable reached the next call");
+    assert_eq!(
+        seen[1], "OK: 1 rows; NULL",
+        "a user variable reached the next call"
+    );
 
     // Another plugin: the mysql plugin's bind creates a user with a password.
-    abuse(&broker, &abuser, json!([{ "sql": "SET SESSION old_passwords = 1" }])).await;
+    abuse(
+        &broker,
+        &abuser,
+        json!([{ "sql": "SET SESSION old_passwords = 1" }]),
+    )
+    .await;
     let instance = unique_id("session");
     let binding = unique_id("session-bind");
     let (status, body) = broker.provision(&instance, &mysql, None).await;
     assert_eq!(status, 201, "{body}");
-    abuse(&broker, &abuser, json!([{ "sql": "SET SESSION old_passwords = 1" }])).await;
+    abuse(
+        &broker,
+        &abuser,
+        json!([{ "sql": "SET SESSION old_passwords = 1" }]),
+    )
+    .await;
     let (status, body) = broker.bind(&instance, &binding, &mysql, None).await;
     assert_eq!(status, 201, "{body}");
     let user = derived_name("u_", &binding, 32);
-    let hash: String =
-        sqlx::query_scalar("SELECT CAST(authentication_string AS CHAR) FROM mysql.user WHERE User = ?")
-            .bind(&user)
-            .fetch_one(&mut mariadb_root().await)
-            .await
-            .expect("the bound user exists");
+    let hash: String = sqlx::query_scalar(
+        "SELECT CAST(authentication_string AS CHAR) FROM mysql.user WHERE User = ?",
+    )
+    .bind(&user)
+    .fetch_one(&mut mariadb_root().await)
+    .await
+    .expect("the bound user exists");
     assert!(
         hash.starts_with('*') && hash.len() == 41,
         "the bind created {user} with a pre-4.1 password hash: {hash:?}"
@@ -164,7 +181,10 @@ async fn a_call_cannot_flood_the_log() {
 
     let logs = broker.logs();
     // The fixture logs 8 KiB of 'x' per message.
-    let flood_lines = logs.lines().filter(|line| line.contains(&"x".repeat(1024))).count();
+    let flood_lines = logs
+        .lines()
+        .filter(|line| line.contains(&"x".repeat(1024)))
+        .count();
     let budget_lines = (1024 * 1024) / (8 * 1024);
     assert!(
         flood_lines <= budget_lines,
@@ -206,7 +226,9 @@ async fn a_plugin_cannot_fill_the_kv_store_and_its_values_are_sealed() {
         let bytes = std::fs::read(entry.expect("entry").path()).expect("state file");
         stored += bytes.len();
         assert!(
-            !bytes.windows(clear_run.len()).any(|window| window == clear_run),
+            !bytes
+                .windows(clear_run.len())
+                .any(|window| window == clear_run),
             "a kv value is stored in clear"
         );
     }
@@ -229,7 +251,10 @@ async fn a_flood_of_one_plugins_calls_does_not_delay_another_plugin() {
     // 270 slow calls: more than the 256 instance slots.
     let mut flood = tokio::task::JoinSet::new();
     for _ in 0..270 {
-        let body = provision_body(&abuser, Some(json!({ "calls": [{ "sql": "SELECT SLEEP(8)" }] })));
+        let body = provision_body(
+            &abuser,
+            Some(json!({ "calls": [{ "sql": "SELECT SLEEP(8)" }] })),
+        );
         let request = broker
             .osb(Method::PUT, &instance_path(&unique_id("flood")))
             .json(&body);
@@ -266,7 +291,10 @@ async fn a_flood_of_one_plugins_calls_does_not_delay_another_plugin() {
             refused += 1;
         }
     }
-    assert!(refused > 0, "the flood past the plugin's cap was never refused");
+    assert!(
+        refused > 0,
+        "the flood past the plugin's cap was never refused"
+    );
     let (status, body) = broker.deprovision(&instance, &mysql).await;
     assert_eq!(status, 200, "{body}");
 }

@@ -48,7 +48,10 @@ impl<T> Default for PerPlugin<T> {
 impl<T: Clone> PerPlugin<T> {
     pub(crate) fn get(&self, plugin: &Arc<str>, make: impl FnOnce() -> T) -> T {
         // Nothing in the map can be left half-updated by a panic.
-        let mut by_plugin = self.by_plugin.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut by_plugin = self
+            .by_plugin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         by_plugin.entry(plugin.clone()).or_insert_with(make).clone()
     }
 }

@@ -337,6 +337,6 @@ impl Engine for Postgres {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod share_tests;
+#[cfg(test)]
+mod tests;

@@ -22,11 +22,15 @@ fn shared(max_connections: u32) -> Arc<Connections> {
     connections(&[
         (
             "mariadb",
-            &format!("kind = 'mysql'\nurl = 'mysql://root@127.0.0.1:3306'\nmax_connections = {max_connections}"),
+            &format!(
+                "kind = 'mysql'\nurl = 'mysql://root@127.0.0.1:3306'\nmax_connections = {max_connections}"
+            ),
         ),
         (
             "pg",
-            &format!("kind = 'postgres'\nurl = 'postgres://postgres@127.0.0.1:5432/postgres'\nmax_connections = {max_connections}"),
+            &format!(
+                "kind = 'postgres'\nurl = 'postgres://postgres@127.0.0.1:5432/postgres'\nmax_connections = {max_connections}"
+            ),
         ),
     ])
 }
@@ -96,7 +100,10 @@ async fn a_plugin_holding_every_connection_does_not_stall_another() {
     );
     for sleeper in sleepers {
         let slept = sleeper.await.expect("joined");
-        assert!(slept.is_ok(), "the hog's own statements still run: {slept:?}");
+        assert!(
+            slept.is_ok(),
+            "the hog's own statements still run: {slept:?}"
+        );
     }
 }
 
@@ -122,7 +129,10 @@ async fn mariadb_session_state_does_not_reach_the_next_statement() {
 
     ok(&mut attacker, "my", "SET @planted = 'yes'", vec![]).await;
     for host in [&mut attacker, &mut victim] {
-        assert_eq!(first_value(host, "my", "SELECT @planted").await, Value::Null);
+        assert_eq!(
+            first_value(host, "my", "SELECT @planted").await,
+            Value::Null
+        );
     }
 
     ok(
@@ -133,15 +143,28 @@ async fn mariadb_session_state_does_not_reach_the_next_statement() {
     )
     .await;
     let visible = attacker
-        .query("my".to_owned(), "SELECT * FROM mysql.wb_planted".to_owned(), vec![])
+        .query(
+            "my".to_owned(),
+            "SELECT * FROM mysql.wb_planted".to_owned(),
+            vec![],
+        )
         .await
         .expect("no trap");
     assert!(visible.is_err(), "a temporary table outlived its statement");
 
     ok(&mut attacker, "my", "USE mysql", vec![]).await;
-    assert_eq!(first_value(&mut attacker, "my", "SELECT DATABASE()").await, Value::Null);
+    assert_eq!(
+        first_value(&mut attacker, "my", "SELECT DATABASE()").await,
+        Value::Null
+    );
 
-    ok(&mut attacker, "my", "SET SESSION sql_mode = 'ANSI_QUOTES'", vec![]).await;
+    ok(
+        &mut attacker,
+        "my",
+        "SET SESSION sql_mode = 'ANSI_QUOTES'",
+        vec![],
+    )
+    .await;
     let mode = first_value(&mut attacker, "my", "SELECT @@SESSION.sql_mode").await;
     assert!(
         matches!(&mode, Value::Text(text) if !text.contains("ANSI_QUOTES")),
@@ -175,15 +198,31 @@ async fn postgres_session_state_is_discarded_between_statements() {
         Value::Text("postgres".to_owned())
     );
 
-    ok(&mut attacker, "pg", "SET SESSION AUTHORIZATION pg_monitor", vec![]).await;
+    ok(
+        &mut attacker,
+        "pg",
+        "SET SESSION AUTHORIZATION pg_monitor",
+        vec![],
+    )
+    .await;
     assert_eq!(
         first_value(&mut attacker, "pg", "SELECT session_user::text").await,
         Value::Text("postgres".to_owned())
     );
 
-    ok(&mut attacker, "pg", "CREATE TEMPORARY TABLE wb_planted (id int)", vec![]).await;
+    ok(
+        &mut attacker,
+        "pg",
+        "CREATE TEMPORARY TABLE wb_planted (id int)",
+        vec![],
+    )
+    .await;
     let visible = attacker
-        .query("pg".to_owned(), "SELECT * FROM wb_planted".to_owned(), vec![])
+        .query(
+            "pg".to_owned(),
+            "SELECT * FROM wb_planted".to_owned(),
+            vec![],
+        )
         .await
         .expect("no trap");
     assert!(visible.is_err(), "a temporary table outlived its statement");

@@ -147,9 +147,9 @@ impl TcpConnection {
         &self,
         plugin: &Arc<str>,
     ) -> Result<(Box<dyn Transport>, OwnedSemaphorePermit), String> {
-        let permits = self.permits.get(plugin, || {
-            Arc::new(Semaphore::new(self.max_connections))
-        });
+        let permits = self
+            .permits
+            .get(plugin, || Arc::new(Semaphore::new(self.max_connections)));
         let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, permits.acquire_owned())
             .await
             .map_err(|_| {

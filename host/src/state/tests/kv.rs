@@ -98,11 +98,13 @@ async fn kv_values_are_sealed_and_rotated_and_clear_ones_stay_readable(scratch: 
         Some(b"clear-legacy".to_vec())
     );
     // Sealed for its plugin and key: copied elsewhere, it does not open.
-    sqlx::query("INSERT INTO plugin_kv (plugin, key, value, sealed) VALUES ('redis', 'op/1', $1, 1)")
-        .bind(stored.as_slice())
-        .execute(&store.pool)
-        .await
-        .expect("copied row");
+    sqlx::query(
+        "INSERT INTO plugin_kv (plugin, key, value, sealed) VALUES ('redis', 'op/1', $1, 1)",
+    )
+    .bind(stored.as_slice())
+    .execute(&store.pool)
+    .await
+    .expect("copied row");
     assert!(store.kv_get("redis", "op/1").await.is_err());
     sqlx::query("DELETE FROM plugin_kv WHERE plugin = 'redis'")
         .execute(&store.pool)
