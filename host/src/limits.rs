@@ -1,9 +1,10 @@
-//! The fixed limits on what a plugin call may move into the host, shared by
-//! the capabilities and the runtime so both enforce the same numbers.
+//! The limits on what a plugin call may move into the host, shared by the
+//! capabilities and the runtime so both enforce the same numbers: the byte
+//! budget of a host call, the log line cap, and the log budget of a call.
 //!
 //! A leaf module: it depends on nothing else in the crate. The limits an
-//! operator sets per plugin (memory, deadline, bytes per host call) are
-//! `CallLimits` in `config`; the backends' timeouts belong to
+//! operator sets per plugin (memory, deadline, bytes per host call, log
+//! budget, kv quota, concurrent calls) are `CallLimits` in `config`; the backends' timeouts belong to
 //! `capabilities::connections`; the engine's own sizing (pool slots, epoch
 //! tick) stays with the engine in `runtime`.
 
