@@ -174,3 +174,54 @@ impl Deref for HttpGrant<'_> {
         self.connection
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::{Connections, Grants};
+    use super::*;
+    use crate::config::ConnectionConfig;
+
+    fn tables(text: &str) -> BTreeMap<String, ConnectionConfig> {
+        toml::from_str(text).expect("valid connection tables")
+    }
+
+    fn grants_of(connections: &Arc<Connections>, plugin: &str) -> Grants {
+        let aliases = BTreeMap::from([
+            ("api".to_owned(), "api".to_owned()),
+            ("cache".to_owned(), "cache".to_owned()),
+        ]);
+        Grants::new(connections.clone(), Arc::new(aliases)).of_plugin(Arc::from(plugin))
+    }
+
+    #[tokio::test]
+    async fn each_plugin_has_its_own_permits_kept_across_a_reload() {
+        let config = tables(
+            "[api]\nkind = 'http'\nurl = 'http://127.0.0.1:1'\nmax_connections = 3\n\
+             [cache]\nkind = 'redis'\nurl = 'redis://127.0.0.1:1'\n",
+        );
+        let old = Arc::new(Connections::from_config(&config).expect("valid"));
+        let (a, b) = (grants_of(&old, "a"), grants_of(&old, "b"));
+        let http = |grants: &Grants| grants.http("api").expect("granted").permits.clone();
+        let redis = |grants: &Grants| grants.redis("cache").expect("granted").1.permits.clone();
+        assert!(
+            Arc::ptr_eq(&http(&a), &http(&a)),
+            "a plugin's calls share its permits"
+        );
+        assert!(
+            !Arc::ptr_eq(&http(&a), &http(&b)),
+            "plugins do not share permits"
+        );
+        assert!(!Arc::ptr_eq(&redis(&a), &redis(&b)));
+        assert_eq!(http(&b).available_permits(), 3, "max_connections each");
+
+        let (new, changes) = old.reconfigured(&config).expect("valid");
+        assert!(changes.is_empty());
+        let reloaded = grants_of(&Arc::new(new), "a");
+        assert!(
+            Arc::ptr_eq(&http(&a), &http(&reloaded)),
+            "an unchanged connection keeps each plugin's share"
+        );
+    }
+}
