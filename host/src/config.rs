@@ -312,7 +312,8 @@ pub struct ConnectionConfig {
     pub public_host: Option<String>,
     #[serde(default)]
     pub public_port: Option<u16>,
-    /// Connections the host keeps open to this backend at most.
+    /// Connections the host keeps open to this backend at most, for each
+    /// plugin granted it (each has a pool of its own).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
     /// `kind = "tcp"`: more `host:port` endpoints, tried in order after the
