@@ -195,6 +195,12 @@ pub struct LimitOverrides {
     pub memory_limit_mb: Option<u64>,
     pub call_timeout_ms: Option<u64>,
     pub max_host_call_bytes: Option<u64>,
+    pub max_log_bytes_per_call: Option<u64>,
+    pub max_log_lines_per_call: Option<u64>,
+    pub kv_max_keys: Option<u64>,
+    pub kv_max_bytes: Option<u64>,
+    /// Overrides `[runtime] max_concurrent_calls_per_plugin`.
+    pub max_concurrent_calls: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +213,15 @@ pub struct CallLimits {
     /// Largest statement, parameter, request body or result that crosses the
     /// sandbox boundary in one host call.
     pub max_host_call_bytes: u64,
+    /// What one call may write to the host log (the `log` import, stdout
+    /// and stderr together); past either, one notice and nothing more.
+    pub max_log_bytes_per_call: u64,
+    pub max_log_lines_per_call: u64,
+    /// The plugin's kv store: keys, and bytes of keys and values as stored.
+    pub kv_max_keys: u64,
+    pub kv_max_bytes: u64,
+    /// Calls of the plugin running at once; more wait for one to finish.
+    pub max_concurrent_calls: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -225,6 +240,17 @@ pub struct RuntimeConfig {
     /// loaded (at most its call_timeout_ms), so one that loops cannot hold
     /// up loading the others.
     pub catalog_timeout_ms: u64,
+    pub max_log_bytes_per_call: u64,
+    pub max_log_lines_per_call: u64,
+    pub kv_max_keys: u64,
+    pub kv_max_bytes: u64,
+    /// Calls of one plugin running at once, so one plugin cannot take every
+    /// instance slot; `max_concurrent_calls` in `[plugins.<name>]` overrides.
+    pub max_concurrent_calls_per_plugin: u32,
+    /// Guest memory all calls running at once may reserve: each call
+    /// reserves its plugin's `memory_limit_mb` before it starts, and waits
+    /// (at most its deadline) while the budget is taken.
+    pub max_total_memory_mb: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -237,6 +263,12 @@ impl Default for RuntimeConfig {
             max_host_call_bytes: 4 * 1024 * 1024,
             max_concurrent_instances: 256,
             catalog_timeout_ms: 2_000,
+            max_log_bytes_per_call: 1024 * 1024,
+            max_log_lines_per_call: 1000,
+            kv_max_keys: 10_000,
+            kv_max_bytes: 64 * 1024 * 1024,
+            max_concurrent_calls_per_plugin: 32,
+            max_total_memory_mb: 4096,
         }
     }
 }
@@ -250,6 +282,17 @@ impl RuntimeConfig {
             max_host_call_bytes: overrides
                 .max_host_call_bytes
                 .unwrap_or(self.max_host_call_bytes),
+            max_log_bytes_per_call: overrides
+                .max_log_bytes_per_call
+                .unwrap_or(self.max_log_bytes_per_call),
+            max_log_lines_per_call: overrides
+                .max_log_lines_per_call
+                .unwrap_or(self.max_log_lines_per_call),
+            kv_max_keys: overrides.kv_max_keys.unwrap_or(self.kv_max_keys),
+            kv_max_bytes: overrides.kv_max_bytes.unwrap_or(self.kv_max_bytes),
+            max_concurrent_calls: overrides
+                .max_concurrent_calls
+                .unwrap_or(self.max_concurrent_calls_per_plugin),
         }
     }
 }
@@ -302,7 +345,8 @@ pub struct ConnectionConfig {
     pub public_host: Option<String>,
     #[serde(default)]
     pub public_port: Option<u16>,
-    /// Connections the host keeps open to this backend at most.
+    /// Connections the host keeps open to this backend at most, for each
+    /// plugin granted it (each has a pool of its own).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
     /// `kind = "tcp"`: more `host:port` endpoints, tried in order after the
@@ -477,6 +521,17 @@ impl Config {
             ));
         }
         self.state.validate()?;
+        if self.runtime.max_concurrent_calls_per_plugin == 0
+            || self
+                .plugins
+                .values()
+                .any(|plugin| plugin.limits.max_concurrent_calls == Some(0))
+        {
+            return Err(ConfigError::Invalid(
+                "max_concurrent_calls_per_plugin and max_concurrent_calls must be at least 1"
+                    .to_owned(),
+            ));
+        }
         for (plugin, plugin_config) in &self.plugins {
             for (alias, target) in &plugin_config.connections {
                 let Some(connection) = self.connections.get(target) else {

@@ -7,16 +7,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Executor};
+use sqlx::ConnectOptions;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
+use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
 use super::redis::ReplyMeter;
+pub(crate) use self::shares::PerPlugin;
+use self::shares::SqlOptions;
+pub(crate) use self::shares::{HttpGrant, RedisGrant, SqlGrant};
 use super::tcp::TcpConnection;
 use crate::config::{ConnectionConfig, ConnectionKind};
 use crate::policy::GrantPolicy;
+
+mod shares;
 
 /// How long a call waits for a free connection before it fails, so a burst of
 /// calls reports "busy" instead of piling up behind the plugin deadline.
@@ -85,22 +90,33 @@ pub(crate) struct PublicAddress {
     pub port: u16,
 }
 
+/// The connections of one plugin to an SQL backend.
+#[derive(Clone)]
 pub(crate) enum SqlPool {
     Mysql(MySqlPool),
     Postgres(PgPool),
 }
 
+/// An SQL backend. Every plugin granted it gets a pool of its own, of
+/// `max_connections`, made on the plugin's first statement: a plugin that
+/// holds all of its connections (`SELECT SLEEP(...)` on each) makes only
+/// its own calls wait, and no session ever passes from one plugin to
+/// another. (See `shares` for how a session is reset between calls.)
 pub(crate) struct SqlConnection {
-    pub pool: SqlPool,
+    options: SqlOptions,
+    max_connections: u32,
+    pools: PerPlugin<SqlPool>,
     pub address: PublicAddress,
 }
 
 pub(crate) struct RedisConnection {
     client: redis::Client,
-    /// One permit per open connection: each plugin call gets a connection of
-    /// its own (see [`RedisConnection::open`]), and `max_connections` bounds
-    /// how many exist at once.
-    permits: Arc<Semaphore>,
+    /// One permit per open connection, per plugin: each plugin call gets a
+    /// connection of its own (see [`RedisGrant::open`]), and
+    /// `max_connections` bounds how many exist at once for each plugin, so
+    /// one plugin's blocked commands never hold another's.
+    max_connections: usize,
+    permits: PerPlugin<Arc<Semaphore>>,
     pub address: PublicAddress,
     pub tls: bool,
 }
@@ -115,9 +131,11 @@ pub(crate) struct HttpConnection {
     pub public_base_url: String,
     pub username: Option<String>,
     pub password: Option<String>,
-    /// One permit per request in flight, so at most `max_connections`
-    /// connections to the service are open.
-    pub permits: Semaphore,
+    /// One permit per request in flight, per plugin, so at most
+    /// `max_connections` connections to the service are open for each plugin
+    /// and one plugin's slow requests never hold another's.
+    max_connections: usize,
+    plugin_permits: PerPlugin<Arc<Semaphore>>,
 }
 
 impl Connections {
@@ -242,58 +260,27 @@ pub(crate) fn public_address(
 
 impl SqlConnection {
     fn from_url(name: &str, config: &ConnectionConfig, url: &Url) -> Result<Self, ConnectionError> {
-        let max_connections = config.max_connections;
-        if config.kind == ConnectionKind::Mysql {
-            // Statement logging is off: plugin DDL carries generated passwords
-            // (`CREATE USER ... IDENTIFIED BY '...'`).
+        // Statement logging is off: plugin DDL carries generated passwords
+        // (`CREATE USER ... IDENTIFIED BY '...'`).
+        let (options, host, port) = if config.kind == ConnectionKind::Mysql {
             let options = MySqlConnectOptions::from_url(url)
                 .map_err(|error| invalid_url(name, error))?
                 .disable_statement_logging();
-            let address =
-                public_address(name, config, Some(options.get_host()), options.get_port())?;
-            let pool = MySqlPoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                // A plugin statement may leave a transaction open (BEGIN without
-                // COMMIT); it must not leak into the next call on this connection.
-                .after_release(|connection, _| {
-                    Box::pin(async move {
-                        connection.execute("ROLLBACK").await?;
-                        Ok(true)
-                    })
-                })
-                .connect_lazy_with(options);
-            Ok(Self {
-                pool: SqlPool::Mysql(pool),
-                address,
-            })
+            let (host, port) = (options.get_host().to_owned(), options.get_port());
+            (SqlOptions::Mysql(options), host, port)
         } else {
             let options = PgConnectOptions::from_url(url)
                 .map_err(|error| invalid_url(name, error))?
                 .disable_statement_logging();
-            let address =
-                public_address(name, config, Some(options.get_host()), options.get_port())?;
-            let pool = PgPoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                // As for MySQL, but a ROLLBACK outside a transaction makes
-                // PostgreSQL log a warning on every call. Outside a transaction
-                // block each statement is its own transaction, so its start
-                // time equals the transaction's; otherwise the connection is
-                // closed instead of reused.
-                .after_release(|connection, _| {
-                    Box::pin(async move {
-                        sqlx::query_scalar::<_, bool>("SELECT now() = statement_timestamp()")
-                            .fetch_one(connection)
-                            .await
-                    })
-                })
-                .connect_lazy_with(options);
-            Ok(Self {
-                pool: SqlPool::Postgres(pool),
-                address,
-            })
-        }
+            let (host, port) = (options.get_host().to_owned(), options.get_port());
+            (SqlOptions::Postgres(options), host, port)
+        };
+        Ok(Self {
+            address: public_address(name, config, Some(&host), port)?,
+            options,
+            max_connections: config.max_connections,
+            pools: PerPlugin::default(),
+        })
     }
 }
 
@@ -306,15 +293,17 @@ impl RedisConnection {
             redis::ConnectionAddr::Unix(_) => (None, 0, false),
         };
         let address = public_address(name, config, host, port)?;
-        let permits = Arc::new(Semaphore::new(permit_count(config.max_connections)));
         Ok(Self {
             client,
-            permits,
+            max_connections: permit_count(config.max_connections),
+            permits: PerPlugin::default(),
             address,
             tls,
         })
     }
+}
 
+impl RedisConnection {
     /// The user the host logs in as (`default` when the url names none).
     pub(crate) fn username(&self) -> &str {
         self.client
@@ -324,7 +313,9 @@ impl RedisConnection {
             .as_deref()
             .unwrap_or("default")
     }
+}
 
+impl RedisGrant<'_> {
     /// A new connection for one plugin call. Commands may change the state of
     /// the connection they run on (SELECT, MULTI, CLIENT REPLY ...), so calls
     /// never share one; the permit is held as long as the connection lives.
@@ -416,7 +407,8 @@ impl HttpConnection {
             public_base_url,
             username,
             password,
-            permits: Semaphore::new(permit_count(config.max_connections)),
+            max_connections: permit_count(config.max_connections),
+            plugin_permits: PerPlugin::default(),
         })
     }
 }
@@ -443,6 +435,8 @@ pub struct Grants {
     aliases: Arc<BTreeMap<String, String>>,
     /// The policy of each alias that declares one (`crate::policy`).
     policies: Arc<BTreeMap<String, GrantPolicy>>,
+    /// The plugin's file stem: whose pool and permits its calls use.
+    plugin: Arc<str>,
 }
 
 /// The policy of an alias granted without one.
@@ -464,8 +458,20 @@ impl Grants {
         Self {
             connections,
             aliases,
+            plugin: Arc::from(""),
             policies: Arc::default(),
         }
+    }
+
+    /// These grants as plugin `plugin`'s: its calls use its own pools and
+    /// permits of each connection.
+    pub fn of_plugin(self, plugin: Arc<str>) -> Self {
+        Self { plugin, ..self }
+    }
+
+    /// Whose pools and permits the calls use.
+    pub(crate) fn plugin(&self) -> &Arc<str> {
+        &self.plugin
     }
 
     /// The same grants, with the policy of each alias that declares one.
@@ -489,25 +495,25 @@ impl Grants {
             })
     }
 
-    pub(crate) fn sql(&self, alias: &str) -> Result<&SqlConnection, String> {
+    pub(crate) fn sql(&self, alias: &str) -> Result<SqlGrant<'_>, String> {
         match self.resolve(alias)? {
-            (_, Connection::Sql(sql)) => Ok(sql),
+            (_, Connection::Sql(sql)) => Ok(SqlGrant::new(sql, &self.plugin)),
             (_, other) => Err(wrong_kind(alias, other, "an SQL")),
         }
     }
 
     /// The Redis connection and its broker.toml name, which tells apart two
     /// aliases of one connection.
-    pub(crate) fn redis(&self, alias: &str) -> Result<(&str, &RedisConnection), String> {
+    pub(crate) fn redis(&self, alias: &str) -> Result<(&str, RedisGrant<'_>), String> {
         match self.resolve(alias)? {
-            (name, Connection::Redis(redis)) => Ok((name, redis)),
+            (name, Connection::Redis(redis)) => Ok((name, RedisGrant::new(redis, &self.plugin))),
             (_, other) => Err(wrong_kind(alias, other, "a Redis")),
         }
     }
 
-    pub(crate) fn http(&self, alias: &str) -> Result<&HttpConnection, String> {
+    pub(crate) fn http(&self, alias: &str) -> Result<HttpGrant<'_>, String> {
         match self.resolve(alias)? {
-            (_, Connection::Http(http)) => Ok(http),
+            (_, Connection::Http(http)) => Ok(HttpGrant::new(http, &self.plugin)),
             (_, other) => Err(wrong_kind(alias, other, "an HTTP")),
         }
     }

@@ -1,6 +1,8 @@
 //! The `kv` import: a small durable key-value store private to each plugin,
 //! kept in the host's state store under the plugin's file stem, so one
-//! plugin can never read another's keys.
+//! plugin can never read another's keys, within the plugin's quota of keys
+//! and bytes (`kv_max_keys`, `kv_max_bytes`), so no plugin fills the disk.
+//! Values are encrypted at rest with the credentials key (`state::kv`).
 
 use std::sync::Arc;
 
@@ -9,7 +11,7 @@ use wasmtime::component::{HasSelf, Linker};
 use super::{CallContext, Capability};
 use crate::contract::wasm_broker::plugin::kv::{self as wit, Error};
 use crate::limits::{ByteBudget, CallDeadline};
-use crate::state::{StateError, StateStore};
+use crate::state::{KvQuota, KvWrite, StateError, StateStore};
 
 /// The `kv` import of one plugin call.
 pub struct KvHost {
@@ -18,15 +20,22 @@ pub struct KvHost {
     max_host_call_bytes: u64,
     /// When the call ends: a store operation still waiting then traps.
     deadline: CallDeadline,
+    quota: KvQuota,
 }
 
 impl KvHost {
-    pub fn new(state: StateStore, plugin: Arc<str>, max_host_call_bytes: u64) -> Self {
+    pub fn new(
+        state: StateStore,
+        plugin: Arc<str>,
+        max_host_call_bytes: u64,
+        quota: KvQuota,
+    ) -> Self {
         Self {
             state,
             plugin,
             max_host_call_bytes,
             deadline: CallDeadline::distant(),
+            quota,
         }
     }
 
@@ -74,10 +83,19 @@ impl wit::Host for KvHost {
             return Ok(Err(error));
         }
         let deadline = self.deadline;
-        Ok(deadline
-            .bound("kv", self.state.kv_set(&self.plugin, &key, &value))
-            .await?
-            .map_err(|error| self.failed("set", error)))
+        Ok(
+            match deadline
+                .bound(
+                    "kv",
+                    self.state.kv_set(&self.plugin, &key, &value, self.quota),
+                )
+                .await?
+            {
+                Ok(KvWrite::Stored) => Ok(()),
+                Ok(KvWrite::OverQuota(reason)) => Err(Error::LimitExceeded(reason)),
+                Err(error) => Err(self.failed("set", error)),
+            },
+        )
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), Error>> {
@@ -122,6 +140,10 @@ impl Capability for KvHost {
                 call.backends.state.clone(),
                 call.plugin().clone(),
                 call.max_host_call_bytes(),
+                KvQuota {
+                    max_keys: call.limits.kv_max_keys,
+                    max_bytes: call.limits.kv_max_bytes,
+                },
             )
         }
     }
@@ -140,9 +162,15 @@ mod tests {
     use crate::config::StateConfig;
     use crate::contract::wasm_broker::plugin::kv::Host;
 
+    const UNLIMITED: KvQuota = KvQuota {
+        max_keys: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+
     async fn store(directory: &tempfile::TempDir) -> StateStore {
         let config = StateConfig {
             path: directory.path().join("broker.db"),
+            encryption_key: Some(crate::secrets::generate_key().expect("a key")),
             ..StateConfig::default()
         };
         StateStore::open(&config).await.expect("state store opens")
@@ -152,8 +180,8 @@ mod tests {
     async fn keys_round_trip_and_stay_private_to_the_plugin() {
         let directory = tempfile::tempdir().expect("temp dir");
         let state = store(&directory).await;
-        let mut mysql = KvHost::new(state.clone(), Arc::from("mysql"), 1024);
-        let mut redis = KvHost::new(state, Arc::from("redis"), 1024);
+        let mut mysql = KvHost::new(state.clone(), Arc::from("mysql"), 1024, UNLIMITED);
+        let mut redis = KvHost::new(state, Arc::from("redis"), 1024, UNLIMITED);
 
         mysql
             .set("op/1".to_owned(), b"one".to_vec())
@@ -208,8 +236,8 @@ mod tests {
     async fn data_over_the_host_call_limit_is_refused() {
         let directory = tempfile::tempdir().expect("temp dir");
         let state = store(&directory).await;
-        let mut generous = KvHost::new(state.clone(), Arc::from("p"), 100);
-        let mut strict = KvHost::new(state, Arc::from("p"), 10);
+        let mut generous = KvHost::new(state.clone(), Arc::from("p"), 100, UNLIMITED);
+        let mut strict = KvHost::new(state, Arc::from("p"), 10, UNLIMITED);
 
         let refused = strict
             .set("key".to_owned(), vec![0; 8])
@@ -236,5 +264,71 @@ mod tests {
         assert!(
             matches!(refused, Err(Error::LimitExceeded(message)) if message.starts_with("the stored value"))
         );
+    }
+
+    #[tokio::test]
+    async fn a_plugin_cannot_store_past_its_quota() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let state = store(&directory).await;
+        let quota = KvQuota {
+            max_keys: 3,
+            max_bytes: 4096,
+        };
+        let mut flood = KvHost::new(state.clone(), Arc::from("flood"), 1 << 20, quota);
+        let mut other = KvHost::new(state, Arc::from("other"), 1 << 20, quota);
+
+        // Keys: three fit, the fourth does not; replacing one still does.
+        for index in 0..3 {
+            flood
+                .set(format!("k{index}"), vec![1; 10])
+                .await
+                .expect("no trap")
+                .expect("within the quota");
+        }
+        let refused = flood
+            .set("k3".to_owned(), vec![1; 10])
+            .await
+            .expect("no trap");
+        assert!(
+            matches!(&refused, Err(Error::LimitExceeded(reason)) if reason.contains("kv_max_keys")),
+            "{refused:?}"
+        );
+        flood
+            .set("k0".to_owned(), vec![2; 10])
+            .await
+            .expect("no trap")
+            .expect("a replacement adds no key");
+
+        // Bytes: a value that takes the store past the quota stores nothing.
+        let refused = flood
+            .set("k1".to_owned(), vec![3; 4096])
+            .await
+            .expect("no trap");
+        assert!(
+            matches!(&refused, Err(Error::LimitExceeded(reason)) if reason.contains("kv_max_bytes")),
+            "{refused:?}"
+        );
+        assert_eq!(
+            flood.get("k1".to_owned()).await.expect("no trap"),
+            Ok(Some(vec![1; 10])),
+            "the refused value replaced nothing"
+        );
+        flood
+            .delete("k2".to_owned())
+            .await
+            .expect("no trap")
+            .expect("deleting frees a key");
+        flood
+            .set("k3".to_owned(), vec![1; 10])
+            .await
+            .expect("no trap")
+            .expect("room again");
+
+        // The quota is the plugin's own.
+        other
+            .set("k9".to_owned(), vec![4; 1000])
+            .await
+            .expect("no trap")
+            .expect("another plugin's quota is untouched");
     }
 }

@@ -125,11 +125,13 @@ impl PluginGrants {
         connections: Arc<Connections>,
         max_host_call_bytes: u64,
     ) -> Self {
+        let plugin: Arc<str> = Arc::from(plugin);
         Self {
-            plugin: Arc::from(plugin),
+            plugin: plugin.clone(),
             settings: Arc::new(settings::Settings::from_table(&plugin_config.config)),
             connections: Grants::new(connections, Arc::new(plugin_config.connections.clone()))
-                .with_policies(Arc::new(plugin_config.policies.clone())),
+                .with_policies(Arc::new(plugin_config.policies.clone()))
+                .of_plugin(plugin),
             max_host_call_bytes,
         }
     }
@@ -158,6 +160,10 @@ pub struct CallContext<'a> {
     pub request_identity: Option<&'a str>,
     /// When the call ends: every host call still waiting then ends too.
     pub deadline: CallDeadline,
+    /// What the call may still log, shared with its stdout and stderr.
+    pub log_budget: &'a Arc<crate::limits::LogBudget>,
+    /// The plugin's limits (its kv quota among them).
+    pub limits: &'a crate::config::CallLimits,
 }
 
 impl CallContext<'_> {

@@ -23,6 +23,8 @@ use crate::config::CallLimits;
 use crate::contract::{ServicePlugin, ServicePluginPre};
 use crate::limits::{CallDeadline, DeadlineExceeded};
 use crate::printable::printable;
+use crate::limits::LogBudget;
+use crate::model::Refusal;
 
 /// The wall-clock safety net fires this long after the CPU deadline, so a
 /// guest that computes too long is reported as such by the epoch check, and
@@ -132,6 +134,18 @@ impl PluginEngine {
             }
         };
 
+        // Before a slot: a plugin over its share waits here, not in the
+        // slot queue every plugin shares.
+        let _quota = self
+            .quotas
+            .admit(plugin.name, &limits, deadline)
+            .await
+            .map_err(|reason| {
+                tracing::warn!(plugin = plugin.name, operation, %reason, "plugin call refused");
+                metrics::counter!("plugin_calls_refused_total", "plugin" => plugin.name.to_owned())
+                    .increment(1);
+                CallError::Refused(Refusal::ConcurrencyError(reason))
+            })?;
         let _slot = match tokio::time::timeout(deadline, self.slots.acquire()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_closed)) => {
@@ -152,8 +166,12 @@ impl PluginEngine {
         };
 
         let name: Arc<str> = Arc::from(plugin.name);
-        let stdout = GuestOutput::new(name.clone(), Stream::Stdout);
-        let stderr = GuestOutput::new(name, Stream::Stderr);
+        let log_budget = Arc::new(LogBudget::new(
+            limits.max_log_bytes_per_call,
+            limits.max_log_lines_per_call,
+        ));
+        let stdout = GuestOutput::new(name.clone(), Stream::Stdout, log_budget.clone());
+        let stderr = GuestOutput::new(name, Stream::Stderr, log_budget.clone());
         let memory_exhausted = Arc::new(AtomicBool::new(false));
         let memory_limit =
             usize::try_from(limits.memory_limit_mb.saturating_mul(MIB)).unwrap_or(usize::MAX);
@@ -168,6 +186,8 @@ impl PluginEngine {
                 backends: &self.backends,
                 request_identity,
                 deadline: CallDeadline::after(deadline),
+                log_budget: &log_budget,
+                limits: &limits,
             }),
         );
         let mut store = Store::new(&self.engine, state);
@@ -328,6 +348,7 @@ mod tests {
             memory_limit_mb: 64,
             call_timeout_ms: 10_000,
             max_host_call_bytes: 1024,
+            ..crate::config::RuntimeConfig::default().limits_for(&Default::default())
         }
     }
 

@@ -13,6 +13,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::call_metrics::CallMetrics;
+use super::call_quota::CallQuotas;
 use super::{CallState, RuntimeError};
 use crate::capabilities::{self, SharedBackends};
 use crate::config::Config;
@@ -45,6 +46,9 @@ pub struct PluginEngine {
     /// One permit per pooling-allocator slot: a burst of calls beyond the
     /// pool waits for a slot instead of failing to instantiate.
     pub(super) slots: Arc<Semaphore>,
+    /// Each plugin's concurrent calls, and the guest memory budget, taken
+    /// before a slot.
+    pub(super) quotas: CallQuotas,
     pub(super) metrics: CallMetrics,
 }
 
@@ -139,6 +143,7 @@ impl PluginEngine {
             cache_dir: config.runtime.cache_dir.clone(),
             backends,
             slots: Arc::new(Semaphore::new(slots)),
+            quotas: CallQuotas::new(config.runtime.max_total_memory_mb),
             metrics: CallMetrics::default(),
         })
     }

@@ -13,13 +13,9 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-use crate::capabilities::log::TARGET;
-use crate::limits::MAX_LOG_LINE_BYTES;
+use crate::capabilities::log::{TARGET, within_budget};
+use crate::limits::{LogBudget, MAX_LOG_LINE_BYTES};
 use crate::printable::printable;
-
-/// Output a plugin may log per stream and call; beyond it lines are dropped,
-/// so a chatty plugin cannot flood the log.
-const MAX_LOGGED_BYTES: usize = 64 * 1024;
 /// How much the guest may hand over per write; it never has to wait.
 const WRITE_PERMIT: usize = 64 * 1024;
 
@@ -27,15 +23,6 @@ const WRITE_PERMIT: usize = 64 * 1024;
 pub enum Stream {
     Stdout,
     Stderr,
-}
-
-impl Stream {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Stdout => "stdout",
-            Self::Stderr => "stderr",
-        }
-    }
 }
 
 /// One stream of one call. Clones share the same buffer: WASI hands out a
@@ -49,8 +36,9 @@ struct LineSink {
     plugin: Arc<str>,
     stream: Stream,
     partial: Vec<u8>,
-    logged_bytes: usize,
-    dropping: bool,
+    /// The call's, shared with its `log` import and its other stream: a
+    /// chatty plugin cannot flood the log.
+    budget: Arc<LogBudget>,
     panic: PanicCapture,
 }
 
@@ -119,18 +107,7 @@ impl LineSink {
         if self.stream == Stream::Stderr {
             self.panic.observe(line);
         }
-        if line.is_empty() || self.dropping {
-            return;
-        }
-        self.logged_bytes += line.len();
-        if self.logged_bytes > MAX_LOGGED_BYTES {
-            self.dropping = true;
-            tracing::warn!(
-                target: TARGET,
-                plugin = %self.plugin,
-                stream = self.stream.name(),
-                "more than {MAX_LOGGED_BYTES} bytes of output in one call; the rest is dropped"
-            );
+        if line.is_empty() || !within_budget(&self.budget, &self.plugin, line.len()) {
             return;
         }
         match self.stream {
@@ -145,13 +122,12 @@ impl LineSink {
 }
 
 impl GuestOutput {
-    pub fn new(plugin: Arc<str>, stream: Stream) -> Self {
+    pub fn new(plugin: Arc<str>, stream: Stream, budget: Arc<LogBudget>) -> Self {
         let sink = LineSink {
             plugin,
             stream,
             partial: Vec::new(),
-            logged_bytes: 0,
-            dropping: false,
+            budget,
             panic: PanicCapture::default(),
         };
         Self {
@@ -238,10 +214,15 @@ impl AsyncWrite for GuestOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::LogAdmission;
+
+    fn budget() -> Arc<LogBudget> {
+        Arc::new(LogBudget::new(1 << 20, 1000))
+    }
 
     #[test]
     fn a_rust_panic_report_becomes_a_summary() {
-        let stderr = GuestOutput::new(Arc::from("mysql"), Stream::Stderr);
+        let stderr = GuestOutput::new(Arc::from("mysql"), Stream::Stderr, budget());
         stderr.push(b"starting\n\nthread '<unnamed>' panicked at src/lib.rs:10:5:\n");
         stderr.push(b"index out of bounds: the len is 0 but the index is 3\nnote: run with `RUST_BACKTRACE=1`");
         assert_eq!(
@@ -254,7 +235,7 @@ mod tests {
 
     #[test]
     fn a_panic_without_note_is_still_reported() {
-        let stderr = GuestOutput::new(Arc::from("mysql"), Stream::Stderr);
+        let stderr = GuestOutput::new(Arc::from("mysql"), Stream::Stderr, budget());
         stderr.push(b"thread 'main' panicked at src/a.rs:1:1:\nboom");
         assert_eq!(
             stderr.finish().as_deref(),
@@ -264,11 +245,11 @@ mod tests {
 
     #[test]
     fn plain_output_reports_no_panic_and_long_lines_are_cut() {
-        let stdout = GuestOutput::new(Arc::from("mysql"), Stream::Stdout);
+        let stdout = GuestOutput::new(Arc::from("mysql"), Stream::Stdout, budget());
         stdout.push(b"thread 'x' panicked at nothing:\n");
         assert_eq!(stdout.finish(), None, "only stderr carries panics");
 
-        let stderr = GuestOutput::new(Arc::from("mysql"), Stream::Stderr);
+        let stderr = GuestOutput::new(Arc::from("mysql"), Stream::Stderr, budget());
         stderr.push(&vec![b'x'; MAX_LOG_LINE_BYTES * 2]);
         assert_eq!(stderr.sink().partial.len(), MAX_LOG_LINE_BYTES);
         assert_eq!(stderr.finish(), None);
@@ -280,11 +261,18 @@ mod tests {
 
     #[test]
     fn output_beyond_the_budget_is_dropped() {
-        let stdout = GuestOutput::new(Arc::from("mysql"), Stream::Stdout);
+        let budget = Arc::new(LogBudget::new(10_000, 1000));
+        let stdout = GuestOutput::new(Arc::from("mysql"), Stream::Stdout, budget.clone());
+        let stderr = GuestOutput::new(Arc::from("mysql"), Stream::Stderr, budget.clone());
         let line = [b"y".repeat(1000), b"\n".to_vec()].concat();
-        for _ in 0..(MAX_LOGGED_BYTES / 1000 + 2) {
+        for _ in 0..6 {
             stdout.push(&line);
+            stderr.push(&line);
         }
-        assert!(stdout.sink().dropping);
+        assert_eq!(
+            budget.admit(0),
+            LogAdmission::Drop,
+            "both streams draw on the call's one budget"
+        );
     }
 }

@@ -259,6 +259,10 @@ pub fn fixed_changes(started: &Config, new: &Config, pool_bytes: u64) -> Vec<Str
         "[runtime] max_concurrent_instances",
         old_runtime.max_concurrent_instances != new_runtime.max_concurrent_instances,
     );
+    check(
+        "[runtime] max_total_memory_mb",
+        old_runtime.max_total_memory_mb != new_runtime.max_total_memory_mb,
+    );
     if largest_memory_limit(new) > pool_bytes {
         let pool_mb = pool_bytes / MIB;
         let above = |limit_mb: u64| limit_mb.saturating_mul(MIB) > pool_bytes;

@@ -17,6 +17,7 @@
 
 mod call;
 mod call_metrics;
+mod call_quota;
 mod compile_cache;
 mod convert;
 mod engine;

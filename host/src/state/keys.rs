@@ -1,7 +1,9 @@
 //! The encryption keys of the stored credentials: a store opens only with
 //! the keys its credentials need, and `wasm-broker rotate-key` re-encrypts
-//! them all with a new one. (How one value is sealed is in `tables`.)
+//! them all with a new one, and the plugins' kv values too. (How one value
+//! is sealed is in `tables` and `kv`.)
 
+use super::kv::{kv_context, open_value};
 use super::tables::credentials;
 use super::{StateError, StateStore};
 use crate::config::StateConfig;
@@ -23,7 +25,15 @@ impl StateStore {
         let keyring = Keyring::from_config(config)?.rotating_to(new_key);
         let store = Self::open_with_keys(config, keyring).await?;
         let rotated = store.reencrypt_credentials().await;
+        let resealed = match rotated {
+            Ok(_) => store.reseal_kv_values().await,
+            Err(_) => Ok(0),
+        };
         store.close().await;
+        let resealed = resealed?;
+        if resealed > 0 {
+            tracing::info!(values = resealed, "re-encrypted the plugins' kv values");
+        }
         rotated
     }
 
@@ -73,4 +83,46 @@ impl StateStore {
             rotated += batch.len() as u64;
         }
     }
+
+    /// Seals with the current key every kv value not sealed with it: those
+    /// of the former keys, and those stored in clear (before kv values were
+    /// sealed, or by a broker without a key). Batched as credentials are.
+    async fn reseal_kv_values(&self) -> Result<u64, StateError> {
+        let target = self.keyring.require_current()?.id();
+        let key_id = target.as_bytes();
+        let mut resealed = 0;
+        loop {
+            let mut write = self.begin_write().await?;
+            let batch: Vec<(String, String, Vec<u8>, i64)> =
+                sqlx::query_as(SELECT_KV_NOT_SEALED_WITH)
+                    .bind(key_id)
+                    .bind(i32::try_from(key_id.len()).unwrap_or(i32::MAX))
+                    .bind(ROTATION_BATCH)
+                    .fetch_all(&mut *write.transaction)
+                    .await?;
+            if batch.is_empty() {
+                return Ok(resealed);
+            }
+            for (plugin, key, stored, sealed) in batch {
+                let value = open_value(&self.keyring, &plugin, &key, stored, sealed)?;
+                let value = self.keyring.seal(&value, &kv_context(&plugin, &key))?;
+                sqlx::query(UPDATE_KV_SEALED)
+                    .bind(&plugin)
+                    .bind(&key)
+                    .bind(value)
+                    .execute(&mut *write.transaction)
+                    .await?;
+                resealed += 1;
+            }
+            write.transaction.commit().await?;
+        }
+    }
 }
+
+/// kv values in clear, or whose key id (bytes 2..9 of the header) is not `$1`.
+const SELECT_KV_NOT_SEALED_WITH: &str = "\
+    SELECT plugin, key, value, sealed FROM plugin_kv \
+    WHERE sealed = 0 OR substr(value, 2, $2) IS DISTINCT FROM $1 LIMIT $3";
+
+const UPDATE_KV_SEALED: &str =
+    "UPDATE plugin_kv SET value = $3, sealed = 1 WHERE plugin = $1 AND key = $2";

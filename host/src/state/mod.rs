@@ -36,6 +36,8 @@ mod tables;
 #[cfg(test)]
 mod tests;
 
+pub use kv::{KvQuota, KvWrite};
+
 use std::sync::Arc;
 use std::time::Duration;
 

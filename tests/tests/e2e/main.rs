@@ -25,6 +25,7 @@ mod metrics;
 mod osb_rules;
 mod ownership;
 mod policy;
+mod quotas;
 mod reading_limits;
 mod restart;
 mod retired;

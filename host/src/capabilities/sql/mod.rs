@@ -503,6 +503,8 @@ impl Engine for Postgres {
 }
 
 #[cfg(test)]
+mod share_tests;
+#[cfg(test)]
 mod tests;
 
 #[cfg(test)]

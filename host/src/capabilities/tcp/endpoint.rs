@@ -21,8 +21,8 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use url::Url;
 
 use super::super::connections::{
-    ACQUIRE_TIMEOUT, CONNECT_TIMEOUT, ConnectionError, PublicAddress, decode_userinfo, invalid_url,
-    permit_count,
+    ACQUIRE_TIMEOUT, CONNECT_TIMEOUT, ConnectionError, PerPlugin, PublicAddress, decode_userinfo,
+    invalid_url, permit_count,
 };
 use crate::config::ConnectionConfig;
 
@@ -54,8 +54,10 @@ pub(crate) struct TcpConnection {
     pub password: Option<String>,
     /// The operator lets the plugin hold the real credentials.
     pub reveal_credentials: bool,
-    /// One permit per open stream, so at most `max_connections` exist.
-    permits: Arc<Semaphore>,
+    /// One permit per open stream, per plugin, so at most `max_connections`
+    /// exist for each plugin and one plugin's streams never hold another's.
+    max_connections: usize,
+    permits: PerPlugin<Arc<Semaphore>>,
     pub address: PublicAddress,
 }
 
@@ -128,7 +130,8 @@ impl TcpConnection {
             username,
             password,
             reveal_credentials: config.reveal_credentials,
-            permits: Arc::new(Semaphore::new(permit_count(config.max_connections))),
+            max_connections: permit_count(config.max_connections),
+            permits: PerPlugin::default(),
             address,
         })
     }
@@ -137,10 +140,17 @@ impl TcpConnection {
         self.tls.is_some()
     }
 
-    /// A new stream to the first endpoint that accepts, TLS included. The
-    /// permit lives as long as the stream.
-    pub(crate) async fn open(&self) -> Result<(Box<dyn Transport>, OwnedSemaphorePermit), String> {
-        let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.clone().acquire_owned())
+    /// A new stream for `plugin` to the first endpoint that accepts, TLS
+    /// included. The permit, out of the plugin's own, lives as long as the
+    /// stream.
+    pub(crate) async fn open(
+        &self,
+        plugin: &Arc<str>,
+    ) -> Result<(Box<dyn Transport>, OwnedSemaphorePermit), String> {
+        let permits = self
+            .permits
+            .get(plugin, || Arc::new(Semaphore::new(self.max_connections)));
+        let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, permits.acquire_owned())
             .await
             .map_err(|_| {
                 format!(

@@ -162,7 +162,8 @@ impl TcpHost {
         }
         let (name, connection) = self.grants.tcp(alias).map_err(Error::NotGranted)?;
         let (name, connection) = (name.to_owned(), connection.clone());
-        let (transport, permit) = connection.open().await.map_err(Error::Failed)?;
+        let plugin = self.grants.plugin().clone();
+        let (transport, permit) = connection.open(&plugin).await.map_err(Error::Failed)?;
         let placeholders = self.placeholders_of(&name, &connection);
         Ok(OpenStream {
             transport,

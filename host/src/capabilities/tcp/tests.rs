@@ -397,3 +397,37 @@ async fn an_encoded_placeholder_stands_for_the_encoded_secrets() {
         format!("AUTH PLAIN {token}\r\n")
     );
 }
+
+#[tokio::test]
+async fn a_plugin_holding_every_stream_does_not_stall_another() {
+    let (port, _received) = server(false).await;
+    let table = format!("{}\nmax_connections = 1", plain(port));
+    let connections = connections(&[("broker", &table)]);
+    let grants = Arc::new(BTreeMap::from([("broker".to_owned(), "broker".to_owned())]));
+    let host_of = |plugin: &str| {
+        TcpHost::new(
+            Grants::new(connections.clone(), grants.clone()).of_plugin(Arc::from(plugin)),
+            1 << 20,
+        )
+    };
+    let mut hog = host_of("hog");
+    let _held = hog
+        .connect("broker".to_owned())
+        .await
+        .expect("no trap")
+        .expect("the hog's one stream");
+    let mut other = host_of("other");
+    let started = std::time::Instant::now();
+    let answer = other.connect("broker".to_owned()).await.expect("no trap");
+    assert!(
+        answer.is_ok(),
+        "another plugin waited for the hog's stream: {:?}",
+        answer.err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let refused = hog.connect("broker".to_owned()).await.expect("no trap");
+    assert!(
+        matches!(&refused, Err(Error::Failed(why)) if why.contains("busy")),
+        "the hog is held to its own max_connections"
+    );
+}

@@ -168,7 +168,7 @@ async fn without_a_key_a_store_opens_empty_but_creates_no_binding(scratch: &Scra
     let store = open_with_key(scratch, None).await;
     put_instance(&store, instance_record("i-1", ResourceStatus::Ready, None)).await;
     store
-        .kv_set("mysql", "k", b"v")
+        .kv_set("mysql", "k", b"v", KV_UNLIMITED)
         .await
         .expect("kv works without a key");
 

@@ -150,6 +150,12 @@ fn new_key() -> SecretString {
     generate_key().expect("random key")
 }
 
+/// No kv quota: the tests of the store itself.
+const KV_UNLIMITED: KvQuota = KvQuota {
+    max_keys: u64::MAX,
+    max_bytes: u64::MAX,
+};
+
 async fn open(scratch: &Scratch) -> StateStore {
     open_with_key(scratch, Some(&new_key())).await
 }

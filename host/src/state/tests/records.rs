@@ -251,7 +251,10 @@ async fn reopening_keeps_everything(scratch: &Scratch) {
     let binding = binding_record("b-1", "i-1", ResourceStatus::Ready, None);
     put_instance(&store, instance.clone()).await;
     put_binding(&store, binding.clone()).await;
-    store.kv_set("mysql", "k", b"v").await.expect("kv set");
+    store
+        .kv_set("mysql", "k", b"v", KV_UNLIMITED)
+        .await
+        .expect("kv set");
     // No close(): the process may die without one.
     drop(store);
 
