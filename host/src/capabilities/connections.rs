@@ -174,7 +174,7 @@ impl Connections {
         Ok((connections, changes))
     }
 
-    fn get(&self, name: &str) -> Option<&Connection> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Connection> {
         self.by_name.get(name).map(Arc::as_ref)
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use wasm_broker::broker::Broker;
+use wasm_broker::capabilities::probe;
 use wasm_broker::config::{Config, TlsConfig, parse_api_version};
 use wasm_broker::osb::{self, GuardConfig};
 use wasm_broker::runtime::PluginRuntime;
@@ -67,6 +68,8 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("binding {address}"))?;
+    // In the background: a backend slow to answer delays no request.
+    tokio::spawn(probe_grants(config.clone()));
     if let Some(tls) = &config.server.tls {
         return serve_https(listener, app, tls).await;
     }
@@ -76,6 +79,15 @@ pub async fn serve(
         .await
         .context("serving HTTP")?;
     Ok(())
+}
+
+/// Warns about every grant of an account with rights no plugin needs
+/// (root, a superuser, FILE, SUPER, Redis CONFIG ...).
+async fn probe_grants(config: Config) {
+    match probe::probe_config(&config, None).await {
+        Ok(reports) => probe::log_reports(&reports),
+        Err(error) => tracing::info!(%error, "could not check the rights of the granted accounts"),
+    }
 }
 
 /// `[server.tls]`: HTTPS only (rustls); plain HTTP to the port fails the handshake.
