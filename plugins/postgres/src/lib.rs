@@ -220,13 +220,14 @@ impl ServicePlugin for Postgres {
         )?;
         // Binding roles still here are those whose unbind could not drop them
         // (they owned objects in the database just dropped), or those of
-        // bindings the platform never deleted.
+        // bindings the platform never deleted. Not the admin role itself,
+        // a member too (see `act_as_owner`).
         let members = sql::query(
             ADMIN,
             "SELECT member.rolname FROM pg_auth_members m \
              JOIN pg_roles member ON member.oid = m.member \
              JOIN pg_roles owner ON owner.oid = m.roleid \
-             WHERE owner.rolname = $1",
+             WHERE owner.rolname = $1 AND member.rolname <> current_user",
             &[Value::from(names.owner.as_str())],
         )?;
         for member in members.first_column().filter_map(Value::as_str) {
