@@ -185,10 +185,7 @@ pub fn log_reports(reports: &[Report]) {
 }
 
 /// The rights of connection `name`'s account, within [`PROBE_TIMEOUT`].
-pub async fn probe_connection(
-    connections: &Connections,
-    name: &str,
-) -> Result<Rights, ProbeError> {
+pub async fn probe_connection(connections: &Connections, name: &str) -> Result<Rights, ProbeError> {
     let connection = connections
         .get(name)
         .ok_or_else(|| ProbeError::Unknown(name.to_owned()))?;
@@ -226,7 +223,10 @@ async fn mysql(pool: &sqlx::MySqlPool) -> Result<Rights, ProbeError> {
         .iter()
         .map(|row| {
             row.try_get::<String, _>(0)
-                .or_else(|_| row.try_get::<Vec<u8>, _>(0).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+                .or_else(|_| {
+                    row.try_get::<Vec<u8>, _>(0)
+                        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                })
                 .map_err(backend)
         })
         .collect::<Result<_, _>>()?;
@@ -303,12 +303,18 @@ async fn postgres(pool: &sqlx::PgPool) -> Result<Rights, ProbeError> {
         return Ok(rights);
     }
     for (index, role, what) in [
-        (3, "pg_execute_server_program", "runs commands on the server"),
+        (
+            3,
+            "pg_execute_server_program",
+            "runs commands on the server",
+        ),
         (4, "pg_read_server_files", "reads the server's files"),
         (5, "pg_write_server_files", "writes the server's files"),
     ] {
         if flag(index)? {
-            rights.excess.push(format!("has the rights of {role} ({what})"));
+            rights
+                .excess
+                .push(format!("has the rights of {role} ({what})"));
         }
     }
     if flag(1)? && version < 160_000 {
@@ -325,7 +331,9 @@ async fn postgres(pool: &sqlx::PgPool) -> Result<Rights, ProbeError> {
 /// Redis: whether the account may run CONFIG (asked with a parameter that
 /// does not exist, so nothing is read or changed) and, where it may use
 /// `ACL DRYRUN`, FLUSHALL and SHUTDOWN (asked, never run).
-async fn redis_rights(session: &mut redis::aio::MultiplexedConnection) -> Result<Rights, ProbeError> {
+async fn redis_rights(
+    session: &mut redis::aio::MultiplexedConnection,
+) -> Result<Rights, ProbeError> {
     let mut rights = Rights::default();
     let config: redis::RedisResult<redis::Value> = redis::cmd("CONFIG")
         .arg("GET")
@@ -340,7 +348,8 @@ async fn redis_rights(session: &mut redis::aio::MultiplexedConnection) -> Result
         Err(error) if error.is_io_error() || error.is_timeout() => return Err(backend(error)),
         Err(_) => {}
     }
-    let user: redis::RedisResult<String> = redis::cmd("ACL").arg("WHOAMI").query_async(session).await;
+    let user: redis::RedisResult<String> =
+        redis::cmd("ACL").arg("WHOAMI").query_async(session).await;
     if let Ok(user) = user {
         for command in ["FLUSHALL", "SHUTDOWN"] {
             let dry: redis::RedisResult<String> = redis::cmd("ACL")
@@ -360,7 +369,10 @@ async fn redis_rights(session: &mut redis::aio::MultiplexedConnection) -> Result
 /// An HTTP connection: RabbitMQ's management API tells the account's tags
 /// (`/api/whoami`); anything else answers no such thing and is not judged.
 async fn rabbitmq(http: &HttpConnection) -> Result<Rights, ProbeError> {
-    let url = format!("{}/api/whoami", http.base_url.as_str().trim_end_matches('/'));
+    let url = format!(
+        "{}/api/whoami",
+        http.base_url.as_str().trim_end_matches('/')
+    );
     let mut request = http.client.get(url);
     if let Some(username) = &http.username {
         request = request.basic_auth(username, http.password.as_ref());
@@ -421,9 +433,18 @@ mod tests {
         let file = mysql_rights(&lines(&[
             "GRANT SELECT, FILE, SUPER ON *.* TO `x`@`%` IDENTIFIED BY PASSWORD '*AB'",
         ]));
-        assert!(file.excess.iter().any(|e| e.starts_with("holds FILE")), "{file:?}");
-        assert!(file.excess.iter().any(|e| e.starts_with("holds SUPER")), "{file:?}");
-        assert!(file.excess.iter().any(|e| e.contains("mysql schema")), "{file:?}");
+        assert!(
+            file.excess.iter().any(|e| e.starts_with("holds FILE")),
+            "{file:?}"
+        );
+        assert!(
+            file.excess.iter().any(|e| e.starts_with("holds SUPER")),
+            "{file:?}"
+        );
+        assert!(
+            file.excess.iter().any(|e| e.contains("mysql schema")),
+            "{file:?}"
+        );
     }
 
     #[test]
@@ -472,12 +493,19 @@ mod tests {
             }),
         };
         let warning = report.warning().expect("a warning");
-        assert!(warning.contains("plugin mysql, connection mariadb (alias admin)"), "{warning}");
+        assert!(
+            warning.contains("plugin mysql, connection mariadb (alias admin)"),
+            "{warning}"
+        );
         let unchecked = Report {
             rights: Err(ProbeError::TimedOut),
             ..report
         };
         assert_eq!(unchecked.warning(), None);
-        assert!(unchecked.lines()[0].starts_with("could not check"), "{:?}", unchecked.lines());
+        assert!(
+            unchecked.lines()[0].starts_with("could not check"),
+            "{:?}",
+            unchecked.lines()
+        );
     }
 }

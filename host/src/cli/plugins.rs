@@ -100,7 +100,10 @@ pub async fn check(config: &Config, file: &Path) -> anyhow::Result<()> {
     let status = check_plugin(config, file).await?;
     println!("{}", printable(&describe_status(&status)));
     // The grants of the plugin's section, whether or not the file loads.
-    let stem = file.file_stem().and_then(|stem| stem.to_str()).unwrap_or_default();
+    let stem = file
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .unwrap_or_default();
     match probe::probe_config(config, Some(stem)).await {
         Ok(reports) => {
             for line in reports.iter().flat_map(probe::Report::lines) {

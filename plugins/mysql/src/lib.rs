@@ -354,10 +354,7 @@ fn server_clock() -> Result<i64, BrokerError> {
 /// dropped.
 fn kill_sessions(user: &str) {
     if let Err(error) = sql::execute(ADMIN, &format!("KILL CONNECTION USER {}", account(user))) {
-        log::warn!(
-            "cannot end the sessions of {user}: {}",
-            error.description()
-        );
+        log::warn!("cannot end the sessions of {user}: {}", error.description());
     }
 }
 

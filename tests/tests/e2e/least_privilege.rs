@@ -50,7 +50,11 @@ async fn abuse_broker(connections: &str, grants: &str) -> TestBroker {
 async fn attack(broker: &TestBroker, calls: &[Value]) -> Vec<String> {
     let instance = unique_id("abuse");
     let (status, body) = broker
-        .provision(&instance, &GRANT_ABUSE.plan(), Some(json!({"calls": calls})))
+        .provision(
+            &instance,
+            &GRANT_ABUSE.plan(),
+            Some(json!({"calls": calls})),
+        )
         .await;
     assert_eq!(status, 201, "grant_abuse provision: {body}");
     // `{"report": [...]}` (the host takes only an object as metadata).
@@ -97,7 +101,9 @@ async fn mariadb_files_hashes_and_other_databases_are_out_of_reach() {
         vec![
             sql("SELECT LOAD_FILE('/etc/passwd')"),
             sql(&format!("SELECT 'written' INTO OUTFILE '{}'", outfile(who))),
-            sql("SELECT authentication_string FROM mysql.user WHERE authentication_string <> '' LIMIT 1"),
+            sql(
+                "SELECT authentication_string FROM mysql.user WHERE authentication_string <> '' LIMIT 1",
+            ),
             sql("SELECT Priv FROM mysql.global_priv LIMIT 1"),
             sql(&format!("DROP DATABASE {other}")),
         ]
@@ -127,7 +133,12 @@ async fn mariadb_files_hashes_and_other_databases_are_out_of_reach() {
     let calls = calls("shipped");
     let report = attack(&shipped, &calls).await;
     assert_eq!(report[0], "OK: 1 rows; NULL", "LOAD_FILE without FILE");
-    assert_refused(&report[1..], &calls[1..], "root:", "the shipped MariaDB account");
+    assert_refused(
+        &report[1..],
+        &calls[1..],
+        "root:",
+        "the shipped MariaDB account",
+    );
     assert!(
         !std::path::Path::new(&outfile("shipped")).exists(),
         "INTO OUTFILE wrote a file"
@@ -172,7 +183,10 @@ async fn postgres_programs_files_hashes_and_other_databases_are_out_of_reach() {
     make_other().await;
     let root = abuse_broker(ADMIN_CONNECTIONS, "admin = \"postgres\"").await;
     let report = attack(&root, &calls).await;
-    assert!(report[1].contains("root:"), "pg_read_file as superuser: {report:?}");
+    assert!(
+        report[1].contains("root:"),
+        "pg_read_file as superuser: {report:?}"
+    );
     // The password hash query may find no hash (trust): OK with 0 rows.
     for line in &report {
         assert!(line.starts_with("OK"), "as superuser: {report:?}");
@@ -183,7 +197,10 @@ async fn postgres_programs_files_hashes_and_other_databases_are_out_of_reach() {
     let shipped = abuse_broker(CONNECTIONS, "admin = \"postgres\"").await;
     let report = attack(&shipped, &calls).await;
     assert_refused(&report, &calls, "root:", "the shipped PostgreSQL role");
-    assert!(report[0].contains("pg_execute_server_program"), "{report:?}");
+    assert!(
+        report[0].contains("pg_execute_server_program"),
+        "{report:?}"
+    );
     assert!(other_exists().await, "{other} was dropped");
     postgres_admin()
         .await
@@ -239,9 +256,15 @@ async fn postgres_createrole_reaches_server_programs_before_16() {
         .await
         .expect("drop the role");
     if version >= 160_000 {
-        assert!(report.iter().all(|line| !line.starts_with("OK")), "{report:?}");
+        assert!(
+            report.iter().all(|line| !line.starts_with("OK")),
+            "{report:?}"
+        );
     } else {
-        assert!(report.iter().all(|line| line.starts_with("OK")), "{report:?}");
+        assert!(
+            report.iter().all(|line| line.starts_with("OK")),
+            "{report:?}"
+        );
         assert!(
             check.contains("OVER-PRIVILEGED GRANT: plugin grant_abuse, connection pg")
                 && check.contains("pg_execute_server_program"),
@@ -300,7 +323,10 @@ async fn redis_config_flush_and_shutdown_are_refused() {
             .query_async(&mut direct)
             .await
             .expect("ACL DRYRUN");
-        assert_ne!(answer, "OK", "{REDIS_ROLE} may run {command:?}: fix tests/services/roles.sh");
+        assert_ne!(
+            answer, "OK",
+            "{REDIS_ROLE} may run {command:?}: fix tests/services/roles.sh"
+        );
     }
     let shipped = abuse_broker(CONNECTIONS, "admin = \"redis\"").await;
     let calls: Vec<Value> = destructive.iter().map(|command| redis(command)).collect();
@@ -346,7 +372,10 @@ async fn the_probe_warns_about_administrators_only() {
             .unwrap_or_else(|| panic!("no warning about {connection}: {check}"));
         assert!(line.contains(what), "{line}");
     }
-    assert!(!check.contains("mysql://") && !check.contains("redis://"), "{check}");
+    assert!(
+        !check.contains("mysql://") && !check.contains("redis://"),
+        "{check}"
+    );
     wait_for_log(
         &root,
         &["OVER-PRIVILEGED GRANT: plugin grant_abuse, connection mariadb"],
@@ -358,15 +387,20 @@ async fn the_probe_warns_about_administrators_only() {
     let (ok, check) = shipped.cli(&["plugins", "check", &plugin]);
     assert!(ok, "{check}");
     assert!(!check.contains("OVER-PRIVILEGED"), "{check}");
-    assert!(!check.contains("could not check"), "every account was checked: {check}");
+    assert!(
+        !check.contains("could not check"),
+        "every account was checked: {check}"
+    );
     // The residual rights are said, not warned about.
-    assert!(check.contains("note: plugin grant_abuse, connection mariadb"), "{check}");
+    assert!(
+        check.contains("note: plugin grant_abuse, connection mariadb"),
+        "{check}"
+    );
     // The log: the probe ran (it notes CREATE USER) and warned about nothing.
-    wait_for_log(
-        &shipped,
-        &["holds CREATE USER"],
-        Duration::from_secs(60),
-    )
-    .await;
-    assert!(!shipped.logs().contains("OVER-PRIVILEGED"), "{}", shipped.logs());
+    wait_for_log(&shipped, &["holds CREATE USER"], Duration::from_secs(60)).await;
+    assert!(
+        !shipped.logs().contains("OVER-PRIVILEGED"),
+        "{}",
+        shipped.logs()
+    );
 }
