@@ -403,4 +403,18 @@ async fn the_probe_warns_about_administrators_only() {
         "{}",
         shipped.logs()
     );
+
+    // broker.toml changed to grant the administrators: warned about live.
+    let config = std::fs::read_to_string(shipped.config_path()).expect("read broker.toml");
+    assert!(config.contains(CONNECTIONS), "the harness wrote the shipped connections");
+    let temporary = shipped.dir.path().join("broker.toml.new");
+    std::fs::write(&temporary, config.replace(CONNECTIONS, ADMIN_CONNECTIONS))
+        .expect("write the new broker.toml");
+    std::fs::rename(&temporary, shipped.config_path()).expect("rename it over broker.toml");
+    wait_for_log(
+        &shipped,
+        &["OVER-PRIVILEGED GRANT: plugin grant_abuse, connection redis (alias cache)"],
+        Duration::from_secs(60),
+    )
+    .await;
 }
