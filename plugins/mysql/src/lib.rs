@@ -226,8 +226,11 @@ impl ServicePlugin for MySql {
         // between). The ALTER is for a retry after a failed bind: it finds
         // the user and gives it the password (and the lifetime) this attempt
         // returns.
-        sql::execute(ADMIN, &format!("CREATE USER IF NOT EXISTS {account} {login}"))
-            .map_err(|error| error.redact(&password))?;
+        sql::execute(
+            ADMIN,
+            &format!("CREATE USER IF NOT EXISTS {account} {login}"),
+        )
+        .map_err(|error| error.redact(&password))?;
         let set_password = || {
             sql::execute(ADMIN, &format!("ALTER USER {account} {login}"))
                 .map(drop)

@@ -406,7 +406,10 @@ async fn the_probe_warns_about_administrators_only() {
 
     // broker.toml changed to grant the administrators: warned about live.
     let config = std::fs::read_to_string(shipped.config_path()).expect("read broker.toml");
-    assert!(config.contains(CONNECTIONS), "the harness wrote the shipped connections");
+    assert!(
+        config.contains(CONNECTIONS),
+        "the harness wrote the shipped connections"
+    );
     let temporary = shipped.dir.path().join("broker.toml.new");
     std::fs::write(&temporary, config.replace(CONNECTIONS, ADMIN_CONNECTIONS))
         .expect("write the new broker.toml");
