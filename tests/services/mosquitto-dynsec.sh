@@ -4,8 +4,9 @@
 # Mosquitto on 1883 stays anonymous and untouched). Idempotent: a second run
 # finds it up and does nothing. .ci/run calls it; a developer can too.
 #
-# Development credentials only: the admin login below is the one broker.toml
-# and the test harness give the host for its `mosquitto` connection.
+# Development credentials only: the admin login below is the one the tests
+# use to check what the plugin did, and the one tests/services/roles.sh uses
+# to make the narrower client broker.toml grants the plugin.
 #
 # Environment: MOSQUITTO_DYNSEC_DIR (data, config and log; default
 # /var/lib/wasm-broker-mosquitto), MOSQUITTO_DYNSEC_PORT (default 1884).

@@ -127,8 +127,40 @@ pub async fn saturating() -> SemaphorePermit<'static> {
         .expect("the CPU semaphore is never closed")
 }
 
-/// The connections and grants of the shipped broker.toml, for test configs.
+/// The connections of the shipped broker.toml, for test configs: each logs
+/// in as the least-privilege account tests/services/roles.sh makes for its
+/// plugin. Checks of what a plugin did use the administrators instead
+/// ([`MARIADB_ROOT_URL`], [`POSTGRES_ADMIN_URL`], ...).
 pub const CONNECTIONS: &str = r#"
+[connections.mariadb]
+kind = "mysql"
+url = "mysql://wasm_broker_mysql:wasm-broker-mysql-dev@127.0.0.1:3306"
+
+[connections.postgres]
+kind = "postgres"
+url = "postgres://wasm_broker_postgres:wasm-broker-postgres-dev@127.0.0.1:5432/postgres"
+
+[connections.redis]
+kind = "redis"
+url = "redis://wasm_broker_redis:wasm-broker-redis-dev@127.0.0.1:6379"
+
+[connections.rabbitmq-management]
+kind = "http"
+url = "http://127.0.0.1:15672"
+username = "wasm_broker_rabbitmq"
+password = "wasm-broker-rabbitmq-dev"
+
+[connections.mosquitto]
+kind = "tcp"
+url = "tcp://wasm-broker-plugin:wasm-broker-plugin-dev@127.0.0.1:1884"
+"#;
+
+/// The same connections as the backends' administrators (root, the
+/// PostgreSQL superuser, the default Redis user, RabbitMQ's guest,
+/// Mosquitto's dynamic security admin): what broker.toml granted before it
+/// shipped least-privilege accounts, for tests that show what such a grant
+/// allows.
+pub const ADMIN_CONNECTIONS: &str = r#"
 [connections.mariadb]
 kind = "mysql"
 url = "mysql://root@127.0.0.1:3306"

@@ -194,7 +194,7 @@ impl Connections {
         Ok((connections, changes))
     }
 
-    fn get(&self, name: &str) -> Option<&Connection> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Connection> {
         self.by_name.get(name).map(Arc::as_ref)
     }
 }
@@ -281,6 +281,22 @@ impl SqlConnection {
             max_connections: config.max_connections,
             pools: PerPlugin::default(),
         })
+    }
+}
+
+impl SqlConnection {
+    /// `plugin`'s pool of this connection (made on first use): for host
+    /// work outside a plugin call, such as the grants' probe.
+    pub(crate) fn pool_of(&self, plugin: &Arc<str>) -> SqlPool {
+        SqlGrant::new(self, plugin).pool
+    }
+}
+
+impl RedisConnection {
+    /// This connection with `plugin`'s permits: for host work outside a
+    /// plugin call, such as the grants' probe.
+    pub(crate) fn grant_to(&self, plugin: &Arc<str>) -> RedisGrant<'_> {
+        RedisGrant::new(self, plugin)
     }
 }
 

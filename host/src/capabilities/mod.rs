@@ -26,6 +26,7 @@ pub mod connections;
 pub mod http;
 pub mod kv;
 pub mod log;
+pub mod probe;
 pub mod redis;
 mod refusal;
 pub mod settings;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 
+use wasm_broker::capabilities::probe;
 use wasm_broker::catalog::CatalogSnapshot;
 use wasm_broker::catalog::ownership::Claim;
 use wasm_broker::config::{Config, StateBackend, StateConfig};
@@ -119,6 +120,19 @@ pub async fn release(config: &Config, name: &str) -> anyhow::Result<()> {
 pub async fn check(config: &Config, file: &Path) -> anyhow::Result<()> {
     let status = check_plugin(config, file).await?;
     println!("{}", printable(&describe_status(&status)));
+    // The grants of the plugin's section, whether or not the file loads.
+    let stem = file
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .unwrap_or_default();
+    match probe::probe_config(config, Some(stem)).await {
+        Ok(reports) => {
+            for line in reports.iter().flat_map(probe::Report::lines) {
+                println!("{}", printable(&line));
+            }
+        }
+        Err(error) => println!("could not check the rights of the granted accounts: {error}"),
+    }
     match status.error {
         Some(reason) => anyhow::bail!("{} would be refused: {reason}", file.display()),
         None => Ok(()),

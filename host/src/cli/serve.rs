@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use wasm_broker::broker::Broker;
+use wasm_broker::capabilities::probe;
 use wasm_broker::config::{Config, TlsConfig, parse_api_version};
 use wasm_broker::osb::listener::{self, ConnectionLimits};
 use wasm_broker::osb::{self, GuardConfig};
@@ -80,7 +81,9 @@ pub async fn serve(
         "serving the Open Service Broker API v2.17 over {over}"
     );
 
-    // Work that starts once the listener is open.
+    // Work that starts once the listener is open. The grants' probe runs in
+    // the background: a backend slow to answer delays no request.
+    tokio::spawn(probe_grants(config.clone()));
     let loading = tokio::spawn({
         let runtime = runtime.clone();
         async move { runtime.load().await }
@@ -110,6 +113,15 @@ async fn loading_failed(
         Err(error) => Err(anyhow::anyhow!(
             "loading the plugins did not complete: {error}"
         )),
+    }
+}
+
+/// Warns about every grant of an account with rights no plugin needs
+/// (root, a superuser, FILE, SUPER, Redis CONFIG ...).
+async fn probe_grants(config: Config) {
+    match probe::probe_config(&config, None).await {
+        Ok(reports) => probe::log_reports(&reports),
+        Err(error) => tracing::info!(%error, "could not check the rights of the granted accounts"),
     }
 }
 

@@ -27,6 +27,7 @@ use super::engine::{MIB, largest_memory_limit};
 use super::loader::Loader;
 use super::plugin_set::PluginSet;
 use crate::capabilities::connections::{ConnectionChanges, Connections};
+use crate::capabilities::probe;
 use crate::config::{Config, ConfigError};
 
 /// An editor's save is several events (write a temporary file, rename it
@@ -114,6 +115,14 @@ pub async fn apply(
         }
     }
     warn_revealed(&previous.config, &loader.live().config);
+    tokio::spawn({
+        let config = loader.live().config.clone();
+        async move {
+            if let Ok(reports) = probe::probe_config(&config, None).await {
+                probe::log_reports(&reports);
+            }
+        }
+    });
     tracing::info!(
         trigger = trigger.label(),
         connections_added = %changes.added.join(", "),

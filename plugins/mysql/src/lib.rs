@@ -6,9 +6,9 @@
 //! operator's `binding_expires_in_days` setting): its user gets
 //! `PASSWORD EXPIRE INTERVAL <days> DAY`, which MariaDB (10.4.3+) counts
 //! from the moment the password was set, by its own clock. The plugin reads
-//! that moment back from `mysql.global_priv` and hands the platform the
-//! instant MariaDB will start refusing the password as `expires_at` (see
-//! [`wasm_broker_sdk::expiry`]).
+//! that moment from the server's clock ([`password_set_at`]) and hands the
+//! platform the instant MariaDB will start refusing the password as
+//! `expires_at` (see [`wasm_broker_sdk::expiry`]).
 //!
 //! What "refusing" means is MariaDB's: a client that does not declare it can
 //! handle expired passwords is disconnected
@@ -226,13 +226,26 @@ impl ServicePlugin for MySql {
         // between). The ALTER is for a retry after a failed bind: it finds
         // the user and gives it the password (and the lifetime) this attempt
         // returns.
-        sql::execute(ADMIN, &format!("CREATE USER IF NOT EXISTS {account} {login}"))
-            .map_err(|error| error.redact(&password))?;
-        sql::execute(ADMIN, &format!("ALTER USER {account} {login}"))
-            .map_err(|error| error.redact(&password))?;
-        let expiry = lifetime
-            .map(|lifetime| Expiry::starting_at(password_last_changed(&user)?, lifetime))
-            .transpose()?;
+        sql::execute(
+            ADMIN,
+            &format!("CREATE USER IF NOT EXISTS {account} {login}"),
+        )
+        .map_err(|error| error.redact(&password))?;
+        let set_password = || {
+            sql::execute(ADMIN, &format!("ALTER USER {account} {login}"))
+                .map(drop)
+                .map_err(|error| error.redact(&password))
+        };
+        let expiry = match lifetime {
+            Some(lifetime) => Some(Expiry::starting_at(
+                password_set_at(set_password)?,
+                lifetime,
+            )?),
+            None => {
+                set_password()?;
+                None
+            }
+        };
         sql::execute(
             ADMIN,
             &format!(
@@ -308,47 +321,43 @@ fn account(user: &str) -> String {
     format!("{}@'%'", quote_sql_string(Dialect::Mysql, user))
 }
 
-/// When the server last set `user`'s password, in seconds since the epoch
-/// by its clock: MariaDB counts the password's lifetime from this moment.
-fn password_last_changed(user: &str) -> Result<i64, BrokerError> {
-    sql::query(
-        ADMIN,
-        // JSON_VALUE answers text in a binary collation, which arrives as
-        // bytes: CAST makes it the integer it is.
-        "SELECT CAST(JSON_VALUE(Priv, '$.password_last_changed') AS SIGNED) \
-         FROM mysql.global_priv WHERE User = ? AND Host = '%'",
-        &[Value::from(user)],
-    )?
-    .first_column()
-    .next()
-    .and_then(Value::as_i64)
-    .ok_or_else(|| {
-        BrokerError::Internal(format!(
-            "MariaDB did not record when the password of {user} was set (mysql.global_priv)"
-        ))
-    })
+/// Runs `set`, a statement that sets a password, and answers when the
+/// server set it, in seconds since the epoch by its clock: MariaDB counts
+/// the password's lifetime from that moment (the statement's start, in
+/// whole seconds). It records it in `mysql.global_priv`, which the plugin's
+/// least-privilege account cannot read (it holds every password hash), so
+/// the plugin reads the server's clock before and after instead: equal
+/// readings are the moment. A retry sets the same password again, which
+/// restarts the lifetime; after three straddled seconds the earlier reading
+/// is a lower bound (the platform is told to renew a second early).
+fn password_set_at(set: impl Fn() -> Result<(), BrokerError>) -> Result<i64, BrokerError> {
+    let mut attempt = 1;
+    loop {
+        let before = server_clock()?;
+        set()?;
+        if server_clock()? == before || attempt == 3 {
+            return Ok(before);
+        }
+        attempt += 1;
+    }
 }
 
-/// Best effort: a session may end by itself between the lookup and the KILL.
+/// The server's clock, in seconds since the epoch.
+fn server_clock() -> Result<i64, BrokerError> {
+    sql::query(ADMIN, "SELECT UNIX_TIMESTAMP()", &[])?
+        .first_column()
+        .next()
+        .and_then(Value::as_i64)
+        .ok_or_else(|| BrokerError::Internal("MariaDB did not answer UNIX_TIMESTAMP()".to_owned()))
+}
+
+/// Ends every session of `user`. `KILL CONNECTION USER` needs CONNECTION
+/// ADMIN only, where listing other users' sessions would need PROCESS (which
+/// also shows every session's statements). Best effort: the user is already
+/// dropped.
 fn kill_sessions(user: &str) {
-    let sessions = match sql::query(
-        ADMIN,
-        "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?",
-        &[Value::from(user)],
-    ) {
-        Ok(sessions) => sessions,
-        Err(error) => {
-            log::warn!(
-                "cannot list the sessions of {user}: {}",
-                error.description()
-            );
-            return;
-        }
-    };
-    for id in sessions.first_column().filter_map(Value::as_i64) {
-        if let Err(error) = sql::execute(ADMIN, &format!("KILL CONNECTION {id}")) {
-            log::warn!("cannot end session {id} of {user}: {}", error.description());
-        }
+    if let Err(error) = sql::execute(ADMIN, &format!("KILL CONNECTION USER {}", account(user))) {
+        log::warn!("cannot end the sessions of {user}: {}", error.description());
     }
 }
 

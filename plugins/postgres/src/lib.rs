@@ -140,6 +140,7 @@ impl ServicePlugin for Postgres {
                 &format!("CREATE ROLE {} NOLOGIN", quote_pg_ident(&names.owner)),
             )?;
         }
+        act_as_owner(&names.owner)?;
         if !exists(
             "SELECT 1 FROM pg_database WHERE datname = $1",
             &names.database,
@@ -188,7 +189,9 @@ impl ServicePlugin for Postgres {
                 error.description()
             ))
         })?;
-        let database = Names::of(instance).database;
+        let names = Names::of(instance);
+        act_as_owner(&names.owner)?;
+        let database = names.database;
         sql::execute(
             ADMIN,
             &format!(
@@ -204,6 +207,9 @@ impl ServicePlugin for Postgres {
         _info: &RequestInfo,
     ) -> Result<DeletionOutcome, BrokerError> {
         let names = Names::of(instance);
+        if role_exists(&names.owner)? {
+            act_as_owner(&names.owner)?;
+        }
         // WITH (FORCE) (PostgreSQL 13+) ends the database's sessions first.
         sql::execute(
             ADMIN,
@@ -214,13 +220,14 @@ impl ServicePlugin for Postgres {
         )?;
         // Binding roles still here are those whose unbind could not drop them
         // (they owned objects in the database just dropped), or those of
-        // bindings the platform never deleted.
+        // bindings the platform never deleted. Not the admin role itself,
+        // a member too (see `act_as_owner`).
         let members = sql::query(
             ADMIN,
             "SELECT member.rolname FROM pg_auth_members m \
              JOIN pg_roles member ON member.oid = m.member \
              JOIN pg_roles owner ON owner.oid = m.roleid \
-             WHERE owner.rolname = $1",
+             WHERE owner.rolname = $1 AND member.rolname <> current_user",
             &[Value::from(names.owner.as_str())],
         )?;
         for member in members.first_column().filter_map(Value::as_str) {
@@ -409,6 +416,21 @@ fn server_clock() -> Result<i64, BrokerError> {
 
 fn role_exists(role: &str) -> Result<bool, BrokerError> {
     exists("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+}
+
+/// Makes the admin role a member of `owner`: only the owner of a database
+/// (or a superuser) may create it for that owner, alter or drop it, and the
+/// plugin's least-privilege role is no superuser. A CREATEROLE role may grant
+/// itself a role it created (PostgreSQL 16 and later: one it holds ADMIN
+/// OPTION on, as on creation); granting it again only notices. Databases
+/// created before, by a superuser grant, get it on their next update or
+/// deprovision.
+fn act_as_owner(owner: &str) -> Result<(), BrokerError> {
+    sql::execute(
+        ADMIN,
+        &format!("GRANT {} TO CURRENT_USER", quote_pg_ident(owner)),
+    )
+    .map(drop)
 }
 
 fn exists(query: &str, name: &str) -> Result<bool, BrokerError> {

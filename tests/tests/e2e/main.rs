@@ -18,6 +18,7 @@ mod disconnect;
 mod grants;
 mod ha;
 mod hot_reload;
+mod least_privilege;
 mod listener;
 mod live_config;
 mod malformed;

@@ -1,0 +1,423 @@
+//! A grant gives a plugin what its connection's account can do, so the
+//! shipped broker.toml grants least-privilege accounts
+//! (tests/services/roles.sh), never the backends' administrators. Each
+//! attack runs through the grant_abuse fixture twice: granted the
+//! administrator (root, the PostgreSQL superuser, the default Redis user),
+//! where it works, so the test can fail; then granted the shipped account,
+//! where it must come back refused. And the probe: `plugins check` and the
+//! startup log warn about a grant of an administrator, naming the plugin and
+//! the connection, and say nothing of the kind about the shipped accounts.
+//!
+//! What the shipped accounts still allow (README.md, "What a plugin holds")
+//! is not tested as refused here: RabbitMQ's administrator reads
+//! `/api/users`, and on PostgreSQL 15 CREATEROLE grants itself
+//! pg_execute_server_program (shown by its own test below).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::Executor as _;
+use wasm_broker_tests::faults::{Fixture, wait_for_log};
+use wasm_broker_tests::{
+    ADMIN_CONNECTIONS, BrokerSetup, CONNECTIONS, TestBroker, mariadb_has_database, mariadb_root,
+    postgres_admin, service_available, unique_id,
+};
+
+/// tests/fixtures/grant_abuse: runs the host calls its provision parameters
+/// list through alias `admin` and reports each.
+const GRANT_ABUSE: Fixture = Fixture {
+    stem: "grant_abuse",
+    offering: "grant-abuse",
+    service_id: "6f1f4c1e-8f3e-4d55-9a0b-2b8e54a1c7d3",
+    plan_id: "b3a7d0e2-51c4-4f0e-9d6a-0c1e7f9a2b48",
+};
+
+/// The shipped Redis account (tests/services/roles.sh).
+const REDIS_ROLE: &str = "wasm_broker_redis";
+
+/// A broker serving grant_abuse with `connections` (the administrators' or
+/// the shipped accounts') and `grants` as its `[plugins.grant_abuse.connections]`.
+async fn abuse_broker(connections: &str, grants: &str) -> TestBroker {
+    TestBroker::start(BrokerSetup {
+        plugins: vec![GRANT_ABUSE.plugin()],
+        extra_config: format!("{connections}\n[plugins.grant_abuse.connections]\n{grants}\n"),
+        ..BrokerSetup::default()
+    })
+    .await
+}
+
+/// Provisions grant_abuse with `calls`; its report, one line per call.
+async fn attack(broker: &TestBroker, calls: &[Value]) -> Vec<String> {
+    let instance = unique_id("abuse");
+    let (status, body) = broker
+        .provision(
+            &instance,
+            &GRANT_ABUSE.plan(),
+            Some(json!({"calls": calls})),
+        )
+        .await;
+    assert_eq!(status, 201, "grant_abuse provision: {body}");
+    // `{"report": [...]}` (the host takes only an object as metadata).
+    let metadata = &body["metadata"];
+    let report: Vec<String> = metadata
+        .as_array()
+        .or_else(|| metadata.as_object()?.values().find_map(Value::as_array))
+        .unwrap_or_else(|| panic!("a report in the metadata: {body}"))
+        .iter()
+        .map(|line| line.as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(report.len(), calls.len(), "one line per call: {report:?}");
+    report
+}
+
+fn sql(statement: &str) -> Value {
+    json!({"sql": statement})
+}
+
+fn redis(args: &[&str]) -> Value {
+    json!({"redis": args})
+}
+
+/// Every line of `report` is a refusal (`failed: ...`, `denied: ...`) and
+/// none carries `leak` (what a worked attack returns).
+#[track_caller]
+fn assert_refused(report: &[String], calls: &[Value], leak: &str, context: &str) {
+    for (line, call) in report.iter().zip(calls) {
+        assert!(
+            !line.starts_with("OK") && !line.contains(leak),
+            "{context}: {call} was not refused: {line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn mariadb_files_hashes_and_other_databases_are_out_of_reach() {
+    if !service_available("MariaDB", "127.0.0.1:3306") {
+        return;
+    }
+    let other = format!("wbt_other_{}", unique_id("").replace('-', "_"));
+    let outfile = |who: &str| format!("/tmp/{other}_{who}.txt");
+    let calls = |who: &str| {
+        vec![
+            sql("SELECT LOAD_FILE('/etc/passwd')"),
+            sql(&format!("SELECT 'written' INTO OUTFILE '{}'", outfile(who))),
+            sql(
+                "SELECT authentication_string FROM mysql.user WHERE authentication_string <> '' LIMIT 1",
+            ),
+            sql("SELECT Priv FROM mysql.global_priv LIMIT 1"),
+            sql(&format!("DROP DATABASE {other}")),
+        ]
+    };
+    let make_other = || async {
+        mariadb_root()
+            .await
+            .execute(format!("CREATE DATABASE IF NOT EXISTS {other}").as_str())
+            .await
+            .expect("another application's database");
+    };
+
+    // Root: every one works (LOAD_FILE reads the file, DROP drops).
+    make_other().await;
+    let root = abuse_broker(ADMIN_CONNECTIONS, "admin = \"mariadb\"").await;
+    let report = attack(&root, &calls("root")).await;
+    assert!(report[0].contains("root:"), "LOAD_FILE as root: {report:?}");
+    for line in &report[1..] {
+        assert!(line.starts_with("OK"), "as root: {report:?}");
+    }
+    assert!(!mariadb_has_database(&other).await, "root dropped {other}");
+    let _ = std::fs::remove_file(outfile("root"));
+
+    // The shipped account: refused (LOAD_FILE answers NULL without FILE).
+    make_other().await;
+    let shipped = abuse_broker(CONNECTIONS, "admin = \"mariadb\"").await;
+    let calls = calls("shipped");
+    let report = attack(&shipped, &calls).await;
+    assert_eq!(report[0], "OK: 1 rows; NULL", "LOAD_FILE without FILE");
+    assert_refused(
+        &report[1..],
+        &calls[1..],
+        "root:",
+        "the shipped MariaDB account",
+    );
+    assert!(
+        !std::path::Path::new(&outfile("shipped")).exists(),
+        "INTO OUTFILE wrote a file"
+    );
+    assert!(mariadb_has_database(&other).await, "{other} was dropped");
+    mariadb_root()
+        .await
+        .execute(format!("DROP DATABASE IF EXISTS {other}").as_str())
+        .await
+        .expect("drop the other database");
+}
+
+#[tokio::test]
+async fn postgres_programs_files_hashes_and_other_databases_are_out_of_reach() {
+    if !service_available("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    let other = format!("wbt_other_{}", unique_id("").replace('-', "_"));
+    let calls = vec![
+        sql("DO $$ BEGIN CREATE TEMP TABLE wbt_out(line text); \
+             COPY wbt_out FROM PROGRAM 'id'; DROP TABLE wbt_out; END $$"),
+        sql("SELECT pg_read_file('/etc/passwd')"),
+        sql("SELECT rolpassword FROM pg_authid WHERE rolpassword IS NOT NULL LIMIT 1"),
+        sql(&format!("DROP DATABASE {other}")),
+    ];
+    let make_other = || async {
+        postgres_admin()
+            .await
+            .execute(format!("CREATE DATABASE {other}").as_str())
+            .await
+            .expect("another application's database");
+    };
+    let other_exists = || async {
+        sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
+            .bind(&other)
+            .fetch_optional(&mut postgres_admin().await)
+            .await
+            .expect("pg_database")
+            .is_some()
+    };
+
+    make_other().await;
+    let root = abuse_broker(ADMIN_CONNECTIONS, "admin = \"postgres\"").await;
+    let report = attack(&root, &calls).await;
+    assert!(
+        report[1].contains("root:"),
+        "pg_read_file as superuser: {report:?}"
+    );
+    // The password hash query may find no hash (trust): OK with 0 rows.
+    for line in &report {
+        assert!(line.starts_with("OK"), "as superuser: {report:?}");
+    }
+    assert!(!other_exists().await, "the superuser dropped {other}");
+
+    make_other().await;
+    let shipped = abuse_broker(CONNECTIONS, "admin = \"postgres\"").await;
+    let report = attack(&shipped, &calls).await;
+    assert_refused(&report, &calls, "root:", "the shipped PostgreSQL role");
+    assert!(
+        report[0].contains("pg_execute_server_program"),
+        "{report:?}"
+    );
+    assert!(other_exists().await, "{other} was dropped");
+    postgres_admin()
+        .await
+        .execute(format!("DROP DATABASE IF EXISTS {other}").as_str())
+        .await
+        .expect("drop the other database");
+}
+
+/// Up to PostgreSQL 15, CREATEROLE may grant itself any non-superuser
+/// role: the shipped role's one way to the server's programs, which only
+/// PostgreSQL 16 closes (README.md). On a role of its own like the shipped
+/// one, so no other test sees the escalated role; the probe names it then.
+#[tokio::test]
+async fn postgres_createrole_reaches_server_programs_before_16() {
+    if !service_available("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    let role = format!("wbt_role_{}", unique_id("").replace('-', "_"));
+    let mut admin = postgres_admin().await;
+    admin
+        .execute(
+            format!(
+                "CREATE ROLE {role} LOGIN PASSWORD 'wbt' CREATEDB CREATEROLE NOSUPERUSER; \
+                 GRANT pg_signal_backend TO {role}"
+            )
+            .as_str(),
+        )
+        .await
+        .expect("a role like the shipped one");
+    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+        .fetch_one(&mut admin)
+        .await
+        .expect("server version");
+    let connections = format!(
+        "[connections.pg]\nkind = \"postgres\"\nurl = \"postgres://{role}:wbt@127.0.0.1:5432/postgres\"\n"
+    );
+    let broker = abuse_broker(&connections, "admin = \"pg\"").await;
+    let report = attack(
+        &broker,
+        &[
+            sql("GRANT pg_execute_server_program TO CURRENT_USER"),
+            sql("DO $$ BEGIN CREATE TEMP TABLE wbt_out(line text); \
+                 COPY wbt_out FROM PROGRAM 'id'; DROP TABLE wbt_out; END $$"),
+        ],
+    )
+    .await;
+    let plugin = GRANT_ABUSE.plugin().1;
+    let (_, check) = broker.cli(&["plugins", "check", &plugin.to_string_lossy()]);
+    // Its pool's sessions end with it, before the role goes.
+    drop(broker);
+    admin
+        .execute(format!("DROP ROLE IF EXISTS {role}").as_str())
+        .await
+        .expect("drop the role");
+    if version >= 160_000 {
+        assert!(
+            report.iter().all(|line| !line.starts_with("OK")),
+            "{report:?}"
+        );
+    } else {
+        assert!(
+            report.iter().all(|line| line.starts_with("OK")),
+            "{report:?}"
+        );
+        assert!(
+            check.contains("OVER-PRIVILEGED GRANT: plugin grant_abuse, connection pg")
+                && check.contains("pg_execute_server_program"),
+            "the probe names the escalated role: {check}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn redis_config_flush_and_shutdown_are_refused() {
+    if !service_available("Redis", "127.0.0.1:6379") {
+        return;
+    }
+    // The default user: CONFIG GET answers the password setting, and it may
+    // FLUSHALL and SHUTDOWN (asked with ACL DRYRUN, never run).
+    let root = abuse_broker(ADMIN_CONNECTIONS, "admin = \"redis\"").await;
+    let report = attack(
+        &root,
+        &[
+            redis(&["CONFIG", "GET", "requirepass"]),
+            redis(&["ACL", "DRYRUN", "default", "FLUSHALL"]),
+            redis(&["ACL", "DRYRUN", "default", "SHUTDOWN"]),
+        ],
+    )
+    .await;
+    assert_eq!(report[0], "OK: 2 items", "{report:?}");
+    assert_eq!(report[1..], ["OK: OK", "OK: OK"], "{report:?}");
+
+    // Before sending them for real through the shipped account, make sure
+    // it cannot run them: a wrong role must not flush or stop the Redis
+    // every other test uses.
+    let mut direct = redis::Client::open("redis://127.0.0.1:6379")
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connection to Redis");
+    let destructive: [&[&str]; 12] = [
+        &["CONFIG", "GET", "requirepass"],
+        &["CONFIG", "SET", "requirepass", "hijacked"],
+        &["FLUSHALL"],
+        &["FLUSHDB"],
+        &["SHUTDOWN", "NOSAVE"],
+        &["DEBUG", "SLEEP", "0"],
+        &["MONITOR"],
+        &["MODULE", "LIST"],
+        &["SAVE"],
+        &["REPLICAOF", "NO", "ONE"],
+        &["EVAL", "return 1", "0"],
+        &["KEYS", "*"],
+    ];
+    for command in destructive {
+        let answer: String = redis::cmd("ACL")
+            .arg("DRYRUN")
+            .arg(REDIS_ROLE)
+            .arg(command)
+            .query_async(&mut direct)
+            .await
+            .expect("ACL DRYRUN");
+        assert_ne!(
+            answer, "OK",
+            "{REDIS_ROLE} may run {command:?}: fix tests/services/roles.sh"
+        );
+    }
+    let shipped = abuse_broker(CONNECTIONS, "admin = \"redis\"").await;
+    let calls: Vec<Value> = destructive.iter().map(|command| redis(command)).collect();
+    let report = attack(&shipped, &calls).await;
+    assert_refused(&report, &calls, "requirepass", "the shipped Redis user");
+    // DEBUG is off on this server before the ACL is asked (its DRYRUN
+    // above shows the ACL refuses it too).
+    for line in &report {
+        assert!(
+            line.contains("NOPERM") || line.contains("DEBUG command not allowed"),
+            "refused by the ACL: {report:?}"
+        );
+    }
+}
+
+/// `plugins check` and the startup log warn about a grant of an
+/// administrator, naming plugin and connection, and not about the shipped
+/// accounts.
+#[tokio::test]
+async fn the_probe_warns_about_administrators_only() {
+    if !service_available("MariaDB", "127.0.0.1:3306")
+        || !service_available("PostgreSQL", "127.0.0.1:5432")
+        || !service_available("Redis", "127.0.0.1:6379")
+    {
+        return;
+    }
+    let grants = "admin = \"mariadb\"\npg = \"postgres\"\ncache = \"redis\"";
+    let plugin = GRANT_ABUSE.plugin().1;
+    let plugin = plugin.to_string_lossy();
+
+    let root = abuse_broker(ADMIN_CONNECTIONS, grants).await;
+    let (ok, check) = root.cli(&["plugins", "check", &plugin]);
+    assert!(ok, "a warning does not refuse the plugin: {check}");
+    for (connection, what) in [
+        ("mariadb (alias admin)", "ALL PRIVILEGES"),
+        ("postgres (alias pg)", "superuser"),
+        ("redis (alias cache)", "CONFIG"),
+    ] {
+        let needle = format!("OVER-PRIVILEGED GRANT: plugin grant_abuse, connection {connection}");
+        let line = check
+            .lines()
+            .find(|line| line.contains(&needle))
+            .unwrap_or_else(|| panic!("no warning about {connection}: {check}"));
+        assert!(line.contains(what), "{line}");
+    }
+    assert!(
+        !check.contains("mysql://") && !check.contains("redis://"),
+        "{check}"
+    );
+    wait_for_log(
+        &root,
+        &["OVER-PRIVILEGED GRANT: plugin grant_abuse, connection mariadb"],
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let shipped = abuse_broker(CONNECTIONS, grants).await;
+    let (ok, check) = shipped.cli(&["plugins", "check", &plugin]);
+    assert!(ok, "{check}");
+    assert!(!check.contains("OVER-PRIVILEGED"), "{check}");
+    assert!(
+        !check.contains("could not check"),
+        "every account was checked: {check}"
+    );
+    // The residual rights are said, not warned about.
+    assert!(
+        check.contains("note: plugin grant_abuse, connection mariadb"),
+        "{check}"
+    );
+    // The log: the probe ran (it notes CREATE USER) and warned about nothing.
+    wait_for_log(&shipped, &["holds CREATE USER"], Duration::from_secs(60)).await;
+    assert!(
+        !shipped.logs().contains("OVER-PRIVILEGED"),
+        "{}",
+        shipped.logs()
+    );
+
+    // broker.toml changed to grant the administrators: warned about live.
+    let config = std::fs::read_to_string(shipped.config_path()).expect("read broker.toml");
+    assert!(
+        config.contains(CONNECTIONS),
+        "the harness wrote the shipped connections"
+    );
+    let temporary = shipped.dir.path().join("broker.toml.new");
+    std::fs::write(&temporary, config.replace(CONNECTIONS, ADMIN_CONNECTIONS))
+        .expect("write the new broker.toml");
+    std::fs::rename(&temporary, shipped.config_path()).expect("rename it over broker.toml");
+    wait_for_log(
+        &shipped,
+        &["OVER-PRIVILEGED GRANT: plugin grant_abuse, connection redis (alias cache)"],
+        Duration::from_secs(60),
+    )
+    .await;
+}
