@@ -537,7 +537,10 @@ async fn control_characters_in_ids_are_shown_escaped() {
 
     let (ok, stdout, stderr) = run_on(&config, &["instances", "list"]);
     assert!(ok, "{stderr}");
-    assert!(!stdout.contains('\u{1b}'), "raw escape on the terminal: {stdout:?}");
+    assert!(
+        !stdout.contains('\u{1b}'),
+        "raw escape on the terminal: {stdout:?}"
+    );
     assert!(
         !stdout.lines().any(|line| line.starts_with("forged-row")),
         "the id's line break made a row of its own: {stdout:?}"
@@ -546,8 +549,14 @@ async fn control_characters_in_ids_are_shown_escaped() {
 
     let (ok, stdout, stderr) = run_on(&config, &["instances", "show", hostile]);
     assert!(ok, "{stderr}");
-    assert!(!stdout.contains('\u{1b}'), "raw escape on the terminal: {stdout:?}");
-    assert!(stdout.starts_with("service instance evil\\u{1b}[2J\\nforged-row\n"), "{stdout:?}");
+    assert!(
+        !stdout.contains('\u{1b}'),
+        "raw escape on the terminal: {stdout:?}"
+    );
+    assert!(
+        stdout.starts_with("service instance evil\\u{1b}[2J\\nforged-row\n"),
+        "{stdout:?}"
+    );
 
     // --json is for programs: the id comes back exactly, JSON-escaped.
     let (ok, stdout, stderr) = run_on(&config, &["instances", "list", "--json"]);

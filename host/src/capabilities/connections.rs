@@ -13,10 +13,10 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
-use super::redis::ReplyMeter;
 pub(crate) use self::shares::PerPlugin;
 use self::shares::SqlOptions;
 pub(crate) use self::shares::{HttpGrant, RedisGrant, SqlGrant};
+use super::redis::ReplyMeter;
 use super::tcp::TcpConnection;
 use crate::config::{ConnectionConfig, ConnectionKind};
 use crate::policy::GrantPolicy;

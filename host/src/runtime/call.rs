@@ -21,10 +21,10 @@ use super::{CallError, CallState};
 use crate::capabilities::{CallContext, CallHosts, PluginGrants};
 use crate::config::CallLimits;
 use crate::contract::{ServicePlugin, ServicePluginPre};
-use crate::limits::{CallDeadline, DeadlineExceeded};
-use crate::printable::printable;
 use crate::limits::LogBudget;
+use crate::limits::{CallDeadline, DeadlineExceeded};
 use crate::model::Refusal;
+use crate::printable::printable;
 
 /// The wall-clock safety net fires this long after the CPU deadline, so a
 /// guest that computes too long is reported as such by the epoch check, and
