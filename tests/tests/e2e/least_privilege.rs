@@ -273,6 +273,12 @@ async fn postgres_createrole_reaches_server_programs_before_16() {
     }
 }
 
+/// A grant whose policy lets the server-administration commands through:
+/// the host's default policy refuses them itself (tests/e2e/policy.rs), and
+/// here the account's own rights are under test, as if the operator had
+/// listed them.
+const UNFILTERED_REDIS_GRANT: &str = r#"admin = { connection = "redis", commands = ["CONFIG", "ACL", "FLUSHALL", "FLUSHDB", "SHUTDOWN", "DEBUG", "MONITOR", "MODULE", "SAVE", "REPLICAOF", "EVAL", "KEYS"] }"#;
+
 #[tokio::test]
 async fn redis_config_flush_and_shutdown_are_refused() {
     if !service_available("Redis", "127.0.0.1:6379") {
@@ -280,7 +286,7 @@ async fn redis_config_flush_and_shutdown_are_refused() {
     }
     // The default user: CONFIG GET answers the password setting, and it may
     // FLUSHALL and SHUTDOWN (asked with ACL DRYRUN, never run).
-    let root = abuse_broker(ADMIN_CONNECTIONS, "admin = \"redis\"").await;
+    let root = abuse_broker(ADMIN_CONNECTIONS, UNFILTERED_REDIS_GRANT).await;
     let report = attack(
         &root,
         &[
@@ -328,7 +334,7 @@ async fn redis_config_flush_and_shutdown_are_refused() {
             "{REDIS_ROLE} may run {command:?}: fix tests/services/roles.sh"
         );
     }
-    let shipped = abuse_broker(CONNECTIONS, "admin = \"redis\"").await;
+    let shipped = abuse_broker(CONNECTIONS, UNFILTERED_REDIS_GRANT).await;
     let calls: Vec<Value> = destructive.iter().map(|command| redis(command)).collect();
     let report = attack(&shipped, &calls).await;
     assert_refused(&report, &calls, "requirepass", "the shipped Redis user");

@@ -15,8 +15,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use wasm_broker_tests::faults::Fixture;
 use wasm_broker_tests::{
-    BrokerSetup, CONNECTIONS, TestBroker, instance_path, mariadb_has_database, postgres_admin,
-    provision_body, service_available, shipped_grants, unique_id,
+    ADMIN_CONNECTIONS, BrokerSetup, TestBroker, instance_path, mariadb_has_database,
+    postgres_admin, provision_body, service_available, shipped_grants, unique_id,
 };
 
 const GRANT_ABUSE: Fixture = Fixture {
@@ -28,12 +28,13 @@ const GRANT_ABUSE: Fixture = Fixture {
 
 /// A broker serving grant_abuse with `grants` (lines of its
 /// `[plugins.grant_abuse.connections]`) and `plugin` (lines of its
-/// `[plugins.grant_abuse]`).
+/// `[plugins.grant_abuse]`), on the administrator accounts: the host's
+/// policy must refuse whatever the account itself would allow.
 async fn broker(grants: &str, plugin: &str) -> TestBroker {
     TestBroker::start(BrokerSetup {
         plugins: vec![GRANT_ABUSE.plugin()],
         extra_config: format!(
-            "{CONNECTIONS}\n[plugins.grant_abuse]\n{plugin}\n[plugins.grant_abuse.connections]\n{grants}\n"
+            "{ADMIN_CONNECTIONS}\n[plugins.grant_abuse]\n{plugin}\n[plugins.grant_abuse.connections]\n{grants}\n"
         ),
         ..BrokerSetup::default()
     })

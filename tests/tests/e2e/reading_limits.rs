@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::json;
 use wasm_broker_tests::faults::Fixture;
 use wasm_broker_tests::{
-    BrokerSetup, CONNECTIONS, TestBroker, instance_path, provision_body, service_available,
+    ADMIN_CONNECTIONS, BrokerSetup, TestBroker, instance_path, provision_body, service_available,
     unique_id,
 };
 
@@ -48,7 +48,7 @@ async fn huge_redis_replies_are_abandoned_while_read() {
     let broker = TestBroker::start(BrokerSetup {
         plugins: vec![GRANT_ABUSE.plugin()],
         extra_config: format!(
-            "{CONNECTIONS}\n[plugins.grant_abuse.connections]\nadmin = \"redis\"\n"
+            "{ADMIN_CONNECTIONS}\n[plugins.grant_abuse.connections]\nadmin = \"redis\"\n"
         ),
         ..BrokerSetup::default()
     })
