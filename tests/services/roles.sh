@@ -107,6 +107,12 @@ say "Redis ACL user $REDIS_USER"
 RABBITMQ_USER=wasm_broker_rabbitmq
 RABBITMQ_PASSWORD=wasm-broker-rabbitmq-dev
 api=http://127.0.0.1:15672/api
+# Just enabled (`rabbitmq-plugins enable rabbitmq_management`), the API takes
+# a few seconds to answer.
+for _ in $(seq 30); do
+  curl -sf -o /dev/null -u guest:guest "$api/overview" && break
+  sleep 1
+done
 status=$(curl -s -o /dev/null -w '%{http_code}' -u guest:guest -H 'content-type: application/json' \
   -X PUT "$api/users/$RABBITMQ_USER" \
   -d "{\"password\":\"$RABBITMQ_PASSWORD\",\"tags\":\"administrator\"}") || true

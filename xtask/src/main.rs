@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
         "build-plugins" => build_plugins(&root).map(|_| ()),
         "serve" => {
             build_plugins(&root)?;
+            prepare_local_services(&root);
             let key = dev_encryption_key(&root)?;
             run(cargo()
                 .current_dir(&root)
@@ -183,6 +184,45 @@ fn build_plugins(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// environment's if set, else one generated once and kept in
 /// `state/dev-encryption.key` (mode 0600). Production keys belong in a
 /// secret store, never in a generated file.
+/// The shipped broker.toml grants each plugin a least-privilege account on
+/// the loopback services (and the mosquitto plugin a Mosquitto with dynamic
+/// security on 1884), which the scripts in tests/services make. On a fresh
+/// machine nothing has made them yet: try once here, so the first command
+/// serves plugins that work. Idempotent; a failure (a service not running
+/// here) is reported and serving goes on: the plugins granted that service
+/// fail their calls until the script succeeds.
+fn prepare_local_services(root: &Path) {
+    let services = root.join("tests/services");
+    let mut scripts = Vec::new();
+    let have = |tool: &str| Command::new(tool).arg("--help").output().is_ok();
+    // The rabbitmq plugin's management API is a RabbitMQ plugin that a fresh
+    // installation leaves off.
+    if have("rabbitmq-plugins") {
+        let enabled = Command::new("rabbitmq-plugins")
+            .args(["enable", "--quiet", "rabbitmq_management"])
+            .status();
+        if !enabled.is_ok_and(|status| status.success()) {
+            eprintln!("warning: could not enable RabbitMQ's management API (rabbitmq_management)");
+        }
+    }
+    if have("mosquitto_ctrl") {
+        scripts.push("mosquitto-dynsec.sh");
+    }
+    scripts.push("roles.sh");
+    for script in scripts {
+        println!("preparing the local services: tests/services/{script}");
+        let ran = Command::new("bash").arg(services.join(script)).status();
+        match ran {
+            Ok(status) if status.success() => {}
+            Ok(status) => eprintln!(
+                "warning: tests/services/{script} failed ({status}); plugins granted a service it \
+                 could not prepare will fail their calls until it succeeds"
+            ),
+            Err(error) => eprintln!("warning: cannot run tests/services/{script}: {error}"),
+        }
+    }
+}
+
 fn dev_encryption_key(root: &Path) -> anyhow::Result<String> {
     use base64::Engine as _;
     use std::io::Read as _;
