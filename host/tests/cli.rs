@@ -322,17 +322,24 @@ fn provision_body() -> serde_json::Value {
     })
 }
 
-/// The real binary on the store of a broker that keeps serving: list, show,
-/// and purge an instance the platform provisioned and bound over HTTP.
-#[tokio::test]
-async fn instances_and_purge_work_on_the_store_a_broker_serves() {
-    let Some(echo) = built_plugin("echo") else {
-        return;
-    };
+/// A broker serving the echo fixture from a store in a new directory (kept
+/// while the returned guard lives), or `None` where echo is not built.
+async fn serve_echo() -> Option<(tempfile::TempDir, std::path::PathBuf, Served)> {
+    let echo = built_plugin("echo")?;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_with_store(dir.path(), false).await;
     std::fs::copy(&echo, dir.path().join("plugins/echo.wasm")).expect("install echo");
     let broker = Served::start(&config, free_port()).await;
+    Some((dir, config, broker))
+}
+
+/// The real binary on the store of a broker that keeps serving: list, show,
+/// and purge an instance the platform provisioned and bound over HTTP.
+#[tokio::test]
+async fn instances_and_purge_work_on_the_store_a_broker_serves() {
+    let Some((_dir, config, broker)) = serve_echo().await else {
+        return;
+    };
 
     let (first, second) = ("instance-first", "instance-second");
     let (binding, secret) = ("binding-of-first", "credential-marker-7d1e");
@@ -518,13 +525,9 @@ async fn instances_and_purge_work_on_the_store_a_broker_serves() {
 /// operator's terminal escaped, not clear the screen or forge a table row.
 #[tokio::test]
 async fn control_characters_in_ids_are_shown_escaped() {
-    let Some(echo) = built_plugin("echo") else {
+    let Some((_dir, config, broker)) = serve_echo().await else {
         return;
     };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = config_with_store(dir.path(), false).await;
-    std::fs::copy(&echo, dir.path().join("plugins/echo.wasm")).expect("install echo");
-    let broker = Served::start(&config, free_port()).await;
 
     let hostile = "evil\u{1b}[2J\nforged-row";
     let path = "/v2/service_instances/evil%1B%5B2J%0Aforged-row";
