@@ -27,9 +27,16 @@
 --   Their bodies are fixed: the account may call them, not change them.
 -- - the account may EXECUTE them; PUBLIC may not.
 --
--- The plugin calls them when they exist (plugins/postgres/src/lib.rs) and
--- runs the statements itself otherwise (a superuser, or CREATEROLE on
--- PostgreSQL 16 and later, which limits it to the roles it created).
+-- The plugin calls them when schema wasm_broker exists
+-- (plugins/postgres/src/roles.rs) and runs the statements itself otherwise
+-- (a superuser, or CREATEROLE on PostgreSQL 16 and later, which limits it
+-- to the roles it created).
+--
+-- PostgreSQL 16 and later let CREATEROLE administer only the roles it
+-- created: roles the plugin made before this file ran are not the role
+-- manager's. Grant each to it (`GRANT <role> TO wasm_broker_role_manager
+-- WITH ADMIN OPTION, INHERIT FALSE, SET FALSE`) or leave those instances
+-- to their old account. Up to PostgreSQL 15 CREATEROLE administers them all.
 
 \set ON_ERROR_STOP on
 \if :{?admin}
@@ -38,6 +45,8 @@
 \endif
 
 SET client_min_messages = error;
+-- All or nothing: a failed run leaves the account as it was.
+BEGIN;
 
 DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'wasm_broker_role_manager') THEN
@@ -204,3 +213,5 @@ BEGIN
     EXECUTE format('REVOKE wasm_broker_role_manager FROM %I', member);
   END LOOP;
 END $$;
+
+COMMIT;

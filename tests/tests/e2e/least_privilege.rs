@@ -314,6 +314,46 @@ async fn postgres_shipped_role_cannot_grant_itself_server_programs() {
     }
 }
 
+/// An account like the one shipped before deploy/postgres/least-privilege.sql
+/// (LOGIN CREATEDB CREATEROLE): below PostgreSQL 16 one GRANT away from the
+/// server's programs, so the probe warns about it.
+#[tokio::test]
+async fn postgres_probe_warns_about_createrole_before_16() {
+    if !service_available("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    let role = format!("wbt_role_{}", unique_id("").replace('-', "_"));
+    let mut admin = postgres_admin().await;
+    admin
+        .execute(
+            format!("CREATE ROLE {role} LOGIN PASSWORD 'wbt' CREATEDB CREATEROLE NOSUPERUSER")
+                .as_str(),
+        )
+        .await
+        .expect("a CREATEROLE account");
+    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+        .fetch_one(&mut admin)
+        .await
+        .expect("server version");
+    let connections = format!(
+        "[connections.pg]\nkind = \"postgres\"\nurl = \"postgres://{role}:wbt@127.0.0.1:5432/postgres\"\n"
+    );
+    let broker = abuse_broker(&connections, "admin = \"pg\"").await;
+    let plugin = GRANT_ABUSE.plugin().1;
+    let (_, check) = broker.cli(&["plugins", "check", &plugin.to_string_lossy()]);
+    // Its pool's sessions end with it, before the role goes.
+    drop(broker);
+    admin
+        .execute(format!("DROP ROLE IF EXISTS {role}").as_str())
+        .await
+        .expect("drop the role");
+    let warned = check.lines().any(|line| {
+        line.contains("OVER-PRIVILEGED GRANT: plugin grant_abuse, connection pg")
+            && line.contains("CREATEROLE")
+    });
+    assert_eq!(warned, version < 160_000, "{check}");
+}
+
 #[tokio::test]
 async fn redis_config_flush_and_shutdown_are_refused() {
     if !service_available("Redis", "127.0.0.1:6379") {
