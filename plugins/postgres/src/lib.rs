@@ -226,14 +226,17 @@ impl ServicePlugin for Postgres {
         )?;
         // Binding roles still here are those whose unbind could not drop them
         // (they owned objects in the database just dropped), or those of
-        // bindings the platform never deleted. Not the admin role itself,
-        // a member too (see `act_as_owner`).
+        // bindings the platform never deleted: only roles named like a
+        // binding's (`role_name`), never the admin account (a member too,
+        // see `Roles::act_as_owner`) or a role an operator granted the owner
+        // to; dropping the owner ends their membership.
         let members = sql::query(
             ADMIN,
             "SELECT member.rolname FROM pg_auth_members m \
              JOIN pg_roles member ON member.oid = m.member \
              JOIN pg_roles owner ON owner.oid = m.roleid \
-             WHERE owner.rolname = $1 AND member.rolname <> current_user",
+             WHERE owner.rolname = $1 AND member.rolname <> current_user \
+               AND member.rolname ~ '^u_[0-9a-f]{16}$'",
             &[Value::from(names.owner.as_str())],
         )?;
         for member in members.first_column().filter_map(Value::as_str) {
