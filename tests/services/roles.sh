@@ -53,30 +53,31 @@ fi
 say "MariaDB user $MYSQL_USER"
 
 # --- PostgreSQL: the postgres plugin -----------------------------------------
-# CREATEDB and CREATEROLE, not a superuser; pg_signal_backend to end an
-# unbound role's sessions (it cannot signal a superuser's). On PostgreSQL 15
-# and older CREATEROLE can still grant itself any non-superuser role, the
-# pg_execute_server_program / pg_read_server_files / pg_write_server_files
-# ones included (README.md); PostgreSQL 16 limits it to roles it created.
+# LOGIN CREATEDB and pg_signal_backend (to end an unbound role's sessions; it
+# cannot signal a superuser's), no CREATEROLE: up to PostgreSQL 15 that would
+# let it grant itself pg_execute_server_program and run commands on the
+# server. Its roles are made by the SECURITY DEFINER functions of
+# deploy/postgres/least-privilege.sql, which that file creates (owned by the
+# NOLOGIN role wasm_broker_role_manager) and lets this account call.
 PG_ROLE=wasm_broker_postgres
 PG_PASSWORD=wasm-broker-postgres-dev
-psql -h127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q <<SQL || fail "PostgreSQL: cannot create $PG_ROLE"
+pg_super() { psql -h127.0.0.1 -U postgres -d postgres -X -v ON_ERROR_STOP=1 -q "$@"; }
+pg_super <<SQL || fail "PostgreSQL: cannot create $PG_ROLE"
 SET client_min_messages = error;
 DO \$\$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$PG_ROLE') THEN
     CREATE ROLE $PG_ROLE;
   END IF;
 END \$\$;
-ALTER ROLE $PG_ROLE LOGIN CREATEDB CREATEROLE NOSUPERUSER NOREPLICATION NOBYPASSRLS
-  PASSWORD '$PG_PASSWORD';
-REVOKE pg_execute_server_program, pg_read_server_files, pg_write_server_files,
-  pg_read_all_data, pg_write_all_data, pg_monitor FROM $PG_ROLE;
-GRANT pg_signal_backend TO $PG_ROLE;
+ALTER ROLE $PG_ROLE PASSWORD '$PG_PASSWORD';
 SQL
-super=$(psql -h127.0.0.1 -U postgres -d postgres -Atc \
-  "SELECT rolsuper FROM pg_roles WHERE rolname = '$PG_ROLE'")
-[ "$super" = f ] || fail "PostgreSQL: $PG_ROLE is a superuser ($super)"
-say "PostgreSQL role $PG_ROLE"
+pg_super -v admin="$PG_ROLE" -f ../../deploy/postgres/least-privilege.sql >/dev/null \
+  || fail "PostgreSQL: deploy/postgres/least-privilege.sql failed"
+attributes=$(pg_super -Atc \
+  "SELECT rolsuper, rolcreaterole, rolcreatedb, rolcanlogin FROM pg_roles WHERE rolname = '$PG_ROLE'")
+[ "$attributes" = 'f|f|t|t' ] \
+  || fail "PostgreSQL: $PG_ROLE should be LOGIN CREATEDB only (super|createrole|createdb|login: $attributes)"
+say "PostgreSQL role $PG_ROLE (LOGIN CREATEDB, roles through schema wasm_broker)"
 
 # --- Redis: the redis plugin --------------------------------------------------
 # The commands the plugin runs, nothing else: PING (provision), SCAN and

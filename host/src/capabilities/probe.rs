@@ -326,11 +326,14 @@ async fn postgres(pool: &sqlx::PgPool) -> Result<Rights, ProbeError> {
                 .push(format!("has the rights of {role} ({what})"));
         }
     }
+    // A warning, not a note: the shipped account needs no CREATEROLE (its
+    // roles come from deploy/postgres/least-privilege.sql's functions), and
+    // before 16 it is one GRANT away from the server's programs.
     if flag(1)? && version < 160_000 {
-        rights.notes.push(
-            "holds CREATEROLE on PostgreSQL older than 16, where it may grant itself any \
-             non-superuser role, pg_execute_server_program included; PostgreSQL 16 limits it \
-             to the roles it created"
+        rights.excess.push(
+            "holds CREATEROLE on PostgreSQL older than 16, where it may grant itself \
+             pg_execute_server_program (runs commands on the server); use \
+             deploy/postgres/least-privilege.sql instead"
                 .to_owned(),
         );
     }

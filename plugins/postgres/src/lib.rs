@@ -9,9 +9,13 @@
 //! that nothing ever has to be cleaned up inside the instance's database:
 //!
 //! - the database is owned by a `NOLOGIN` role `<db>_owner`;
-//! - each binding's login role is a member of the owner role and has
-//!   `ALTER ROLE ... SET role = '<db>_owner'`, so its sessions act as the
-//!   owner and everything it creates is owned by the owner role;
+//! - each binding's login role is a member of the owner role, and the
+//!   database has `ALTER DATABASE ... SET role = '<db>_owner'`, so sessions
+//!   act as the owner and everything they create is owned by the owner role
+//!   (a setting on the database, not on the login role: `role` cannot be
+//!   set from a SECURITY DEFINER function, see [`Roles`]; a superuser who
+//!   connects to the database starts as the owner too, until `SET ROLE
+//!   NONE`);
 //! - `DROP DATABASE` then removes all objects at once, and a binding role owns
 //!   nothing and can be dropped from the admin database (`REASSIGN OWNED` /
 //!   `DROP OWNED` would have to run inside the instance's database).
@@ -34,8 +38,10 @@
 //! UNTIL` applies to password authentication only: a `pg_hba.conf` line
 //! that trusts the client lets the role in regardless.
 //!
-//! The admin role must be a superuser, or have `CREATEDB` and `CREATEROLE`
-//! and be a member of the roles it creates.
+//! Roles are made through the functions of deploy/postgres/least-privilege.sql
+//! when the server has them (the shipped account: `CREATEDB`, no
+//! `CREATEROLE`), by the plugin's own statements otherwise (a superuser, or
+//! `CREATEDB` + `CREATEROLE` on PostgreSQL 16 and later); see [`Roles`].
 
 use serde::Deserialize;
 use serde_json::json;
@@ -43,6 +49,9 @@ use wasm_broker_sdk::expiry::{Expiry, Lifetime};
 use wasm_broker_sdk::log;
 use wasm_broker_sdk::prelude::*;
 use wasm_broker_sdk::sql::{self, Dialect, Value};
+
+mod roles;
+use roles::Roles;
 
 const ADMIN: &str = "admin";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -132,15 +141,11 @@ impl ServicePlugin for Postgres {
         let limit = connection_limit(plan(&instance.plan_id)?, &instance.parameters()?)?;
         admin_server()?;
         let names = Names::of(instance);
+        let roles = Roles::of_server()?;
         // PostgreSQL has no CREATE ROLE/DATABASE IF NOT EXISTS; looking first
         // lets a retry after a failed provision carry on.
-        if !role_exists(&names.owner)? {
-            sql::execute(
-                ADMIN,
-                &format!("CREATE ROLE {} NOLOGIN", quote_pg_ident(&names.owner)),
-            )?;
-        }
-        act_as_owner(&names.owner)?;
+        roles.create_owner(&names.owner)?;
+        roles.act_as_owner(&names.owner)?;
         if !exists(
             "SELECT 1 FROM pg_database WHERE datname = $1",
             &names.database,
@@ -190,7 +195,7 @@ impl ServicePlugin for Postgres {
             ))
         })?;
         let names = Names::of(instance);
-        act_as_owner(&names.owner)?;
+        Roles::of_server()?.act_as_owner(&names.owner)?;
         let database = names.database;
         sql::execute(
             ADMIN,
@@ -207,8 +212,9 @@ impl ServicePlugin for Postgres {
         _info: &RequestInfo,
     ) -> Result<DeletionOutcome, BrokerError> {
         let names = Names::of(instance);
+        let roles = Roles::of_server()?;
         if role_exists(&names.owner)? {
-            act_as_owner(&names.owner)?;
+            roles.act_as_owner(&names.owner)?;
         }
         // WITH (FORCE) (PostgreSQL 13+) ends the database's sessions first.
         sql::execute(
@@ -220,26 +226,23 @@ impl ServicePlugin for Postgres {
         )?;
         // Binding roles still here are those whose unbind could not drop them
         // (they owned objects in the database just dropped), or those of
-        // bindings the platform never deleted. Not the admin role itself,
-        // a member too (see `act_as_owner`).
+        // bindings the platform never deleted: only roles named like a
+        // binding's (`role_name`), never the admin account (a member too,
+        // see `Roles::act_as_owner`) or a role an operator granted the owner
+        // to; dropping the owner ends their membership.
         let members = sql::query(
             ADMIN,
             "SELECT member.rolname FROM pg_auth_members m \
              JOIN pg_roles member ON member.oid = m.member \
              JOIN pg_roles owner ON owner.oid = m.roleid \
-             WHERE owner.rolname = $1 AND member.rolname <> current_user",
+             WHERE owner.rolname = $1 AND member.rolname <> current_user \
+               AND member.rolname ~ '^u_[0-9a-f]{16}$'",
             &[Value::from(names.owner.as_str())],
         )?;
         for member in members.first_column().filter_map(Value::as_str) {
-            sql::execute(
-                ADMIN,
-                &format!("DROP ROLE IF EXISTS {}", quote_pg_ident(member)),
-            )?;
+            roles.drop_role(member)?;
         }
-        sql::execute(
-            ADMIN,
-            &format!("DROP ROLE IF EXISTS {}", quote_pg_ident(&names.owner)),
-        )?;
+        roles.drop_role(&names.owner)?;
         log::info!(
             "dropped database {} and role {}",
             names.database,
@@ -265,41 +268,31 @@ impl ServicePlugin for Postgres {
         let expiry = lifetime
             .map(|lifetime| Expiry::starting_at(server_clock()?, lifetime))
             .transpose()?;
-        let valid_until = expiry
-            .as_ref()
-            .map(|expiry| {
-                format!(
-                    " VALID UNTIL {}",
-                    quote_sql_string(Dialect::Postgres, expiry.expires_at())
-                )
-            })
-            .unwrap_or_default();
+        let roles = Roles::of_server()?;
         let password = password(24)?;
-        // Left by a failed attempt at this bind, never handed out: start over.
-        sql::execute(
-            ADMIN,
-            &format!("DROP ROLE IF EXISTS {}", quote_pg_ident(&role)),
-        )?;
-        sql::execute(
-            ADMIN,
-            &format!(
-                "CREATE ROLE {} LOGIN PASSWORD {}{valid_until} IN ROLE {}",
-                quote_pg_ident(&role),
-                quote_sql_string(Dialect::Postgres, &password),
-                quote_pg_ident(&names.owner)
-            ),
-        )
-        .map_err(|error| error.redact(&password))?;
         // Sessions start as the owner (RESET ROLE returns to it too), so what
-        // the application creates belongs to the owner, not to this role.
+        // the application creates belongs to the owner, not to its login
+        // role. Set here rather than at provision so instances provisioned
+        // before it was the way get it too.
+        roles.act_as_owner(&names.owner)?;
         sql::execute(
             ADMIN,
             &format!(
-                "ALTER ROLE {} SET role = {}",
-                quote_pg_ident(&role),
+                "ALTER DATABASE {} SET role = {}",
+                quote_pg_ident(&names.database),
                 quote_sql_string(Dialect::Postgres, &names.owner)
             ),
         )?;
+        // Left by a failed attempt at this bind, never handed out: start over.
+        roles.drop_role(&role)?;
+        roles
+            .create_login(
+                &role,
+                &password,
+                expiry.as_ref().map(Expiry::expires_at),
+                &names.owner,
+            )
+            .map_err(|error| error.redact(&password))?;
         match &expiry {
             Some(expiry) => log::info!(
                 "created role {role} in {}, valid until {}",
@@ -329,16 +322,14 @@ impl ServicePlugin for Postgres {
         if !role_exists(&role)? {
             return Ok(DeletionOutcome::Done);
         }
-        sql::execute(
-            ADMIN,
-            &format!("ALTER ROLE {} NOLOGIN PASSWORD NULL", quote_pg_ident(&role)),
-        )?;
+        let roles = Roles::of_server()?;
+        roles.disable_login(&role)?;
         sql::query(
             ADMIN,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
             &[Value::from(role.as_str())],
         )?;
-        match sql::execute(ADMIN, &format!("DROP ROLE {}", quote_pg_ident(&role))) {
+        match roles.drop_role(&role) {
             Ok(_) => log::info!("dropped role {role}"),
             Err(error) => log::warn!(
                 "role {role} can no longer log in but stays until the instance is deleted: {}",
@@ -418,21 +409,6 @@ fn role_exists(role: &str) -> Result<bool, BrokerError> {
     exists("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
 }
 
-/// Makes the admin role a member of `owner`: only the owner of a database
-/// (or a superuser) may create it for that owner, alter or drop it, and the
-/// plugin's least-privilege role is no superuser. A CREATEROLE role may grant
-/// itself a role it created (PostgreSQL 16 and later: one it holds ADMIN
-/// OPTION on, as on creation); granting it again only notices. Databases
-/// created before, by a superuser grant, get it on their next update or
-/// deprovision.
-fn act_as_owner(owner: &str) -> Result<(), BrokerError> {
-    sql::execute(
-        ADMIN,
-        &format!("GRANT {} TO CURRENT_USER", quote_pg_ident(owner)),
-    )
-    .map(drop)
-}
-
 fn exists(query: &str, name: &str) -> Result<bool, BrokerError> {
     Ok(!sql::query(ADMIN, query, &[Value::from(name)])?
         .rows
@@ -458,6 +434,41 @@ mod tests {
         };
         let names = Names::of(&instance);
         assert!(names.owner.len() <= 63 && names.owner.starts_with(&names.database));
+    }
+
+    /// The role functions of deploy/postgres/least-privilege.sql refuse
+    /// any name outside these patterns: the names derived here must fit them.
+    #[test]
+    fn names_fit_the_role_functions_patterns() {
+        let sql = include_str!("../../../deploy/postgres/least-privilege.sql");
+        assert!(sql.contains("'^db_[0-9a-f]{16}_owner$'"));
+        assert!(sql.contains("'^u_[0-9a-f]{16}$'"));
+        let hex16 = |text: &str| {
+            text.len() == 16
+                && text
+                    .bytes()
+                    .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        for id in ["x", "an \"odd\" id; DROP ROLE postgres", &"y".repeat(300)] {
+            let instance = Instance {
+                id: id.to_owned(),
+                service_id: SERVICE_ID.to_owned(),
+                plan_id: PLANS[0].id.to_owned(),
+                parameters: None,
+                context: None,
+                organization_guid: None,
+                space_guid: None,
+                maintenance_version: None,
+                plugin_version: VERSION.to_owned(),
+            };
+            let owner = Names::of(&instance).owner;
+            let digits = owner
+                .strip_prefix("db_")
+                .and_then(|rest| rest.strip_suffix("_owner"));
+            assert!(digits.is_some_and(hex16), "{owner}");
+            let login = derive_name("u_", id, 63);
+            assert!(login.strip_prefix("u_").is_some_and(hex16), "{login}");
+        }
     }
 
     #[test]
