@@ -150,6 +150,76 @@ async fn mariadb_files_hashes_and_other_databases_are_out_of_reach() {
         .expect("drop the other database");
 }
 
+/// Whether `user` logs in to MariaDB with `password`.
+async fn mariadb_login(user: &str, password: &str) -> bool {
+    use sqlx::Connection as _;
+    sqlx::MySqlConnection::connect(&format!("mysql://{user}:{password}@127.0.0.1:3306"))
+        .await
+        .is_ok()
+}
+
+/// Global CREATE USER lets an account ALTER USER any account, root's too.
+/// The shipped account holds none: it manages binding users only through
+/// the `wasm_broker` procedures (deploy/mariadb/least-privilege.sql), which
+/// refuse any name not of the plugin's shape. Dynamic SQL (PREPARE/EXECUTE)
+/// runs with the account's own rights, so it is refused as well.
+#[tokio::test]
+async fn mariadb_other_accounts_are_out_of_reach() {
+    if !service_available("MariaDB", "127.0.0.1:3306") {
+        return;
+    }
+    let victim = format!("victim_x_{}", &unique_id("").replace('-', "")[..12]);
+    let mut root_connection = mariadb_root().await;
+    let set_victim =
+        format!("CREATE OR REPLACE USER '{victim}'@'%' IDENTIFIED BY 'before'");
+    root_connection
+        .execute(set_victim.as_str())
+        .await
+        .expect("the victim account");
+    let calls = vec![
+        sql(&format!("ALTER USER '{victim}'@'%' IDENTIFIED BY 'hijacked'")),
+        sql(&format!(
+            "PREPARE s FROM 'ALTER USER ''{victim}''@''%'' IDENTIFIED BY ''hijacked'''; EXECUTE s"
+        )),
+        sql(&format!(
+            "CALL wasm_broker.alter_user('{victim}', 'Hijacked0123456789', 10, NULL)"
+        )),
+        sql("CALL wasm_broker.drop_user('root')"),
+        sql(&format!("CALL wasm_broker.grant_database('mysql', '{victim}')")),
+    ];
+
+    // Root: ALTER USER changes the victim's password.
+    let root = abuse_broker(ADMIN_CONNECTIONS, "admin = \"mariadb\"").await;
+    let report = attack(&root, &calls[..1]).await;
+    assert!(report[0].starts_with("OK"), "as root: {report:?}");
+    assert!(mariadb_login(&victim, "hijacked").await, "root changed it");
+    root_connection
+        .execute(set_victim.as_str())
+        .await
+        .expect("reset the victim account");
+
+    // The shipped account: every way is refused, the password is unchanged.
+    let shipped = abuse_broker(CONNECTIONS, "admin = \"mariadb\"").await;
+    let report = attack(&shipped, &calls).await;
+    let unchanged = mariadb_login(&victim, "before").await;
+    root_connection
+        .execute(format!("DROP USER IF EXISTS '{victim}'@'%'").as_str())
+        .await
+        .expect("drop the victim account");
+    assert_refused(&report, &calls, "OK", "the shipped MariaDB account");
+    assert!(
+        report[0].contains("CREATE USER") && report[1].contains("CREATE USER"),
+        "refused for want of CREATE USER: {report:?}"
+    );
+    for line in &report[2..] {
+        assert!(
+            line.contains("wasm_broker: not a"),
+            "refused by the procedure's check: {report:?}"
+        );
+    }
+    assert!(unchanged, "the victim's password was changed: {report:?}");
+}
+
 #[tokio::test]
 async fn postgres_programs_files_hashes_and_other_databases_are_out_of_reach() {
     if !service_available("PostgreSQL", "127.0.0.1:5432") {
