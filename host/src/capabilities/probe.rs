@@ -287,7 +287,10 @@ pub(crate) fn mysql_rights(grants: &[String]) -> Rights {
         // (deploy/mariadb/least-privilege.sql): noted once, not per procedure.
         if target.starts_with("PROCEDURE `wasm_broker`.")
             && has("EXECUTE")
-            && !rights.notes.iter().any(|note| note == WASM_BROKER_PROCEDURES)
+            && !rights
+                .notes
+                .iter()
+                .any(|note| note == WASM_BROKER_PROCEDURES)
         {
             rights.notes.push(WASM_BROKER_PROCEDURES.to_owned());
         }
@@ -489,7 +492,13 @@ mod tests {
             "GRANT USAGE ON *.* TO `wasm_broker_mysql`@`%` IDENTIFIED BY PASSWORD '*AC'".to_owned(),
             "GRANT ALL PRIVILEGES ON `db________________`.* TO `wasm_broker_mysql`@`%`".to_owned(),
         ];
-        for procedure in ["create_user", "alter_user", "grant_database", "drop_user", "kill_user"] {
+        for procedure in [
+            "create_user",
+            "alter_user",
+            "grant_database",
+            "drop_user",
+            "kill_user",
+        ] {
             grants.push(format!(
                 "GRANT EXECUTE ON PROCEDURE `wasm_broker`.`{procedure}` TO `wasm_broker_mysql`@`%`"
             ));

@@ -170,14 +170,15 @@ async fn mariadb_other_accounts_are_out_of_reach() {
     }
     let victim = format!("victim_x_{}", &unique_id("").replace('-', "")[..12]);
     let mut root_connection = mariadb_root().await;
-    let set_victim =
-        format!("CREATE OR REPLACE USER '{victim}'@'%' IDENTIFIED BY 'before'");
+    let set_victim = format!("CREATE OR REPLACE USER '{victim}'@'%' IDENTIFIED BY 'before'");
     root_connection
         .execute(set_victim.as_str())
         .await
         .expect("the victim account");
     let calls = vec![
-        sql(&format!("ALTER USER '{victim}'@'%' IDENTIFIED BY 'hijacked'")),
+        sql(&format!(
+            "ALTER USER '{victim}'@'%' IDENTIFIED BY 'hijacked'"
+        )),
         sql(&format!(
             "PREPARE s FROM 'ALTER USER ''{victim}''@''%'' IDENTIFIED BY ''hijacked'''; EXECUTE s"
         )),
@@ -185,7 +186,9 @@ async fn mariadb_other_accounts_are_out_of_reach() {
             "CALL wasm_broker.alter_user('{victim}', 'Hijacked0123456789', 10, NULL)"
         )),
         sql("CALL wasm_broker.drop_user('root')"),
-        sql(&format!("CALL wasm_broker.grant_database('mysql', '{victim}')")),
+        sql(&format!(
+            "CALL wasm_broker.grant_database('mysql', '{victim}')"
+        )),
     ];
 
     // Root: ALTER USER changes the victim's password.
