@@ -175,21 +175,26 @@ async fn mariadb_other_accounts_are_out_of_reach() {
         .execute(set_victim.as_str())
         .await
         .expect("the victim account");
-    let calls = vec![
-        sql(&format!(
-            "ALTER USER '{victim}'@'%' IDENTIFIED BY 'hijacked'"
-        )),
-        sql(&format!(
+    // Statements that need CREATE USER (or GRANT OPTION), run directly and
+    // as dynamic SQL, then the procedures with names not of the plugin's shape.
+    let direct = [
+        format!("ALTER USER '{victim}'@'%' IDENTIFIED BY 'hijacked'"),
+        format!(
             "PREPARE s FROM 'ALTER USER ''{victim}''@''%'' IDENTIFIED BY ''hijacked'''; EXECUTE s"
-        )),
-        sql(&format!(
-            "CALL wasm_broker.alter_user('{victim}', 'Hijacked0123456789', 10, NULL)"
-        )),
-        sql("CALL wasm_broker.drop_user('root')"),
-        sql(&format!(
-            "CALL wasm_broker.grant_database('mysql', '{victim}')"
-        )),
+        ),
+        format!("SET PASSWORD FOR '{victim}'@'%' = PASSWORD('hijacked')"),
+        format!("DROP USER '{victim}'@'%'"),
+        format!("GRANT ALL PRIVILEGES ON db0000000000000000.* TO '{victim}'@'%'"),
     ];
+    let procedures = [
+        format!("CALL wasm_broker.alter_user('{victim}', 'Hijacked0123456789', 10, NULL)"),
+        "CALL wasm_broker.drop_user('root')".to_owned(),
+        format!("CALL wasm_broker.grant_database('mysql', '{victim}')"),
+        "CALL wasm_broker.create_user('u_0123456789abcdef''@''localhost', \
+         'Hijacked0123456789', 10, NULL)"
+            .to_owned(),
+    ];
+    let calls: Vec<Value> = direct.iter().chain(&procedures).map(|s| sql(s)).collect();
 
     // Root: ALTER USER changes the victim's password.
     let root = abuse_broker(ADMIN_CONNECTIONS, "admin = \"mariadb\"").await;
@@ -210,17 +215,26 @@ async fn mariadb_other_accounts_are_out_of_reach() {
         .await
         .expect("drop the victim account");
     assert_refused(&report, &calls, "OK", "the shipped MariaDB account");
-    assert!(
-        report[0].contains("CREATE USER") && report[1].contains("CREATE USER"),
-        "refused for want of CREATE USER: {report:?}"
-    );
-    for line in &report[2..] {
+    for line in &report[..direct.len()] {
+        assert!(
+            line.contains("denied"),
+            "refused for want of the right: {report:?}"
+        );
+    }
+    for line in &report[direct.len()..] {
         assert!(
             line.contains("wasm_broker: not a"),
             "refused by the procedure's check: {report:?}"
         );
     }
     assert!(unchanged, "the victim's password was changed: {report:?}");
+    // The rights sit with an account nobody logs in as.
+    let (definer,): (String,) =
+        sqlx::query_as("SHOW CREATE USER 'wasm_broker_mysql_definer'@'localhost'")
+            .fetch_one(&mut root_connection)
+            .await
+            .expect("the definer account (tests/services/roles.sh)");
+    assert!(definer.contains("ACCOUNT LOCK"), "{definer}");
 }
 
 #[tokio::test]
