@@ -13,6 +13,11 @@
 -- statement is built from the checked values, strings through QUOTE() and
 -- identifiers in backticks, and run with EXECUTE IMMEDIATE (MariaDB takes no
 -- `?` for an account name in CREATE USER).
+--
+-- MariaDB 10.5.2 or later (CONNECTION ADMIN, CREATE OR REPLACE PROCEDURE,
+-- EXECUTE IMMEDIATE); run it with the `mysql` command line (DELIMITER). On
+-- MySQL, give the plugin an account holding CREATE USER and CONNECTION_ADMIN
+-- instead: without the procedures it runs the statements itself.
 
 -- A procedure keeps the sql_mode it was created with. QUOTE() escapes with
 -- backslashes, which NO_BACKSLASH_ESCAPES would turn into a way out of the
