@@ -99,7 +99,9 @@ impl Accounts {
         self.run(&Change::DropUser(user))
     }
 
-    /// KILL CONNECTION USER: ends every session of `user`.
+    /// KILL CONNECTION USER: ends every session of `user`. It needs
+    /// CONNECTION ADMIN only, where listing other users' sessions would need
+    /// PROCESS (which also shows every session's statements).
     pub(crate) fn kill_sessions(self, user: &str) -> Result<(), BrokerError> {
         self.run(&Change::KillSessions(user))
     }
