@@ -26,31 +26,40 @@ fail() { echo "FATAL: roles: $*" >&2; exit 1; }
 # part of a GRANT matches any one character, so `db` followed by 16 of them
 # matches exactly the 18-character names the plugin makes, and no database
 # of another application with a shorter or longer name.
-#  - CREATE USER (global): CREATE/ALTER/DROP USER for bindings. MariaDB has
-#    no way to limit it to a name pattern (see README.md: it can alter any
-#    account, root's too).
-#  - CONNECTION ADMIN (global): `KILL CONNECTION USER` ends an unbound
-#    user's sessions.
-#  - ALL on the plugin's databases WITH GRANT OPTION: create, alter and drop
-#    them, and grant them to binding users.
-# No FILE, SUPER, PROCESS, RELOAD, SHUTDOWN; nothing on mysql.*.
+#  - ALL on the plugin's databases, without GRANT OPTION: create, alter and
+#    drop them. Granting one to a binding user goes through a procedure.
+#  - EXECUTE on the five `wasm_broker` procedures
+#    (../../deploy/mariadb/least-privilege.sql): CREATE USER, ALTER USER,
+#    GRANT, DROP USER and KILL CONNECTION USER for binding users `u_<hex>`
+#    only, run as the locked account wasm_broker_mysql_definer@localhost,
+#    which holds CREATE USER and CONNECTION ADMIN. The plugin's account holds
+#    neither: MariaDB cannot limit CREATE USER to a name pattern (with it, an
+#    account may ALTER USER root).
+# No FILE, SUPER, PROCESS, RELOAD, SHUTDOWN, CREATE USER, CONNECTION ADMIN;
+# nothing on mysql.*.
 MYSQL_USER=wasm_broker_mysql
 MYSQL_PASSWORD=wasm-broker-mysql-dev
 MYSQL_DATABASES='db________________'
 mysql_root() { mysql -uroot -h127.0.0.1 --batch --skip-column-names "$@"; }
+mysql_root <../../deploy/mariadb/least-privilege.sql \
+  || fail "MariaDB: cannot create the wasm_broker procedures"
 mysql_root <<SQL || fail "MariaDB: cannot create $MYSQL_USER"
 CREATE USER IF NOT EXISTS '$MYSQL_USER'@'%' IDENTIFIED BY '$MYSQL_PASSWORD';
 ALTER USER '$MYSQL_USER'@'%' IDENTIFIED BY '$MYSQL_PASSWORD';
 REVOKE ALL PRIVILEGES, GRANT OPTION FROM '$MYSQL_USER'@'%';
-GRANT CREATE USER, CONNECTION ADMIN ON *.* TO '$MYSQL_USER'@'%';
-GRANT ALL PRIVILEGES ON \`$MYSQL_DATABASES\`.* TO '$MYSQL_USER'@'%' WITH GRANT OPTION;
+GRANT ALL PRIVILEGES ON \`$MYSQL_DATABASES\`.* TO '$MYSQL_USER'@'%';
+GRANT EXECUTE ON PROCEDURE wasm_broker.create_user TO '$MYSQL_USER'@'%';
+GRANT EXECUTE ON PROCEDURE wasm_broker.alter_user TO '$MYSQL_USER'@'%';
+GRANT EXECUTE ON PROCEDURE wasm_broker.grant_database TO '$MYSQL_USER'@'%';
+GRANT EXECUTE ON PROCEDURE wasm_broker.drop_user TO '$MYSQL_USER'@'%';
+GRANT EXECUTE ON PROCEDURE wasm_broker.kill_user TO '$MYSQL_USER'@'%';
 SQL
 grants=$(mysql -u"$MYSQL_USER" -p"$MYSQL_PASSWORD" -h127.0.0.1 --batch --skip-column-names \
   -e 'SHOW GRANTS FOR CURRENT_USER') || fail "MariaDB: $MYSQL_USER cannot log in"
-if grep -Eq 'FILE|SUPER|ALL PRIVILEGES ON \*\.\*' <<<"$grants"; then
+if grep -Eq 'FILE|SUPER|CREATE USER|CONNECTION ADMIN|GRANT OPTION|ALL PRIVILEGES ON \*\.\*' <<<"$grants"; then
   fail "MariaDB: $MYSQL_USER holds more than it should: $grants"
 fi
-say "MariaDB user $MYSQL_USER"
+say "MariaDB user $MYSQL_USER (account changes through the wasm_broker procedures)"
 
 # --- PostgreSQL: the postgres plugin -----------------------------------------
 # LOGIN CREATEDB and pg_signal_backend (to end an unbound role's sessions; it

@@ -242,6 +242,11 @@ async fn mysql(pool: &sqlx::MySqlPool) -> Result<Rights, ProbeError> {
     Ok(mysql_rights(&grants))
 }
 
+/// The note about an account that manages users through the procedures of
+/// deploy/mariadb/least-privilege.sql.
+const WASM_BROKER_PROCEDURES: &str = "may create, alter, grant a `db` + 16 hex digits database to \
+     and drop the accounts named `u_` + 16 hex digits, through the wasm_broker procedures";
+
 /// What `SHOW GRANTS` lines give away. Pure, for the unit tests.
 pub(crate) fn mysql_rights(grants: &[String]) -> Rights {
     let mut rights = Rights::default();
@@ -277,6 +282,17 @@ pub(crate) fn mysql_rights(grants: &[String]) -> Rights {
             rights
                 .excess
                 .push("may read the mysql schema (every account's password hash)".to_owned());
+        }
+        // The shipped account's only way to accounts
+        // (deploy/mariadb/least-privilege.sql): noted once, not per procedure.
+        if target.starts_with("PROCEDURE `wasm_broker`.")
+            && has("EXECUTE")
+            && !rights
+                .notes
+                .iter()
+                .any(|note| note == WASM_BROKER_PROCEDURES)
+        {
+            rights.notes.push(WASM_BROKER_PROCEDURES.to_owned());
         }
         if global && has("CREATE USER") {
             rights.notes.push(
@@ -460,13 +476,36 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_mysql_account_has_only_a_note() {
+    fn an_account_holding_create_user_has_only_a_note() {
         let rights = mysql_rights(&lines(&[
             "GRANT CREATE USER, CONNECTION ADMIN ON *.* TO `wasm_broker_mysql`@`%` IDENTIFIED BY PASSWORD '*AC'",
             "GRANT ALL PRIVILEGES ON `db________________`.* TO `wasm_broker_mysql`@`%` WITH GRANT OPTION",
         ]));
         assert!(rights.excess.is_empty(), "{rights:?}");
         assert_eq!(rights.notes.len(), 1, "{rights:?}");
+        assert!(rights.notes[0].contains("CREATE USER"), "{rights:?}");
+    }
+
+    #[test]
+    fn the_shipped_mysql_account_has_one_note_for_its_procedures() {
+        let mut grants = vec![
+            "GRANT USAGE ON *.* TO `wasm_broker_mysql`@`%` IDENTIFIED BY PASSWORD '*AC'".to_owned(),
+            "GRANT ALL PRIVILEGES ON `db________________`.* TO `wasm_broker_mysql`@`%`".to_owned(),
+        ];
+        for procedure in [
+            "create_user",
+            "alter_user",
+            "grant_database",
+            "drop_user",
+            "kill_user",
+        ] {
+            grants.push(format!(
+                "GRANT EXECUTE ON PROCEDURE `wasm_broker`.`{procedure}` TO `wasm_broker_mysql`@`%`"
+            ));
+        }
+        let rights = mysql_rights(&grants);
+        assert!(rights.excess.is_empty(), "{rights:?}");
+        assert_eq!(rights.notes, [WASM_BROKER_PROCEDURES], "{rights:?}");
     }
 
     #[test]

@@ -20,12 +20,16 @@
 //! the handed-out credentials, it does not lock out someone holding them.
 //! Unbind drops the user.
 
+mod accounts;
+
 use serde::Deserialize;
 use serde_json::json;
 use wasm_broker_sdk::expiry::{Expiry, Lifetime};
 use wasm_broker_sdk::log;
 use wasm_broker_sdk::prelude::*;
 use wasm_broker_sdk::sql::{self, Dialect, Value};
+
+use crate::accounts::{Accounts, Login};
 
 const ADMIN: &str = "admin";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -206,36 +210,21 @@ impl ServicePlugin for MySql {
         let server = admin_server()?;
         let database = database_name(instance);
         let user = user_name(binding);
-        let account = account(&user);
         let password = password(24)?;
-        // Explicitly NEVER without a lifetime: the server's
-        // default_password_lifetime must not expire a binding whose metadata
-        // says nothing about it.
-        let expiry_clause = match lifetime {
-            Some(lifetime) => format!("PASSWORD EXPIRE INTERVAL {} DAY", lifetime.days()),
-            None => "PASSWORD EXPIRE NEVER".to_owned(),
+        let accounts = Accounts::detect()?;
+        let login = Login {
+            password: &password,
+            max_connections: plan.max_user_connections,
+            expire_days: lifetime.map(Lifetime::days),
         };
-        let login = format!(
-            "IDENTIFIED BY {} WITH MAX_USER_CONNECTIONS {} {expiry_clause}",
-            quote_sql_string(Dialect::Mysql, &password),
-            plan.max_user_connections
-        );
         // The password is part of the CREATE itself: a user created without
         // one and given it by a second statement would be a passwordless
         // login until that statement ran (or forever, if the broker died in
         // between). The ALTER is for a retry after a failed bind: it finds
         // the user and gives it the password (and the lifetime) this attempt
         // returns.
-        sql::execute(
-            ADMIN,
-            &format!("CREATE USER IF NOT EXISTS {account} {login}"),
-        )
-        .map_err(|error| error.redact(&password))?;
-        let set_password = || {
-            sql::execute(ADMIN, &format!("ALTER USER {account} {login}"))
-                .map(drop)
-                .map_err(|error| error.redact(&password))
-        };
+        accounts.create_user(&user, &login)?;
+        let set_password = || accounts.alter_user(&user, &login);
         let expiry = match lifetime {
             Some(lifetime) => Some(Expiry::starting_at(
                 password_set_at(set_password)?,
@@ -246,13 +235,7 @@ impl ServicePlugin for MySql {
                 None
             }
         };
-        sql::execute(
-            ADMIN,
-            &format!(
-                "GRANT ALL PRIVILEGES ON {}.* TO {account}",
-                quote_mysql_ident(&database)
-            ),
-        )?;
+        accounts.grant_database(&database, &user)?;
         match &expiry {
             Some(expiry) => log::info!(
                 "created user {user} on database {database}, password expires at {}",
@@ -274,10 +257,14 @@ impl ServicePlugin for MySql {
         _info: &RequestInfo,
     ) -> Result<DeletionOutcome, BrokerError> {
         let user = user_name(binding);
-        sql::execute(ADMIN, &format!("DROP USER IF EXISTS {}", account(&user)))?;
+        let accounts = Accounts::detect()?;
+        accounts.drop_user(&user)?;
         // Sessions outlive DROP USER; ending them makes the revocation take
         // effect now. After the DROP, so no new session can start meanwhile.
-        kill_sessions(&user);
+        // Best effort: the user is already dropped.
+        if let Err(error) = accounts.kill_sessions(&user) {
+            log::warn!("cannot end the sessions of {user}: {}", error.description());
+        }
         log::info!("dropped user {user}");
         Ok(DeletionOutcome::Done)
     }
@@ -315,12 +302,6 @@ fn user_name(binding: &Binding) -> String {
     derive_name("u_", &binding.id, 32)
 }
 
-/// `'user'@'%'`: the user may connect from any host; the password is what
-/// guards it.
-fn account(user: &str) -> String {
-    format!("{}@'%'", quote_sql_string(Dialect::Mysql, user))
-}
-
 /// Runs `set`, a statement that sets a password, and answers when the
 /// server set it, in seconds since the epoch by its clock: MariaDB counts
 /// the password's lifetime from that moment (the statement's start, in
@@ -349,16 +330,6 @@ fn server_clock() -> Result<i64, BrokerError> {
         .next()
         .and_then(Value::as_i64)
         .ok_or_else(|| BrokerError::Internal("MariaDB did not answer UNIX_TIMESTAMP()".to_owned()))
-}
-
-/// Ends every session of `user`. `KILL CONNECTION USER` needs CONNECTION
-/// ADMIN only, where listing other users' sessions would need PROCESS (which
-/// also shows every session's statements). Best effort: the user is already
-/// dropped.
-fn kill_sessions(user: &str) {
-    if let Err(error) = sql::execute(ADMIN, &format!("KILL CONNECTION USER {}", account(user))) {
-        log::warn!("cannot end the sessions of {user}: {}", error.description());
-    }
 }
 
 #[cfg(test)]
@@ -429,10 +400,5 @@ mod tests {
             );
             assert_eq!(binding["additionalProperties"], false);
         }
-    }
-
-    #[test]
-    fn accounts_quote_the_user() {
-        assert_eq!(account("u_1"), "'u_1'@'%'");
     }
 }

@@ -150,6 +150,93 @@ async fn mariadb_files_hashes_and_other_databases_are_out_of_reach() {
         .expect("drop the other database");
 }
 
+/// Whether `user` logs in to MariaDB with `password`.
+async fn mariadb_login(user: &str, password: &str) -> bool {
+    use sqlx::Connection as _;
+    sqlx::MySqlConnection::connect(&format!("mysql://{user}:{password}@127.0.0.1:3306"))
+        .await
+        .is_ok()
+}
+
+/// Global CREATE USER lets an account ALTER USER any account, root's too.
+/// The shipped account holds none: it manages binding users only through
+/// the `wasm_broker` procedures (deploy/mariadb/least-privilege.sql), which
+/// refuse any name not of the plugin's shape. Dynamic SQL (PREPARE/EXECUTE)
+/// runs with the account's own rights, so it is refused as well.
+#[tokio::test]
+async fn mariadb_other_accounts_are_out_of_reach() {
+    if !service_available("MariaDB", "127.0.0.1:3306") {
+        return;
+    }
+    let victim = format!("victim_x_{}", &unique_id("").replace('-', "")[..12]);
+    let mut root_connection = mariadb_root().await;
+    let set_victim = format!("CREATE OR REPLACE USER '{victim}'@'%' IDENTIFIED BY 'before'");
+    root_connection
+        .execute(set_victim.as_str())
+        .await
+        .expect("the victim account");
+    // Statements that need CREATE USER (or GRANT OPTION), run directly and
+    // as dynamic SQL, then the procedures with names not of the plugin's shape.
+    let direct = [
+        format!("ALTER USER '{victim}'@'%' IDENTIFIED BY 'hijacked'"),
+        format!(
+            "PREPARE s FROM 'ALTER USER ''{victim}''@''%'' IDENTIFIED BY ''hijacked'''; EXECUTE s"
+        ),
+        format!("SET PASSWORD FOR '{victim}'@'%' = PASSWORD('hijacked')"),
+        format!("DROP USER '{victim}'@'%'"),
+        format!("GRANT ALL PRIVILEGES ON db0000000000000000.* TO '{victim}'@'%'"),
+    ];
+    let procedures = [
+        format!("CALL wasm_broker.alter_user('{victim}', 'Hijacked0123456789', 10, NULL)"),
+        "CALL wasm_broker.drop_user('root')".to_owned(),
+        format!("CALL wasm_broker.grant_database('mysql', '{victim}')"),
+        "CALL wasm_broker.create_user('u_0123456789abcdef''@''localhost', \
+         'Hijacked0123456789', 10, NULL)"
+            .to_owned(),
+    ];
+    let calls: Vec<Value> = direct.iter().chain(&procedures).map(|s| sql(s)).collect();
+
+    // Root: ALTER USER changes the victim's password.
+    let root = abuse_broker(ADMIN_CONNECTIONS, "admin = \"mariadb\"").await;
+    let report = attack(&root, &calls[..1]).await;
+    assert!(report[0].starts_with("OK"), "as root: {report:?}");
+    assert!(mariadb_login(&victim, "hijacked").await, "root changed it");
+    root_connection
+        .execute(set_victim.as_str())
+        .await
+        .expect("reset the victim account");
+
+    // The shipped account: every way is refused, the password is unchanged.
+    let shipped = abuse_broker(CONNECTIONS, "admin = \"mariadb\"").await;
+    let report = attack(&shipped, &calls).await;
+    let unchanged = mariadb_login(&victim, "before").await;
+    root_connection
+        .execute(format!("DROP USER IF EXISTS '{victim}'@'%'").as_str())
+        .await
+        .expect("drop the victim account");
+    assert_refused(&report, &calls, "OK", "the shipped MariaDB account");
+    for line in &report[..direct.len()] {
+        assert!(
+            line.contains("denied"),
+            "refused for want of the right: {report:?}"
+        );
+    }
+    for line in &report[direct.len()..] {
+        assert!(
+            line.contains("wasm_broker: not a"),
+            "refused by the procedure's check: {report:?}"
+        );
+    }
+    assert!(unchanged, "the victim's password was changed: {report:?}");
+    // The rights sit with an account nobody logs in as.
+    let (definer,): (String,) =
+        sqlx::query_as("SHOW CREATE USER 'wasm_broker_mysql_definer'@'localhost'")
+            .fetch_one(&mut root_connection)
+            .await
+            .expect("the definer account (tests/services/roles.sh)");
+    assert!(definer.contains("ACCOUNT LOCK"), "{definer}");
+}
+
 #[tokio::test]
 async fn postgres_programs_files_hashes_and_other_databases_are_out_of_reach() {
     if !service_available("PostgreSQL", "127.0.0.1:5432") {
@@ -483,8 +570,14 @@ async fn the_probe_warns_about_administrators_only() {
         check.contains("note: plugin grant_abuse, connection mariadb"),
         "{check}"
     );
-    // The log: the probe ran (it notes CREATE USER) and warned about nothing.
-    wait_for_log(&shipped, &["holds CREATE USER"], Duration::from_secs(60)).await;
+    // The log: the probe ran (it notes the account's procedures) and warned
+    // about nothing.
+    wait_for_log(
+        &shipped,
+        &["through the wasm_broker procedures"],
+        Duration::from_secs(60),
+    )
+    .await;
     assert!(
         !shipped.logs().contains("OVER-PRIVILEGED"),
         "{}",
