@@ -74,6 +74,7 @@ pub async fn serve(
     };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
         .route("/v2/catalog", get(serve_catalog))
         .route(
             "/v2/service_instances/{instance_id}",

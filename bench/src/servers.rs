@@ -17,7 +17,7 @@ use crate::scenarios::Plan;
 pub const USERNAME: &str = "bench";
 pub const PASSWORD: &str = "bench-secret";
 
-/// How long a server may take to answer its first `/healthz`.
+/// How long a server may take to be ready (`/readyz`).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The key binding credentials are sealed with, in both servers.
@@ -125,9 +125,11 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `command` (which must serve `/healthz` on `address`), logging
-    /// to `log`, and waits until it answers. Returns the process and how
-    /// long it took from spawn to the first answer.
+    /// Starts `command` (which must serve `/readyz` on `address`), logging
+    /// to `log`, and waits until it is ready. Returns the process and how
+    /// long it took from spawn to ready. Ready, not only answering: the
+    /// broker listens before it loads its plugins, and `/healthz` answers
+    /// long before the catalog does.
     pub async fn start(
         mut command: Command,
         address: SocketAddr,
@@ -155,7 +157,7 @@ impl ServerProcess {
                     server.log_tail()
                 );
             }
-            if server.answers_health().await {
+            if server.is_ready().await {
                 return Ok((server, started.elapsed()));
             }
             if started.elapsed() > START_TIMEOUT {
@@ -168,12 +170,12 @@ impl ServerProcess {
         }
     }
 
-    async fn answers_health(&self) -> bool {
+    async fn is_ready(&self) -> bool {
         let Ok(mut connection) = Connection::open(&self.endpoint).await else {
             return false;
         };
         matches!(
-            connection.send(Method::GET, "/healthz", None).await,
+            connection.send(Method::GET, "/readyz", None).await,
             Ok((StatusCode::OK, _))
         )
     }
