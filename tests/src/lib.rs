@@ -350,32 +350,39 @@ cache_dir = "{cache}"
 
     /// Waits until `/readyz` no longer says the plugins are loading.
     pub async fn wait_loaded(&mut self) {
+        self.wait_for("/readyz", "load its plugins", |_, body| {
+            body != "loading plugins"
+        })
+        .await;
+    }
+
+    /// Polls `path` until `done(status, body)`, failing with the log if the
+    /// process exits or 120 s pass first (`goal` says what it was to do).
+    async fn wait_for(&mut self, path: &str, goal: &str, done: fn(u16, &str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
                 panic!(
-                    "wasm-broker exited with {status} while loading its plugins:\n{}",
+                    "wasm-broker exited with {status} before it could {goal}:\n{}",
                     self.logs()
                 );
             }
-            let readiness = self
+            if let Ok(response) = self
                 .client
-                .get(format!("{}/readyz", self.base_url))
+                .get(format!("{}{path}", self.base_url))
                 .send()
-                .await;
-            if let Ok(response) = readiness
-                && response
-                    .text()
-                    .await
-                    .is_ok_and(|body| body != "loading plugins")
+                .await
             {
-                return;
+                let status = response.status().as_u16();
+                if response.text().await.is_ok_and(|body| done(status, &body)) {
+                    return;
+                }
             }
             assert!(
                 Instant::now() < deadline,
-                "wasm-broker did not load its plugins within 120 s:\n{}",
+                "wasm-broker did not {goal} within 120 s:\n{}",
                 self.logs()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -409,31 +416,10 @@ cache_dir = "{cache}"
             .spawn()
             .expect("start wasm-broker");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!(
-                    "wasm-broker exited with {status} before serving:\n{}",
-                    self.logs()
-                );
-            }
-            let ready = self
-                .client
-                .get(format!("{}/healthz", self.base_url))
-                .send()
-                .await;
-            if ready.is_ok_and(|response| response.status().is_success()) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "wasm-broker did not serve within 120 s:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_for("/healthz", "serve", |status, _| {
+            (200..300).contains(&status)
+        })
+        .await;
     }
 
     /// The broker process's peak resident memory so far (`VmHWM`), in KiB.
