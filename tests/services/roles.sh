@@ -99,7 +99,7 @@ REDIS_USER=wasm_broker_redis
 REDIS_PASSWORD=wasm-broker-redis-dev
 answer=$(redis-cli -h 127.0.0.1 ACL SETUSER "$REDIS_USER" reset on ">$REDIS_PASSWORD" \
   '~inst_*' resetchannels -@all +ping +scan +unlink '+acl|setuser' '+acl|deluser' \
-  '+acl|save' '+acl|whoami' +hello +auth) || fail "Redis: cannot reach the server"
+  '+acl|save' '+acl|whoami' '+acl|dryrun' +hello +auth) || fail "Redis: cannot reach the server"
 [ "$answer" = OK ] || fail "Redis: ACL SETUSER $REDIS_USER answered: $answer"
 denied=$(redis-cli -h 127.0.0.1 --user "$REDIS_USER" --pass "$REDIS_PASSWORD" --no-auth-warning \
   CONFIG GET requirepass 2>&1 || true)

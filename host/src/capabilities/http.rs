@@ -71,7 +71,11 @@ impl HttpHost {
             .unwrap_or_default();
         self.grants
             .policy(alias)
-            .check_http(policy_method(request.method), below_base)
+            .check_http(
+                policy_method(request.method),
+                below_base,
+                request.body.as_deref(),
+            )
             .map_err(|reason| Error::Denied(self.refusals.denied("http", alias, reason)))?;
 
         let request_size = request.path.len()

@@ -1,9 +1,11 @@
 //! The `redis` capability: commands on the Redis connections broker.toml
 //! grants a plugin. The host holds the URL and the admin password. A
 //! command passes the grant's policy first (`crate::policy::redis`: a
-//! `denied` never reaches the server), ends at the call's deadline (its
+//! `denied` never reaches the server; an ACL change is also checked on the
+//! server, `acl_guard`), ends at the call's deadline (its
 //! connection closed), and its reply is bounded while read (`meter`).
 
+mod acl_guard;
 mod meter;
 
 use std::collections::BTreeMap;
@@ -89,6 +91,14 @@ impl RedisHost {
                 })
             }
         };
+        acl_guard::check(&mut session.connection, &session.meter, &args)
+            .await
+            .map_err(|stopped| match stopped {
+                acl_guard::Stopped::Refused(reason) => {
+                    Error::Denied(self.refusals.denied("redis", alias, reason))
+                }
+                acl_guard::Stopped::Failed(reason) => Error::Failed(reason),
+            })?;
         session.meter.next_reply();
         let mut command = redis::Cmd::new();
         for arg in &args {

@@ -52,10 +52,10 @@ fn the_shipped_broker_toml_is_valid_and_narrows_its_grants() {
     let rabbitmq = &config.plugin("rabbitmq").policies["admin"];
     assert!(
         rabbitmq
-            .check_http(crate::policy::HttpMethod::Get, "/api/users")
+            .check_http(crate::policy::HttpMethod::Get, "/api/users", None)
             .is_err()
     );
     rabbitmq
-        .check_http(crate::policy::HttpMethod::Put, "/api/vhosts/inst_1")
+        .check_http(crate::policy::HttpMethod::Put, "/api/vhosts/inst_1", None)
         .expect("the plugin's own request");
 }

@@ -15,6 +15,7 @@
 
 pub mod http;
 pub mod redis;
+pub mod redis_acl;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,7 +23,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
-pub use self::http::{HttpMethod, PathPrefix};
+pub use self::http::{BodyField, HttpMethod, PathPrefix};
 pub use self::redis::CommandPattern;
 
 /// The family of capability a policy key belongs to; a key of another
@@ -53,6 +54,9 @@ pub struct GrantPolicy {
     /// matched whole segment by segment; see [`PathPrefix`].
     #[serde(default)]
     pub paths: Option<Vec<PathPrefix>>,
+    /// HTTP: rules on the JSON bodies sent below a path; see [`BodyField`].
+    #[serde(default)]
+    pub body_fields: Option<Vec<BodyField>>,
     /// SQL: each statement runs in a read-only transaction, alone (several
     /// statements in one call are refused by the server's prepared-statement
     /// protocol).
@@ -73,6 +77,7 @@ impl GrantPolicy {
         commands: None,
         methods: None,
         paths: None,
+        body_fields: None,
         read_only: false,
         max_rows: None,
         max_bytes: None,
@@ -84,6 +89,7 @@ impl GrantPolicy {
             ("commands", self.commands.is_some(), Family::Redis),
             ("methods", self.methods.is_some(), Family::Http),
             ("paths", self.paths.is_some(), Family::Http),
+            ("body_fields", self.body_fields.is_some(), Family::Http),
             ("read_only", self.read_only, Family::Sql),
             ("max_rows", self.max_rows.is_some(), Family::Sql),
             ("max_bytes", self.max_bytes.is_some(), Family::Sql),
@@ -102,9 +108,19 @@ impl GrantPolicy {
 
     /// Why an HTTP request is refused, if it is. `path` is the request's
     /// path below the base URL, normalised (dot segments resolved), without
-    /// the query.
-    pub fn check_http(&self, method: HttpMethod, path: &str) -> Result<(), String> {
-        http::check(self.methods.as_deref(), self.paths.as_deref(), method, path)
+    /// the query; `body` what the plugin sends.
+    pub fn check_http(
+        &self,
+        method: HttpMethod,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(), String> {
+        http::check(
+            self.methods.as_deref(),
+            self.paths.as_deref(),
+            self.body_fields.as_deref().unwrap_or_default(),
+            (method, path, body),
+        )
     }
 
     /// The byte cap of one SQL result: `max_bytes`, at most `max_host_call_bytes`.

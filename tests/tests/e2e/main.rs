@@ -15,6 +15,7 @@ mod backends;
 mod concurrency;
 mod deadlines;
 mod disconnect;
+mod escalation;
 mod grants;
 mod ha;
 mod hot_reload;

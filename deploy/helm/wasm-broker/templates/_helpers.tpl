@@ -48,7 +48,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- else if or (kindIs "float64" $value) (kindIs "float32" $value) }}{{ if eq (floor $value) $value }}{{ int64 $value }}{{ else }}{{ $value }}{{ end }}
 {{- else if or (kindIs "int" $value) (kindIs "int64" $value) }}{{ $value }}
 {{- else if kindIs "slice" $value }}[{{ range $index, $item := $value }}{{ if $index }}, {{ end }}{{ include "wasm-broker.tomlValue" $item }}{{ end }}]
-{{- else }}{{ fail (printf "cannot render %v (%s) as a broker.toml value: use strings, numbers, booleans or lists of them" $value (kindOf $value)) }}
+{{- else if kindIs "map" $value }}{ {{ range $index, $key := keys $value | sortAlpha }}{{ if $index }}, {{ end }}{{ $key | quote }} = {{ include "wasm-broker.tomlValue" (get $value $key) }}{{ end }} }
+{{- else }}{{ fail (printf "cannot render %v (%s) as a broker.toml value: use strings, numbers, booleans, lists or tables of them" $value (kindOf $value)) }}
 {{- end }}
 {{- end }}
 
