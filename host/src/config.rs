@@ -260,7 +260,7 @@ impl Default for RuntimeConfig {
             cache_dir: PathBuf::from("state/compiled"),
             memory_limit_mb: 64,
             call_timeout_ms: 10_000,
-            max_host_call_bytes: 4 * 1024 * 1024,
+            max_host_call_bytes: crate::limits::DEFAULT_MAX_HOST_CALL_BYTES,
             max_concurrent_instances: 256,
             catalog_timeout_ms: 2_000,
             max_log_bytes_per_call: 1024 * 1024,

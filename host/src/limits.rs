@@ -15,6 +15,9 @@ use std::sync::{Mutex, PoisonError};
 /// cannot flood the log with one line.
 pub const MAX_LOG_LINE_BYTES: usize = 8 * 1024;
 
+/// `max_host_call_bytes` unless broker.toml says otherwise.
+pub const DEFAULT_MAX_HOST_CALL_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Counts the bytes one host call moves across the sandbox boundary against
 /// `max_host_call_bytes`, so a plugin cannot make the host buffer (or copy
 /// into its memory) more than the operator allowed.

@@ -13,6 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
+pub(crate) use self::relay::{Relay, wire_allowance as sql_wire_allowance};
 pub(crate) use self::shares::PerPlugin;
 use self::shares::SqlOptions;
 pub(crate) use self::shares::{HttpGrant, RedisGrant, SqlGrant};
@@ -21,6 +22,7 @@ use super::tcp::TcpConnection;
 use crate::config::{ConnectionConfig, ConnectionKind};
 use crate::policy::GrantPolicy;
 
+mod relay;
 mod shares;
 
 /// How long a call waits for a free connection before it fails, so a burst of
@@ -90,11 +92,15 @@ pub(crate) struct PublicAddress {
     pub port: u16,
 }
 
-/// The connections of one plugin to an SQL backend.
+/// The connections of one plugin to an SQL backend. A PostgreSQL pool
+/// reaches its server through a [`Relay`] of its own (`None` when it could
+/// not start, or the server is on a Unix socket), which bounds what one
+/// answer may make the host buffer; MySQL's server bounds that itself
+/// (`max_allowed_packet`).
 #[derive(Clone)]
 pub(crate) enum SqlPool {
     Mysql(MySqlPool),
-    Postgres(PgPool),
+    Postgres(PgPool, Option<Arc<Relay>>),
 }
 
 /// An SQL backend. Every plugin granted it gets a pool of its own, of

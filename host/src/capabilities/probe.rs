@@ -196,7 +196,7 @@ pub async fn probe_connection(connections: &Connections, name: &str) -> Result<R
         match connection {
             Connection::Sql(sql) => match sql.pool_of(&prober) {
                 SqlPool::Mysql(pool) => mysql(&pool).await,
-                SqlPool::Postgres(pool) => postgres(&pool).await,
+                SqlPool::Postgres(pool, _) => postgres(&pool).await,
             },
             Connection::Redis(redis) => {
                 // Its replies are a few short lines.

@@ -23,11 +23,12 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{Connection as _, Executor};
 use tokio::sync::Semaphore;
 
-use super::{ACQUIRE_TIMEOUT, HttpConnection, RedisConnection, SqlConnection, SqlPool};
+use super::relay::ServerTls;
+use super::{ACQUIRE_TIMEOUT, HttpConnection, RedisConnection, Relay, SqlConnection, SqlPool};
 
 /// One `T` per plugin, made on the plugin's first use. Kept as long as the
 /// connection: a broker.toml change that leaves the connection unchanged
@@ -76,28 +77,72 @@ impl SqlConnection {
                     .after_release(|_, _| Box::pin(async { Ok(false) }))
                     .connect_lazy_with(options.clone()),
             ),
-            SqlOptions::Postgres(options) => SqlPool::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(self.max_connections)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .after_release(|connection, _| {
-                        Box::pin(async move {
-                            // DISCARD ALL deallocates the prepared statements
-                            // sqlx has cached: forget them first. Inside a
-                            // transaction block (a BEGIN left open, or an
-                            // aborted one) DISCARD ALL fails: the connection
-                            // is then closed instead of reused. Ok(false), not
-                            // the error: sqlx's error path (a hard close) at
-                            // times left the pool's place taken until the
-                            // acquire timeout.
-                            if connection.clear_cached_statements().await.is_err() {
-                                return Ok(false);
-                            }
-                            Ok(connection.execute("DISCARD ALL").await.is_ok())
+            SqlOptions::Postgres(options) => {
+                let relay = start_relay(options);
+                let options = match &relay {
+                    // Where the relay does the TLS there is, sqlx talks plain
+                    // text to it, over the private socket.
+                    Some((relay, tls)) if tls.relay_ends_tls() => options
+                        .clone()
+                        .socket(relay.directory())
+                        .ssl_mode(PgSslMode::Disable),
+                    Some((relay, _)) => options.clone().socket(relay.directory()),
+                    None => options.clone(),
+                };
+                let relay = relay.map(|(relay, _)| relay);
+                SqlPool::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(self.max_connections)
+                        .acquire_timeout(ACQUIRE_TIMEOUT)
+                        .after_release(|connection, _| {
+                            Box::pin(async move {
+                                // DISCARD ALL deallocates the prepared statements
+                                // sqlx has cached: forget them first. Inside a
+                                // transaction block (a BEGIN left open, or an
+                                // aborted one) DISCARD ALL fails: the connection
+                                // is then closed instead of reused. Ok(false), not
+                                // the error: sqlx's error path (a hard close) at
+                                // times left the pool's place taken until the
+                                // acquire timeout.
+                                if connection.clear_cached_statements().await.is_err() {
+                                    return Ok(false);
+                                }
+                                Ok(connection.execute("DISCARD ALL").await.is_ok())
+                            })
                         })
-                    })
-                    .connect_lazy_with(options.clone()),
-            ),
+                        .connect_lazy_with(options),
+                    relay,
+                )
+            }
+        }
+    }
+}
+
+/// The relay of a new PostgreSQL pool, allowing the default data limit until
+/// the first statement sets its own; `None` for a server on a Unix socket
+/// (nothing to relay: it is this machine's) or when it cannot start (logged:
+/// the pool then connects directly, without the bound).
+fn start_relay(options: &PgConnectOptions) -> Option<(Arc<Relay>, ServerTls)> {
+    if options.get_socket().is_some() || options.get_host().starts_with('/') {
+        return None;
+    }
+    let tls = match options.get_ssl_mode() {
+        PgSslMode::Disable | PgSslMode::Allow => ServerTls::Plain,
+        PgSslMode::Prefer => ServerTls::Prefer,
+        PgSslMode::Require => ServerTls::Require,
+        PgSslMode::VerifyCa | PgSslMode::VerifyFull => ServerTls::Passthrough,
+    };
+    let allowance = super::relay::wire_allowance(crate::limits::DEFAULT_MAX_HOST_CALL_BYTES);
+    match Relay::start(
+        options.get_host().to_owned(),
+        options.get_port(),
+        tls,
+        allowance,
+    ) {
+        Ok(relay) => Some((Arc::new(relay), tls)),
+        Err(error) => {
+            tracing::warn!(%error, "no PostgreSQL relay: answers are not bounded while read");
+            None
         }
     }
 }

@@ -19,7 +19,7 @@ use sqlx::{
 };
 use wasmtime::component::{HasSelf, Linker};
 
-use super::connections::{Grants, SqlPool};
+use super::connections::{Grants, SqlPool, sql_wire_allowance};
 use super::refusal::Refusals;
 use super::{CallContext, Capability};
 use crate::contract::wasm_broker::plugin::sql::{
@@ -72,15 +72,31 @@ impl SqlHost {
             return Ok(Err(Error::LimitExceeded(reason)));
         }
         let policy = self.grants.policy(alias);
+        let max_bytes = policy.sql_max_bytes(self.max_host_call_bytes);
         let mut limits = StatementLimits {
             read_only: policy.read_only,
             max_rows: policy.max_rows,
-            budget: ByteBudget::new(policy.sql_max_bytes(self.max_host_call_bytes)),
+            budget: ByteBudget::new(max_bytes),
             deadline: self.deadline,
         };
         let outcome = match &connection.pool {
             SqlPool::Mysql(pool) => execute(pool, &statement, params, &mut limits).await?,
-            SqlPool::Postgres(pool) => execute(pool, &statement, params, &mut limits).await?,
+            SqlPool::Postgres(pool, None) => execute(pool, &statement, params, &mut limits).await?,
+            SqlPool::Postgres(pool, Some(relay)) => {
+                relay.set_allowance(sql_wire_allowance(max_bytes));
+                let trips = relay.trips();
+                let outcome = execute(pool, &statement, params, &mut limits).await?;
+                match outcome {
+                    // The relay cut an answer of this plugin's while this
+                    // statement ran, and this statement lost its connection.
+                    Err(Error::Failed(_)) if relay.trips() > trips => {
+                        Err(Error::LimitExceeded(format!(
+                            "the result exceeds the host-call data limit of {max_bytes} bytes (abandoned while read)"
+                        )))
+                    }
+                    other => other,
+                }
+            }
         };
         Ok(outcome.map_err(|error| match error {
             Error::Denied(reason) => Error::Denied(self.refusals.denied("sql", alias, reason)),
@@ -101,7 +117,7 @@ impl wit::Host for SqlHost {
             .map(|sql| ServerInfo {
                 dialect: match sql.pool {
                     SqlPool::Mysql(_) => Dialect::Mysql,
-                    SqlPool::Postgres(_) => Dialect::Postgres,
+                    SqlPool::Postgres(..) => Dialect::Postgres,
                 },
                 host: sql.address.host.clone(),
                 port: sql.address.port,
