@@ -234,7 +234,8 @@ mod tests {
 
     #[test]
     fn dryrun_answers() {
-        let table: &[(Result<&str, &str>, Result<Dryrun, ()>)] = &[
+        type Row<'a> = (Result<&'a str, &'a str>, Result<Dryrun, ()>);
+        let table: &[Row] = &[
             (Ok("OK"), Ok(Dryrun::Allowed)),
             (
                 Ok("This user has no permissions to run the 'flushall' command"),
