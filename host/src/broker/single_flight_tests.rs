@@ -43,7 +43,7 @@ async fn concurrent_polls_of_one_instance_operation_make_one_plugin_call() {
     assert_eq!(broker.plugins().count("last_operation"), 1, "one call in flight");
     gate.add_permits(POLLS);
     for answered in polls {
-        let status = answered.expect("joined").expect("polled");
+        let status = answered.await.expect("joined").expect("polled");
         assert_eq!(status.state, OperationState::Succeeded);
     }
     assert_eq!(broker.plugins().count("last_operation"), 1);
@@ -102,7 +102,7 @@ async fn concurrent_polls_of_one_binding_operation_make_one_plugin_call() {
             // is taken back so the next round is held again.
             gate.add_permits(POLLS);
             for answered in polls {
-                let status = answered.expect("joined").expect("polled");
+                let status = answered.await.expect("joined").expect("polled");
                 assert_eq!(status.state, expected);
             }
             gate.forget_permits(POLLS);
