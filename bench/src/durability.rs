@@ -154,7 +154,7 @@ fn record(number: u64, phase: OperationPhase) -> InstanceRecord {
 /// Each change: even numbers create an instance (`Calling`), odd ones
 /// finish it (`Succeeded`), as a synchronous provision does.
 fn phase_of(number: u64) -> OperationPhase {
-    if number % 2 == 0 {
+    if number.is_multiple_of(2) {
         OperationPhase::Calling
     } else {
         OperationPhase::Succeeded
