@@ -117,6 +117,9 @@ impl Window {
 #[derive(Default)]
 pub struct Recorder {
     latencies_ns: Vec<u64>,
+    /// Latencies of the requests a step marks (`call_marked`): one kind of
+    /// request among the step's several.
+    marked_ns: Vec<u64>,
     unexpected: u64,
     first_unexpected: Option<String>,
 }
@@ -156,6 +159,26 @@ impl Recorder {
         }
         Ok(answer)
     }
+
+    /// `call`, and its latency also counted among the marked ones.
+    pub async fn call_marked(
+        &mut self,
+        window: &Window,
+        connection: &mut Connection,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        expected: StatusCode,
+    ) -> anyhow::Result<Bytes> {
+        let recorded = self.latencies_ns.len();
+        let answer = self
+            .call(window, connection, method, path, body, expected)
+            .await?;
+        if let Some(latency) = self.latencies_ns.get(recorded) {
+            self.marked_ns.push(*latency);
+        }
+        Ok(answer)
+    }
 }
 
 pub fn nanos(duration: Duration) -> u64 {
@@ -169,6 +192,8 @@ pub struct Measurement {
     pub seconds: f64,
     /// Sorted, in nanoseconds.
     latencies_ns: Vec<u64>,
+    /// The marked requests' latencies, sorted.
+    marked_ns: Vec<u64>,
     pub unexpected: u64,
     pub first_unexpected: Option<String>,
     /// CPU time the server process used in the window, per request.
@@ -178,18 +203,22 @@ pub struct Measurement {
 impl Measurement {
     pub fn merge(recorders: Vec<Recorder>, window: &Window) -> Self {
         let mut latencies_ns: Vec<u64> = Vec::new();
+        let mut marked_ns: Vec<u64> = Vec::new();
         let mut unexpected = 0;
         let mut first_unexpected = None;
         for recorder in recorders {
             latencies_ns.extend(recorder.latencies_ns);
+            marked_ns.extend(recorder.marked_ns);
             unexpected += recorder.unexpected;
             first_unexpected = first_unexpected.or(recorder.first_unexpected);
         }
         latencies_ns.sort_unstable();
+        marked_ns.sort_unstable();
         Self {
             requests: latencies_ns.len() as u64,
             seconds: window.end.duration_since(window.start).as_secs_f64(),
             latencies_ns,
+            marked_ns,
             unexpected,
             first_unexpected,
             server_cpu_us: None,
@@ -203,6 +232,7 @@ impl Measurement {
             requests: latencies_ns.len() as u64,
             seconds,
             latencies_ns,
+            marked_ns: Vec::new(),
             unexpected: 0,
             first_unexpected: None,
             server_cpu_us: None,
@@ -222,11 +252,15 @@ impl Measurement {
 
     /// The `quantile` (0..=1) latency in microseconds (nearest rank).
     pub fn percentile_us(&self, quantile: f64) -> f64 {
-        if self.latencies_ns.is_empty() {
-            return f64::NAN;
-        }
-        let rank = (quantile * self.latencies_ns.len() as f64).ceil() as usize;
-        self.latencies_ns[rank.clamp(1, self.latencies_ns.len()) - 1] as f64 / 1000.0
+        percentile_us(&self.latencies_ns, quantile)
+    }
+
+    pub fn marked_p50_us(&self) -> f64 {
+        percentile_us(&self.marked_ns, 0.50)
+    }
+
+    pub fn marked_p99_us(&self) -> f64 {
+        percentile_us(&self.marked_ns, 0.99)
     }
 
     pub fn p50_us(&self) -> f64 {
@@ -246,6 +280,15 @@ impl Measurement {
             self
         }
     }
+}
+
+/// The `quantile` (0..=1) of sorted nanoseconds, in microseconds (nearest rank).
+fn percentile_us(sorted_ns: &[u64], quantile: f64) -> f64 {
+    if sorted_ns.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (quantile * sorted_ns.len() as f64).ceil() as usize;
+    sorted_ns[rank.clamp(1, sorted_ns.len()) - 1] as f64 / 1000.0
 }
 
 /// What one connection does, again and again, during a phase: one request

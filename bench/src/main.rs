@@ -7,6 +7,7 @@
 mod baseline;
 mod coldstart;
 mod dispatch;
+mod durability;
 mod load;
 mod prepare;
 mod reload;
@@ -133,7 +134,7 @@ struct Phase {
     connections: usize,
 }
 
-const PHASES: [Phase; 5] = [
+const PHASES: [Phase; 6] = [
     Phase {
         scenario: Scenario::Catalog,
         connections: 16,
@@ -141,6 +142,10 @@ const PHASES: [Phase; 5] = [
     Phase {
         scenario: Scenario::ProvisionDeprovision,
         connections: 16,
+    },
+    Phase {
+        scenario: Scenario::ProvisionDeprovision,
+        connections: 64,
     },
     Phase {
         scenario: Scenario::BindUnbind,
@@ -230,6 +235,9 @@ async fn measure_load(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_kib = system::resident_kib(broker.pid()).context("reading the broker's RSS")?;
     let baseline = start_baseline(&work.join("baseline"), &catalog).await?;
+    // Beside the broker's own state, on the same disk, while both servers idle.
+    eprintln!("bench: fsync, bare SQLite and StateStore writes");
+    let durability = durability::measure(&broker_dir.join("state"), duration).await?;
 
     let broker_rss = RssSampler::start(broker.pid());
     let baseline_rss = RssSampler::start(baseline.pid());
@@ -289,6 +297,7 @@ async fn measure_load(
         comparisons,
         memory,
         reload,
+        durability,
     })
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::coldstart::{self, ColdStart};
 use crate::dispatch::Dispatch;
+use crate::durability::{Durability, Rate};
 use crate::load::Measurement;
 use crate::reload::HotReload;
 use crate::scale::{self, Scale};
@@ -32,6 +33,7 @@ pub struct LoadResults {
     pub comparisons: Vec<Comparison>,
     pub memory: Memory,
     pub reload: HotReload,
+    pub durability: Durability,
 }
 
 /// Every section that ran (`--only` may skip some).
@@ -113,6 +115,7 @@ fn render_into(out: &mut String, r: &Results) -> std::fmt::Result {
     }
     if let Some(load) = &r.load {
         render_load(out, load, r.seconds, r.rounds)?;
+        render_durability(out, load)?;
     }
     if let Some(dispatch) = &r.dispatch {
         render_dispatch(out, dispatch)?;
@@ -220,6 +223,62 @@ fn render_load(
                 )?;
             }
         }
+    }
+    Ok(())
+}
+
+/// The provision+deprovision phase at 64 connections on the broker.
+fn pairs_at_64(load: &LoadResults) -> Option<&Measurement> {
+    load.comparisons
+        .iter()
+        .find(|c| c.scenario == crate::PROVISION && c.connections == 64)
+        .map(|c| &c.broker)
+}
+
+fn render_durability(out: &mut String, load: &LoadResults) -> std::fmt::Result {
+    let d = &load.durability;
+    writeln!(
+        out,
+        "\n## Durable writes: the store vs the disk and a bare SQLite transaction\n\n\
+         Measured in this process, one writer, while the servers idle. fsync: 4 KiB written in place in a \
+         file of the broker's state directory, then fsync. Bare transaction: sqlx-sqlite, WAL, \
+         synchronous=FULL, `BEGIN IMMEDIATE`, read the instance row, upsert it, append a history row, commit. \
+         StateStore: the same state change through `transition_instance`. CPU/op is this process's CPU time \
+         (all threads, from /proc, 10 ms ticks) divided by the operations.\n\n\
+         | operation | ops/s | CPU/op us | ratio to bare transaction (CPU) |\n|---|---:|---:|---:|"
+    )?;
+    let cpu = |rate: &Rate| rate.cpu_us.map_or_else(|| "n/a".to_owned(), |us| format!("{us:.0}"));
+    let against_bare = |rate: &Rate| match (rate.cpu_us, d.bare.cpu_us) {
+        (Some(us), Some(bare)) => ratio(us, bare),
+        _ => "n/a".to_owned(),
+    };
+    for (name, rate) in [
+        ("write + fsync", &d.fsync),
+        ("bare SQLite transaction (one state change)", &d.bare),
+        ("StateStore::transition_instance (one state change)", &d.store),
+    ] {
+        writeln!(
+            out,
+            "| {name} | {:.0} | {} | {} |",
+            rate.per_second(),
+            cpu(rate),
+            against_bare(rate)
+        )?;
+    }
+    if let Some(pairs) = pairs_at_64(load) {
+        // Each provision+deprovision pair is two requests.
+        let pairs_per_second = pairs.per_second() / 2.0;
+        let (p50, p99) = (pairs.marked_p50_us(), pairs.marked_p99_us());
+        writeln!(
+            out,
+            "\nDurable provision+deprovision pairs at 64 connections: {pairs_per_second:.0}/s, \
+             {} the fsync rate ({:.0}/s). Provision alone: p50 {} ms, p99 {} ms ({} of p50).",
+            ratio(pairs_per_second, d.fsync.per_second()),
+            d.fsync.per_second(),
+            ms(p50),
+            ms(p99),
+            ratio(p99, p50),
+        )?;
     }
     Ok(())
 }
@@ -371,6 +430,31 @@ fn targets(r: &Results) -> Vec<Target> {
         if let Some(ratio) = throughput(crate::PROVISION) {
             let name = "provision+deprovision req/s vs bare state writes";
             targets.push(Target::at_least(name, ratio, 0.5, "x"));
+        }
+        let d = &load.durability;
+        if let (Some(store), Some(bare)) = (d.store.cpu_us, d.bare.cpu_us) {
+            targets.push(Target::at_most(
+                "StateStore CPU per state change vs bare SQLite transaction",
+                store / bare,
+                2.0,
+                "x",
+                false,
+            ));
+        }
+        if let Some(pairs) = pairs_at_64(load) {
+            targets.push(Target::at_least(
+                "durable provision+deprovision pairs/s at 64 conns vs fsync/s",
+                pairs.per_second() / 2.0 / d.fsync.per_second(),
+                1.0,
+                "x",
+            ));
+            targets.push(Target::at_most(
+                "provision p99 vs p50 at 64 conns",
+                pairs.marked_p99_us() / pairs.marked_p50_us(),
+                3.0,
+                "x",
+                false,
+            ));
         }
     }
     if let Some(dispatch) = &r.dispatch {

@@ -113,7 +113,7 @@ impl Step for ProvisionDeprovision {
         let path = instance_path(&self.ids.fresh());
         let body = provision_body(&self.plan);
         recorder
-            .call(
+            .call_marked(
                 window,
                 connection,
                 Method::PUT,

@@ -350,15 +350,29 @@ impl<P: Plugins, R: Records> Broker<P, R> {
                 .clone()
                 .ok_or_else(|| binding_not_found(binding_id))?,
         };
+        // Concurrent polls of this operation share one plugin call.
+        let key = operation.id.clone();
+        self.binding_polls
+            .run(&key, self.ask_binding_plugin(&poll.instance_id, record, operation))
+            .await
+    }
+
+    /// Asks the plugin how `operation` of `record` goes (and, for a bind
+    /// that succeeded, its credentials), and settles a finished one in the
+    /// record.
+    async fn ask_binding_plugin(
+        &self,
+        instance_id: &str,
+        record: BindingRecord,
+        operation: OperationRecord,
+    ) -> Result<OperationStatus, BrokerError> {
+        let binding_id = record.binding.id.as_str();
         let instance = self
             .records
-            .instance(&poll.instance_id)
+            .instance(instance_id)
             .await?
             .ok_or_else(|| {
-                Refusal::NotFound(format!(
-                    "service instance {} does not exist",
-                    poll.instance_id
-                ))
+                Refusal::NotFound(format!("service instance {instance_id} does not exist"))
             })?;
         let mut polled = self
             .plugins
@@ -400,7 +414,7 @@ impl<P: Plugins, R: Records> Broker<P, R> {
         };
         self.finish_binding(
             binding_id,
-            &poll.instance_id,
+            instance_id,
             &operation.id,
             |record, operation| {
                 if let Some(status) = status {

@@ -135,6 +135,8 @@ pub struct ScriptedPlugins {
     scripts: Mutex<BTreeMap<&'static str, VecDeque<Script>>>,
     polls: Mutex<VecDeque<Result<OperationStatus, CallError>>>,
     calls: Mutex<Vec<String>>,
+    /// When set, polls wait for a permit before answering (`hold_polls`).
+    poll_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 impl ScriptedPlugins {
@@ -160,6 +162,30 @@ impl ScriptedPlugins {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(answers);
+    }
+
+    /// From now on each poll is counted at once but answers only once the
+    /// returned semaphore has a permit for it (`add_permits`), which it
+    /// uses up.
+    pub fn hold_polls(&self) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        *self.poll_gate.lock().unwrap_or_else(|p| p.into_inner()) = Some(gate.clone());
+        gate
+    }
+
+    async fn pass_gate(&self) {
+        let gate = self
+            .poll_gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // Each permit lets one poll through (never closed: a closed gate
+        // lets every poll through).
+        if let Some(gate) = gate
+            && let Ok(permit) = gate.acquire().await
+        {
+            permit.forget();
+        }
     }
 
     /// The calls made so far, in order ("provision i-1", "bind b-1", ...).
@@ -298,6 +324,7 @@ impl Plugins for ScriptedPlugins {
         _: Option<&str>,
     ) -> Result<OperationStatus, CallError> {
         self.next("last_operation", &instance.id);
+        self.pass_gate().await;
         self.next_poll()
     }
 
@@ -309,6 +336,7 @@ impl Plugins for ScriptedPlugins {
         _: Option<&str>,
     ) -> Result<OperationStatus, CallError> {
         self.next("last_binding_operation", &binding.id);
+        self.pass_gate().await;
         self.next_poll()
     }
 

@@ -459,6 +459,20 @@ impl<P: Plugins, R: Records> Broker<P, R> {
             PollStep::Stored(status) => return Ok(status),
             PollStep::AskPlugin => record.operation.clone().ok_or_else(not_found)?,
         };
+        // Concurrent polls of this operation share one plugin call.
+        let key = operation.id.clone();
+        self.instance_polls
+            .run(&key, self.ask_instance_plugin(record, operation))
+            .await
+    }
+
+    /// Asks the plugin how `operation` of `record` goes, and settles a
+    /// finished one in the record.
+    async fn ask_instance_plugin(
+        &self,
+        record: InstanceRecord,
+        operation: OperationRecord,
+    ) -> Result<OperationStatus, BrokerError> {
         let polled = self
             .plugins
             .last_operation(
@@ -474,6 +488,7 @@ impl<P: Plugins, R: Records> Broker<P, R> {
             Polled::Finished { reported, status } => (reported, status),
         };
         let kind = operation.kind;
+        let instance_id = &record.instance.id;
         self.finish_instance(instance_id, &operation.id, |record, operation| {
             if let Some(status) = status {
                 record.status = status;

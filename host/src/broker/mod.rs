@@ -16,6 +16,9 @@ mod fakes;
 mod instances;
 mod requests;
 mod seams;
+mod single_flight;
+#[cfg(test)]
+mod single_flight_tests;
 #[cfg(test)]
 mod tests;
 mod validation;
@@ -30,12 +33,14 @@ pub use seams::{Plugins, Records};
 
 use crate::catalog::CatalogSnapshot;
 use crate::lifecycle::{Answer, Verdict};
-use crate::model::Refusal;
+use crate::model::{OperationStatus, Refusal};
 use crate::runtime::{CallError, PluginRuntime};
 use crate::state::{StateError, StateStore};
+use single_flight::Flights;
 
-/// Why the broker could not serve a request.
-#[derive(Debug, thiserror::Error)]
+/// Why the broker could not serve a request. `Clone`, so that concurrent
+/// polls of one operation can all be given the one poll's reply.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     /// An OSB refusal, from the core or the plugin (4xx, or a plugin's own
     /// `internal` 500).
@@ -52,7 +57,13 @@ pub enum BrokerError {
     PluginContract(String),
     /// The state store failed: 500.
     #[error(transparent)]
-    State(#[from] StateError),
+    State(Arc<StateError>),
+}
+
+impl From<StateError> for BrokerError {
+    fn from(error: StateError) -> Self {
+        Self::State(Arc::new(error))
+    }
 }
 
 impl From<CallError> for BrokerError {
@@ -97,11 +108,20 @@ pub struct AcceptedReply {
 pub struct Broker<P = PluginRuntime, R = StateStore> {
     plugins: Arc<P>,
     records: R,
+    /// The `last_operation` polls asking a plugin, by operation id: one
+    /// plugin call per operation at a time (`single_flight`).
+    instance_polls: Flights<Result<OperationStatus, BrokerError>>,
+    binding_polls: Flights<Result<OperationStatus, BrokerError>>,
 }
 
 impl<P: Plugins, R: Records> Broker<P, R> {
     pub fn new(plugins: Arc<P>, records: R) -> Self {
-        Self { plugins, records }
+        Self {
+            plugins,
+            records,
+            instance_polls: Flights::default(),
+            binding_polls: Flights::default(),
+        }
     }
 
     pub fn catalog(&self) -> Arc<CatalogSnapshot> {

@@ -16,9 +16,9 @@ use crate::lifecycle::{OperationPhase, ResourceStatus};
 use crate::model::{InstanceResult, OperationState, OperationStatus, RequestInfo};
 use crate::state::Transition;
 
-type TestBroker = Broker<ScriptedPlugins, MemoryRecords>;
+pub(super) type TestBroker = Broker<ScriptedPlugins, MemoryRecords>;
 
-fn broker() -> (TestBroker, MemoryRecords) {
+pub(super) fn broker() -> (TestBroker, MemoryRecords) {
     let records = MemoryRecords::default();
     (
         Broker::new(Arc::new(ScriptedPlugins::new()), records.clone()),
@@ -26,7 +26,7 @@ fn broker() -> (TestBroker, MemoryRecords) {
     )
 }
 
-fn info(accepts_incomplete: bool) -> RequestInfo {
+pub(super) fn info(accepts_incomplete: bool) -> RequestInfo {
     RequestInfo {
         originating_identity: None,
         request_identity: None,
@@ -35,7 +35,7 @@ fn info(accepts_incomplete: bool) -> RequestInfo {
     }
 }
 
-fn provision(id: &str, plan: &str, parameters: Option<Value>) -> ProvisionRequest {
+pub(super) fn provision(id: &str, plan: &str, parameters: Option<Value>) -> ProvisionRequest {
     ProvisionRequest {
         instance_id: id.to_owned(),
         service_id: SERVICE.to_owned(),
@@ -49,7 +49,7 @@ fn provision(id: &str, plan: &str, parameters: Option<Value>) -> ProvisionReques
     }
 }
 
-fn bind(instance: &str, binding: &str, plan: &str) -> BindRequest {
+pub(super) fn bind(instance: &str, binding: &str, plan: &str) -> BindRequest {
     BindRequest {
         instance_id: instance.to_owned(),
         binding_id: binding.to_owned(),
@@ -95,7 +95,7 @@ fn update(id: &str, plan: Option<&str>, parameters: Option<Value>) -> UpdateRequ
     }
 }
 
-fn poll(instance: &str, binding: Option<&str>) -> PollRequest {
+pub(super) fn poll(instance: &str, binding: Option<&str>) -> PollRequest {
     PollRequest {
         instance_id: instance.to_owned(),
         binding_id: binding.map(str::to_owned),
@@ -115,7 +115,7 @@ fn code<T: std::fmt::Debug>(result: Result<T, BrokerError>) -> String {
     }
 }
 
-fn succeeded() -> OperationStatus {
+pub(super) fn succeeded() -> OperationStatus {
     OperationStatus {
         state: OperationState::Succeeded,
         description: None,

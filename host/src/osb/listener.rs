@@ -16,15 +16,20 @@
 //!   Meanwhile new connections wait in the kernel's backlog: the process
 //!   never holds more than that, so it never runs out of file descriptors.
 //!
-//! hyper's own header timer also runs while a kept-alive connection waits,
-//! so it is set to the longer of the two timeouts, as a backstop; the
-//! connection's watchdog here tells a new request from an idle wait.
+//! The connection's watchdog here tells a new request from an idle wait, so
+//! hyper's own header timer is off: it would arm and cancel a timer around
+//! every request. The watchdog is lazy for the same reason: requests
+//! starting and ending only move atomics; its one timer is reset when it
+//! fires, and it is woken early only when a deadline moves before the
+//! instant its timer is set for (the first bytes of a request on a
+//! connection that was idle), so on a busy kept-alive connection it looks
+//! about once per header timeout, not around every request.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -32,12 +37,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceExt as _;
@@ -72,13 +77,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.max(limits.idle_timeout));
+    // The watchdog times the headers (hyper's timer would need a timer per
+    // request, and cannot tell an idle wait from a slow request).
+    builder.http1().header_read_timeout(None);
     let builder = Arc::new(builder);
     let tracker = Arc::new(Tracker::new(limits));
-    let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -114,11 +117,11 @@ pub async fn serve(
             app: app.clone(),
             limits,
         };
-        connections.spawn(connection.run(stream, tls.clone(), stopping.clone()));
+        connections.spawn(connection.run(stream, tls.clone()));
         while connections.try_join_next().is_some() {}
     }
-    // Ignored: no connection task left to tell.
-    let _ = stop.send(true);
+    // Every connection accepted is in the tracker until it ends.
+    tracker.stop_all();
     while connections.join_next().await.is_some() {}
 }
 
@@ -148,16 +151,49 @@ struct ConnState {
     /// When bytes first came in while no request was under way: the next
     /// request (or TLS handshake) has begun. `NEVER` if none came.
     reading_since: AtomicU64,
-    /// Notified when the connection must close (evicted at the cap).
-    close: Notify,
-    /// Notified when its deadline moves (a request starts or ends, bytes
-    /// of a new one arrive), so the watchdog looks again.
-    changed: Notify,
+    /// When the watchdog's timer is set to look next. A deadline moving
+    /// before it wakes the watchdog (`EARLIER`); one moving later does
+    /// not: the watchdog finds it when its timer fires.
+    armed: AtomicU64,
+    /// `EVICTED`, `STOPPING`, `EARLIER`: what the watchdog is woken for.
+    signals: AtomicU8,
+    /// The connection's task, waiting.
+    waker: AtomicWaker,
 }
 
+/// Signals to a connection's task: evicted at the cap (close now).
+const EVICTED: u8 = 1;
+/// The broker stops: finish the request under way, then close.
+const STOPPING: u8 = 2;
+/// A deadline moved before the watchdog's timer.
+const EARLIER: u8 = 4;
+
 impl ConnState {
+    fn signal(&self, what: u8) {
+        self.signals.fetch_or(what, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// The connection's deadline is now `due` (or later): the watchdog is
+    /// woken only if its timer is set after that.
+    fn deadline_moved(&self, due: Millis) {
+        if due < self.armed.load(Ordering::SeqCst) {
+            self.signal(EARLIER);
+        }
+    }
+
+    /// When the watchdog should look next, or why the connection expired:
+    /// the deadline, or a header timeout from `now` while a request runs.
+    fn next_look(&self, limits: &ConnectionLimits, now: Millis) -> Result<Millis, &'static str> {
+        match self.deadline(limits) {
+            None => Ok(now.saturating_add(millis(limits.header_read_timeout))),
+            Some((due, reason)) if due <= now => Err(reason),
+            Some((due, _)) => Ok(due),
+        }
+    }
+
     fn is_idle(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) == 0
+        self.in_flight.load(Ordering::SeqCst) == 0
     }
 
     /// When the connection expires if nothing changes: `None` while a
@@ -167,13 +203,13 @@ impl ConnState {
             return None;
         }
         let header = millis(limits.header_read_timeout);
-        if self.fresh.load(Ordering::Acquire) {
+        if self.fresh.load(Ordering::SeqCst) {
             return Some((self.accepted.saturating_add(header), "header_timeout"));
         }
-        match self.reading_since.load(Ordering::Acquire) {
+        match self.reading_since.load(Ordering::SeqCst) {
             NEVER => Some((
                 self.idle_since
-                    .load(Ordering::Acquire)
+                    .load(Ordering::SeqCst)
                     .saturating_add(millis(limits.idle_timeout)),
                 "idle_timeout",
             )),
@@ -247,7 +283,7 @@ impl Tracker {
                 return Err(Duration::from_millis(evictable_after - idle_for));
             }
             open.remove(&victim.id);
-            victim.close.notify_one();
+            victim.signal(EVICTED);
             closed("evicted");
             victim.probes_only
         };
@@ -259,8 +295,9 @@ impl Tracker {
             fresh: AtomicBool::new(true),
             idle_since: AtomicU64::new(now),
             reading_since: AtomicU64::new(NEVER),
-            close: Notify::new(),
-            changed: Notify::new(),
+            armed: AtomicU64::new(now.saturating_add(millis(self.limits.header_read_timeout))),
+            signals: AtomicU8::new(0),
+            waker: AtomicWaker::new(),
         });
         open.insert(state.id, state.clone());
         metrics::gauge!("http_connections_open").set(open.len() as f64);
@@ -272,6 +309,22 @@ impl Tracker {
         open.remove(&id);
         metrics::gauge!("http_connections_open").set(open.len() as f64);
     }
+
+    /// Tells every open connection the broker stops.
+    fn stop_all(&self) {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        for state in open.values() {
+            state.signal(STOPPING);
+        }
+    }
+}
+
+/// Why a connection's drive loop ended.
+enum End {
+    /// The client closed, or hyper ended the connection.
+    Served,
+    Evicted,
+    Expired(&'static str),
 }
 
 /// One accepted connection and what serving it needs.
@@ -284,12 +337,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(
-        self,
-        stream: TcpStream,
-        tls: Option<tokio_rustls::TlsAcceptor>,
-        stopping: watch::Receiver<bool>,
-    ) {
+    async fn run(self, stream: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
         // Small answers on kept-alive connections: do not wait to fill a
         // segment. Failing only costs latency.
         let _ = stream.set_nodelay(true);
@@ -299,14 +347,22 @@ impl Connection {
             tracker: self.tracker.clone(),
         };
         match tls {
-            None => self.drive(io, stopping).await,
+            None => self.drive(io).await,
             Some(acceptor) => {
+                let evicted = std::future::poll_fn(|cx| {
+                    self.state.waker.register(cx.waker());
+                    if self.state.signals.load(Ordering::SeqCst) & EVICTED != 0 {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    }
+                });
                 let handshake = tokio::select! {
                     done = tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(io)) => done,
-                    () = self.state.close.notified() => return self.tracker.remove(self.state.id),
+                    () = evicted => return self.tracker.remove(self.state.id),
                 };
                 match handshake {
-                    Ok(Ok(stream)) => self.drive(stream, stopping).await,
+                    Ok(Ok(stream)) => self.drive(stream).await,
                     Ok(Err(error)) => {
                         tracing::debug!(%error, "TLS handshake failed");
                         self.tracker.remove(self.state.id);
@@ -322,7 +378,7 @@ impl Connection {
 
     /// Serves HTTP on `io` until the client closes, a timeout passes, the
     /// connection is evicted, or the broker stops.
-    async fn drive<S>(self, io: S, mut stopping: watch::Receiver<bool>)
+    async fn drive<S>(self, io: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -346,43 +402,72 @@ impl Connection {
         });
         let connection = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
+        let (state, tracker, limits) = (&self.state, &self.tracker, &self.limits);
+        let watchdog = tokio::time::sleep_until(tracker.at(state.armed.load(Ordering::SeqCst)));
+        tokio::pin!(watchdog);
         let mut shutting_down = false;
-        loop {
-            // While a request runs, look again after a header timeout.
-            let (deadline, reason) = self.state.deadline(&self.limits).unwrap_or_else(|| {
-                (
-                    self.tracker
-                        .now()
-                        .saturating_add(millis(self.limits.header_read_timeout)),
-                    "",
-                )
-            });
-            tokio::select! {
-                served = connection.as_mut() => {
+        // One future for the connection and its watchdog: polled when hyper
+        // has work, when the timer fires, or when signalled; checking the
+        // watchdog on a poll is a few atomic operations.
+        let end = std::future::poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(served) = connection.as_mut().poll(cx) {
                     if let Err(error) = served {
                         tracing::debug!(%error, "connection ended with an error");
                     }
-                    break;
+                    return Poll::Ready(End::Served);
                 }
-                () = self.state.close.notified() => break,
-                () = self.state.changed.notified() => {}
-                changed = stopping.changed(), if !shutting_down => {
+                state.waker.register(cx.waker());
+                let signals = match state.signals.load(Ordering::SeqCst) {
+                    0 => 0,
+                    _ => state.signals.swap(0, Ordering::SeqCst),
+                };
+                if signals & EVICTED != 0 {
+                    return Poll::Ready(End::Evicted);
+                }
+                // The connection is polled again after a graceful shutdown
+                // begins (it may be done) or a timer set in the past.
+                let mut again = false;
+                if signals & STOPPING != 0 && !shutting_down {
                     shutting_down = true;
-                    if changed.is_ok() {
-                        connection.as_mut().graceful_shutdown();
+                    connection.as_mut().graceful_shutdown();
+                    again = true;
+                }
+                if signals & EARLIER != 0 || watchdog.as_mut().poll(cx).is_ready() {
+                    match rearm(state, limits, tracker) {
+                        Err(reason) => return Poll::Ready(End::Expired(reason)),
+                        Ok(look) => {
+                            watchdog.as_mut().reset(tracker.at(look));
+                            // Registers the timer (normally not due yet).
+                            again |= watchdog.as_mut().poll(cx).is_ready();
+                        }
                     }
                 }
-                () = tokio::time::sleep_until(self.tracker.at(deadline)) => {
-                    let expired = self.state.deadline(&self.limits)
-                        .is_some_and(|(now_due, _)| now_due <= self.tracker.now());
-                    if expired {
-                        closed(reason);
-                        break;
-                    }
+                if !again {
+                    return Poll::Pending;
                 }
             }
+        });
+        match end.await {
+            End::Served | End::Evicted => {}
+            End::Expired(reason) => closed(reason),
         }
         self.tracker.remove(self.state.id);
+    }
+}
+
+/// Sets when the watchdog looks next (`armed`), or says why the connection
+/// expired. `armed` is stored before the state is read again, so a
+/// deadline that moved meanwhile is either seen here or signalled
+/// (`deadline_moved` reads `armed` after changing the state).
+fn rearm(state: &ConnState, limits: &ConnectionLimits, tracker: &Tracker) -> Result<Millis, &'static str> {
+    loop {
+        let deadline = state.deadline(limits);
+        let look = state.next_look(limits, tracker.now())?;
+        state.armed.store(look, Ordering::SeqCst);
+        if state.deadline(limits) == deadline {
+            return Ok(look);
+        }
     }
 }
 
@@ -409,20 +494,25 @@ fn too_busy() -> Response {
 struct Busy(Arc<ConnState>, Arc<Tracker>);
 
 impl Busy {
+    /// A request starts: no deadline while it runs. The watchdog is not
+    /// woken: a later deadline is found when its timer fires.
     fn start(state: Arc<ConnState>, tracker: Arc<Tracker>) -> Self {
-        state.in_flight.fetch_add(1, Ordering::AcqRel);
-        state.fresh.store(false, Ordering::Release);
-        state.reading_since.store(NEVER, Ordering::Release);
-        state.changed.notify_one();
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
+        state.fresh.store(false, Ordering::SeqCst);
+        state.reading_since.store(NEVER, Ordering::SeqCst);
         Self(state, tracker)
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.idle_since.store(self.1.now(), Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_one();
+        let now = self.1.now();
+        self.0.idle_since.store(now, Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        // The idle timeout from now: earlier than the watchdog's timer
+        // only if idle_timeout_ms is below header_read_timeout_ms.
+        self.0
+            .deadline_moved(now.saturating_add(millis(self.1.limits.idle_timeout)));
     }
 }
 
@@ -448,11 +538,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             let started = self.state.reading_since.compare_exchange(
                 NEVER,
                 now,
-                Ordering::AcqRel,
-                Ordering::Acquire,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
             );
             if started.is_ok() {
-                self.state.changed.notify_one();
+                let due = now.saturating_add(millis(self.tracker.limits.header_read_timeout));
+                self.state.deadline_moved(due);
             }
         }
         polled
@@ -490,89 +581,5 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits(max_connections: usize) -> ConnectionLimits {
-        ConnectionLimits {
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(120),
-            max_connections,
-        }
-    }
-
-    /// A tracker whose clock has run ten seconds, so connections can be aged.
-    fn tracker(max_connections: usize) -> Arc<Tracker> {
-        let mut tracker = Tracker::new(limits(max_connections));
-        tracker.epoch = Instant::now() - Duration::from_secs(10);
-        Arc::new(tracker)
-    }
-
-    fn age(tracker: &Tracker, state: &ConnState) {
-        state
-            .idle_since
-            .store(tracker.now() - 1_000, Ordering::Release);
-    }
-
-    #[test]
-    fn at_the_cap_the_longest_idle_connection_makes_room() {
-        let tracker = tracker(2);
-        let first = tracker.admit().expect("free");
-        let second = tracker.admit().expect("free");
-        let _busy = Busy::start(second.clone(), tracker.clone());
-        let wait = tracker.admit().expect_err("the idle one just arrived");
-        assert!(wait <= EVICTABLE_AFTER, "{wait:?}");
-        age(&tracker, &first);
-        let third = tracker.admit().expect("takes the idle one's place");
-        assert!(!third.probes_only);
-        let open = tracker.open.lock().expect("lock");
-        assert!(!open.contains_key(&first.id), "the idle one is evicted");
-        assert!(open.contains_key(&second.id), "the busy one stays");
-        assert!(open.contains_key(&third.id));
-    }
-
-    #[test]
-    fn when_every_connection_is_busy_only_probes_get_a_few_more() {
-        let tracker = tracker(1);
-        let mut held = vec![Busy::start(tracker.admit().expect("free"), tracker.clone())];
-        for _ in 0..PROBE_RESERVE {
-            let state = tracker.admit().expect("reserve");
-            assert!(state.probes_only);
-            held.push(Busy::start(state, tracker.clone()));
-        }
-        tracker
-            .admit()
-            .expect_err("all busy and the reserve taken: wait");
-        // A reserve connection goes idle: once it had its chance, a new one
-        // takes its place, and stays probes-only.
-        let idle = held.pop().expect("held").0.clone();
-        tracker.admit().expect_err("it just went idle");
-        age(&tracker, &idle);
-        let next = tracker
-            .admit()
-            .expect("replaces the idle reserve connection");
-        assert!(next.probes_only);
-    }
-
-    #[test]
-    fn deadlines_follow_the_connection() {
-        let limits = limits(4);
-        let tracker = Arc::new(Tracker::new(limits));
-        let state = tracker.admit().expect("free");
-        let (due, reason) = state.deadline(&limits).expect("idle");
-        assert_eq!((due, reason), (state.accepted + 10_000, "header_timeout"));
-        let busy = Busy::start(state.clone(), tracker.clone());
-        assert_eq!(state.deadline(&limits), None, "no timeout while busy");
-        drop(busy);
-        let idle_since = state.idle_since.load(Ordering::Acquire);
-        assert_eq!(
-            state.deadline(&limits),
-            Some((idle_since + 120_000, "idle_timeout"))
-        );
-        state.reading_since.store(idle_since + 5, Ordering::Release);
-        assert_eq!(
-            state.deadline(&limits),
-            Some((idle_since + 5 + 10_000, "header_timeout"))
-        );
-    }
-}
+#[path = "listener_tests.rs"]
+mod tests;

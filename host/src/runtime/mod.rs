@@ -58,7 +58,7 @@ use crate::model::{
 };
 
 /// Why a plugin call did not produce an answer from the plugin.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     /// The plugin answered with a typed OSB refusal.
     #[error(transparent)]
