@@ -118,13 +118,23 @@ mod tests {
 
         Plugin::provision(&instance, &testing::request()).expect("provisioned");
         Plugin::provision(&instance, &testing::request()).expect("provisioned again");
-        let credentials =
-            testing::credentials(&Plugin::bind(&instance, &binding, &testing::request()).expect("bound"));
+        let credentials = testing::credentials(
+            &Plugin::bind(&instance, &binding, &testing::request()).expect("bound"),
+        );
 
-        assert_eq!(credentials["username"], derive_name("u_", "binding-1", 32).as_str());
+        assert_eq!(
+            credentials["username"],
+            derive_name("u_", "binding-1", 32).as_str()
+        );
         assert_eq!(credentials["password"].as_str().map(str::len), Some(24));
         assert_eq!(fakes.kv.entries().len(), 2, "{:?}", fakes.kv.entries());
-        assert!(fakes.log.messages().iter().any(|line| line.starts_with("created user")));
+        assert!(
+            fakes
+                .log
+                .messages()
+                .iter()
+                .any(|line| line.starts_with("created user"))
+        );
 
         Plugin::unbind(&instance, &binding, &testing::request()).expect("unbound");
         Plugin::unbind(&instance, &binding, &testing::request()).expect("unbound again");
@@ -136,8 +146,12 @@ mod tests {
     fn bind_on_an_unknown_instance_is_not_found() {
         let _fakes = Fakes::install();
         let instance = testing::instance("nowhere", SERVICE_ID, PLAN_ID);
-        let error = Plugin::bind(&instance, &testing::binding("b", &instance), &testing::request())
-            .expect_err("refused");
+        let error = Plugin::bind(
+            &instance,
+            &testing::binding("b", &instance),
+            &testing::request(),
+        )
+        .expect_err("refused");
         assert!(matches!(error, BrokerError::NotFound(_)), "{error:?}");
     }
 }
