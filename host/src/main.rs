@@ -46,6 +46,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Plugins(PluginsCommand::Release { name }) => {
             cli::plugins::release(&config()?, &name).await
         }
+        Command::Plugins(PluginsCommand::New { name, lang, dir }) => {
+            let project = cli::scaffold::new_project(&name, &lang, dir.as_deref())?;
+            println!(
+                "created {} (its README.md says how to build and test it)",
+                project.display()
+            );
+            Ok(())
+        }
         Command::GenerateKey => cli::keys::generate(),
         Command::RotateKey { new_key_file } => {
             cli::keys::rotate(config()?, new_key_file.as_deref()).await

@@ -8,6 +8,7 @@ pub mod instances;
 pub mod keys;
 pub mod plugins;
 pub mod purge;
+pub mod scaffold;
 pub mod serve;
 mod text;
 
@@ -161,6 +162,18 @@ pub enum PluginsCommand {
     Release {
         /// The plugin's name: its file stem (mysql for mysql.wasm).
         name: String,
+    },
+    /// Write a new plugin project, ready to build, to DIR/NAME: one service with one plan, a unit
+    /// test, the build configuration (Rust: a copy of the SDK). Needs no broker.toml.
+    New {
+        /// The plugin's name (a-z, 0-9 and -, starting with a letter): its .wasm file's stem.
+        name: String,
+        /// The language: a template this binary carries (rust, and those under plugins/templates/).
+        #[arg(long, default_value = "rust")]
+        lang: String,
+        /// Where to create the project's directory (default: the current directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 

@@ -19,6 +19,8 @@
 //! read another prefix), until the broker restarts without persistence.
 
 mod dynsec;
+#[cfg(test)]
+mod flow_tests;
 mod mqtt;
 mod session;
 

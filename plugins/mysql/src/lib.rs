@@ -21,6 +21,8 @@
 //! Unbind drops the user.
 
 mod accounts;
+#[cfg(test)]
+mod flow_tests;
 
 use serde::Deserialize;
 use serde_json::json;

@@ -50,6 +50,8 @@ use wasm_broker_sdk::log;
 use wasm_broker_sdk::prelude::*;
 use wasm_broker_sdk::sql::{self, Dialect, Value};
 
+#[cfg(test)]
+mod flow_tests;
 mod roles;
 use roles::Roles;
 

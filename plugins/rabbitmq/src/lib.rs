@@ -7,6 +7,9 @@
 //! plugin's config says it: `[plugins.rabbitmq.config] amqp_host`,
 //! `amqp_port` (default 127.0.0.1:5672).
 
+#[cfg(test)]
+mod flow_tests;
+
 use serde::Deserialize;
 use serde_json::json;
 use wasm_broker_sdk::http::{self, Method, encode_segment};

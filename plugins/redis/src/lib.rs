@@ -10,6 +10,9 @@
 //! ACL users live in memory unless the server has an `aclfile`: after each
 //! change the plugin runs `ACL SAVE` and warns when the server has none.
 
+#[cfg(test)]
+mod flow_tests;
+
 use serde::Deserialize;
 use serde_json::json;
 use wasm_broker_sdk::log;

@@ -21,6 +21,8 @@ pub fn parameters_schema(properties: Value) -> Value {
 }
 
 impl PluginInfo {
+    /// The plugin's name (`[a-z0-9-]+`, the `.wasm` file's stem), version
+    /// and description, as `describe` returns them.
     pub fn new(name: &str, version: &str, description: &str) -> Self {
         Self {
             name: name.to_owned(),
@@ -31,6 +33,7 @@ impl PluginInfo {
 }
 
 impl Catalog {
+    /// A catalog of `services`.
     pub fn new(services: Vec<ServiceOffering>) -> Self {
         Self { services }
     }
@@ -60,6 +63,7 @@ impl ServiceOffering {
         }
     }
 
+    /// Tags the platform shows and filters by (`["mysql", "relational"]`).
     #[must_use]
     pub fn tags(mut self, tags: &[&str]) -> Self {
         self.tags = tags.iter().map(|&tag| tag.to_owned()).collect();
@@ -73,6 +77,7 @@ impl ServiceOffering {
         self
     }
 
+    /// Whether instances may change plan (default: no).
     #[must_use]
     pub fn plan_updateable(mut self, updateable: bool) -> Self {
         self.plan_updateable = updateable;

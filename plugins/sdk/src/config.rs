@@ -3,11 +3,11 @@
 use std::str::FromStr;
 
 use crate::BrokerError;
-use crate::bindings::wasm_broker::plugin::config as host;
+use crate::imports::config as calls;
 
 /// The setting `key`: strings as they are, other TOML values as JSON text.
 pub fn get(key: &str) -> Option<String> {
-    host::get(key)
+    calls::get(key)
 }
 
 /// The setting `key` parsed as `T`, or `default` when it is not set. A value

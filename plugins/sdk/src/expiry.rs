@@ -80,6 +80,7 @@ impl Lifetime {
             .map(|days| Self { days })
     }
 
+    /// The lifetime in days.
     pub fn days(self) -> u32 {
         self.days
     }
@@ -131,10 +132,12 @@ impl Expiry {
         &self.expires_at
     }
 
+    /// When the platform should rotate the credentials (ISO 8601).
     pub fn renew_before(&self) -> &str {
         &self.renew_before
     }
 
+    /// The binding metadata telling the platform both instants.
     pub fn metadata(&self) -> BindingMetadata {
         BindingMetadata {
             expires_at: Some(self.expires_at.clone()),

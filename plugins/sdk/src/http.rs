@@ -7,8 +7,9 @@ use serde::de::DeserializeOwned;
 
 use crate::BrokerError;
 use crate::bindings::wasm_broker::plugin::http as host;
+use crate::imports::http as calls;
 
-pub use host::{Method, Request, Response, ServerInfo};
+pub use host::{Error, Method, Request, Response, ServerInfo};
 
 /// Everything but RFC 3986's unreserved characters, so an encoded value is
 /// one opaque path segment, user or password, whatever it holds (`/`, `%`,
@@ -26,11 +27,12 @@ pub fn encode_segment(text: &str) -> String {
 
 /// The public base URL of the service behind `connection` (no credentials).
 pub fn server_info(connection: &str) -> Result<ServerInfo, BrokerError> {
-    host::get_server_info(connection).map_err(|error| to_broker_error(connection, error))
+    calls::get_server_info(connection).map_err(|error| to_broker_error(connection, error))
 }
 
+/// Sends `request` as it is (see [`send_json`] for JSON APIs).
 pub fn send(connection: &str, request: &Request) -> Result<Response, BrokerError> {
-    host::send(connection, request).map_err(|error| to_broker_error(connection, error))
+    calls::send(connection, request).map_err(|error| to_broker_error(connection, error))
 }
 
 /// Sends `body` as JSON (if any) and prefers JSON back. `path` must already
@@ -79,6 +81,7 @@ fn to_broker_error(connection: &str, error: host::Error) -> BrokerError {
 }
 
 impl Response {
+    /// A 2xx status.
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }

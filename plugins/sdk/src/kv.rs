@@ -3,22 +3,28 @@
 
 use crate::BrokerError;
 use crate::bindings::wasm_broker::plugin::kv as host;
+use crate::imports::kv as calls;
 
+pub use host::Error;
+
+/// The value stored under `key`.
 pub fn get(key: &str) -> Result<Option<Vec<u8>>, BrokerError> {
-    host::get(key).map_err(to_broker_error)
+    calls::get(key).map_err(to_broker_error)
 }
 
+/// Stores `value` under `key`, within the plugin's quota.
 pub fn set(key: &str, value: &[u8]) -> Result<(), BrokerError> {
-    host::set(key, value).map_err(to_broker_error)
+    calls::set(key, value).map_err(to_broker_error)
 }
 
+/// Removes `key`; nothing stored there is not an error.
 pub fn delete(key: &str) -> Result<(), BrokerError> {
-    host::delete(key).map_err(to_broker_error)
+    calls::delete(key).map_err(to_broker_error)
 }
 
 /// Keys starting with `prefix`, in order.
 pub fn list_keys(prefix: &str) -> Result<Vec<String>, BrokerError> {
-    host::list_keys(prefix).map_err(to_broker_error)
+    calls::list_keys(prefix).map_err(to_broker_error)
 }
 
 fn to_broker_error(error: host::Error) -> BrokerError {

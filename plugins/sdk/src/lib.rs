@@ -17,6 +17,14 @@
 //!   [`BrokerError`]s; [`tcp`] carries any protocol of the plugin's own,
 //!   with the admin secret filled in by the host.
 //!
+//! Natively (any target but `wasm32`), the capability wrappers answer from
+//! in-memory fakes instead of the host, so a plugin's own `cargo test` runs
+//! its real flows: enable the `testing` feature and script them with
+//! [`testing::Fakes`] (see that module).
+//!
+//! The crate's version follows the WIT contract in its `wit/` directory:
+//! 0.1.x speaks `wasm-broker:plugin@0.1.0`.
+//!
 //! ```ignore
 //! use wasm_broker_sdk::prelude::*;
 //!
@@ -33,6 +41,8 @@
 //!
 //! export_plugin!(Echo);
 //! ```
+
+#![warn(missing_docs)]
 
 // The generated export glue names this crate by its path, also from inside it.
 extern crate self as wasm_broker_sdk;
@@ -54,13 +64,32 @@ pub mod tcp;
 
 mod secret;
 
+/// In-memory fakes of the host's capabilities, for native tests.
+#[cfg(feature = "testing")]
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub mod testing;
+// Natively the wrappers always answer from the fakes (unscripted: every
+// connection ungranted), so a capability call in a native test is an error
+// the test sees, never the bindings' `unreachable!()` that aborts the whole
+// test binary.
+#[cfg(all(not(feature = "testing"), not(target_arch = "wasm32")))]
+#[allow(dead_code, unreachable_pub)]
+mod testing;
+
+/// Where the capability wrappers send their calls: the host's imports in a
+/// component, the fakes of [`testing`] anywhere else.
+#[cfg(target_arch = "wasm32")]
+use bindings::wasm_broker::plugin as imports;
+#[cfg(not(target_arch = "wasm32"))]
+use testing::imports;
+
 /// The code `wit-bindgen` generates for the `service-plugin` world. Plugins
 /// use the re-exports at the crate root instead.
 #[allow(clippy::all, missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "service-plugin",
-        path: "../../wit/v0.1.0",
+        path: "wit",
         additional_derives: [PartialEq],
         pub_export_macro: true,
         default_bindings_module: "wasm_broker_sdk::bindings",
@@ -70,6 +99,7 @@ pub mod bindings {
 }
 
 #[doc(hidden)]
+#[allow(missing_docs)]
 pub mod __private {
     pub use wit_bindgen;
 }

@@ -13,8 +13,9 @@ pub use crate::{
     __wasm_broker_log_info as info, __wasm_broker_log_warn as warn,
 };
 
+/// Writes `message` at `level`; the macros [`info!`] ... format it.
 pub fn write(level: Level, message: &str) {
-    crate::bindings::wasm_broker::plugin::log::log(level, message);
+    crate::imports::log::log(level, message);
 }
 
 #[doc(hidden)]

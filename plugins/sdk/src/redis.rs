@@ -2,18 +2,19 @@
 
 use crate::BrokerError;
 use crate::bindings::wasm_broker::plugin::redis as host;
+use crate::imports::redis as calls;
 
-pub use host::{Reply, ReplyItem, ServerInfo};
+pub use host::{Error, Reply, ReplyItem, ServerInfo};
 
 /// Where applications reach the server behind `connection`.
 pub fn server_info(connection: &str) -> Result<ServerInfo, BrokerError> {
-    host::get_server_info(connection).map_err(|error| to_broker_error(connection, error))
+    calls::get_server_info(connection).map_err(|error| to_broker_error(connection, error))
 }
 
 /// Runs one command, e.g. `command("admin", &["ACL", "DELUSER", &user])`.
 pub fn command<A: AsRef<[u8]>>(connection: &str, args: &[A]) -> Result<Reply, BrokerError> {
     let args: Vec<Vec<u8>> = args.iter().map(|arg| arg.as_ref().to_vec()).collect();
-    host::command(connection, &args).map_err(|error| to_broker_error(connection, error))
+    calls::command(connection, &args).map_err(|error| to_broker_error(connection, error))
 }
 
 fn to_broker_error(connection: &str, error: host::Error) -> BrokerError {
@@ -38,7 +39,9 @@ fn to_broker_error(connection: &str, error: host::Error) -> BrokerError {
 /// A `SCAN` page: the next cursor (`"0"` when done) and the keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanPage {
+    /// Where the next `SCAN` goes on.
     pub cursor: String,
+    /// The keys of this page.
     pub keys: Vec<Vec<u8>>,
 }
 

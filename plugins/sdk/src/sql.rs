@@ -2,12 +2,13 @@
 
 use crate::BrokerError;
 use crate::bindings::wasm_broker::plugin::sql as host;
+use crate::imports::sql as calls;
 
-pub use host::{Dialect, QueryResult, ServerInfo, Value};
+pub use host::{Dialect, Error, QueryResult, ServerInfo, Value};
 
 /// Where applications reach the server behind `connection`.
 pub fn server_info(connection: &str) -> Result<ServerInfo, BrokerError> {
-    host::get_server_info(connection).map_err(|error| to_broker_error(connection, error))
+    calls::get_server_info(connection).map_err(|error| to_broker_error(connection, error))
 }
 
 /// Runs a prepared statement with `params` bound to its placeholders (`?`
@@ -17,7 +18,7 @@ pub fn query(
     statement: &str,
     params: &[Value],
 ) -> Result<QueryResult, BrokerError> {
-    host::query(connection, statement, params).map_err(|error| to_broker_error(connection, error))
+    calls::query(connection, statement, params).map_err(|error| to_broker_error(connection, error))
 }
 
 /// Runs a statement without parameters through the text protocol, which DDL
@@ -65,6 +66,7 @@ impl Value {
         }
     }
 
+    /// The text of a `Text` value.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Self::Text(text) => Some(text),

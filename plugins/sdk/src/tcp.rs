@@ -42,13 +42,14 @@ use std::time::{Duration, Instant};
 
 use crate::BrokerError;
 use crate::bindings::wasm_broker::plugin::tcp as host;
+use crate::imports::tcp as calls;
 
-pub use host::{Credentials, Encoding, ServerInfo};
+pub use host::{Credentials, Encoding, Error, ServerInfo};
 
 /// Where applications reach the endpoint behind `connection`, and whether
 /// the host speaks TLS to it. Never includes credentials.
 pub fn server_info(connection: &str) -> Result<ServerInfo, BrokerError> {
-    host::get_server_info(connection)
+    calls::get_server_info(connection)
         .map_err(|error| to_broker_error(connection, "the server info", error))
 }
 
@@ -56,7 +57,7 @@ pub fn server_info(connection: &str) -> Result<ServerInfo, BrokerError> {
 /// tokens the host swaps for the secrets on a stream, unless the operator
 /// revealed them (see the module documentation). Never log them.
 pub fn credentials(connection: &str) -> Result<Credentials, BrokerError> {
-    host::get_credentials(connection)
+    calls::get_credentials(connection)
         .map_err(|error| to_broker_error(connection, "the credentials", error))
 }
 
@@ -72,13 +73,13 @@ pub fn encoded_placeholder(
     text: &str,
     encoding: Encoding,
 ) -> Result<String, BrokerError> {
-    host::encoded_placeholder(connection, text, encoding)
+    calls::encoded_placeholder(connection, text, encoding)
         .map_err(|error| to_broker_error(connection, "an encoded placeholder", error))
 }
 
 /// Opens a stream to the first endpoint of `connection` that accepts.
 pub fn connect(connection: &str) -> Result<Stream, BrokerError> {
-    let inner = host::connect(connection)
+    let inner = calls::connect(connection)
         .map_err(|error| to_broker_error(connection, "connecting", error))?;
     Ok(Stream {
         inner,
@@ -89,7 +90,7 @@ pub fn connect(connection: &str) -> Result<Stream, BrokerError> {
 
 /// An open byte stream to a granted endpoint.
 pub struct Stream {
-    inner: host::ByteStream,
+    inner: calls::ByteStream,
     connection: String,
     /// How long an [`io::Read`] read waits; `None`: until the call's deadline.
     read_timeout: Option<Duration>,

@@ -32,6 +32,7 @@ mod reading_limits;
 mod restart;
 mod retired;
 mod sandbox;
+mod scaffold;
 mod schemathesis;
 mod secrets;
 mod tcp_escape;
