@@ -117,6 +117,7 @@ fn python_tool(root: &Path) -> anyhow::Result<Command> {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
+                "--root-user-action=ignore",
             ])
             .args(["--no-deps", "--target"])
             .arg(&dir)
