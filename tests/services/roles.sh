@@ -109,6 +109,18 @@ grep -q NOPERM <<<"$denied" || fail "Redis: $REDIS_USER may run CONFIG: $denied"
 redis-cli -h 127.0.0.1 ACL SAVE >/dev/null 2>&1 || true
 say "Redis ACL user $REDIS_USER"
 
+# The Python example plugin (plugins/examples/python-redis): the same
+# commands, on its own key prefix `pyr_*`, so it cannot unlink the redis
+# plugin's keys, nor that one its.
+REDIS_PY_USER=wasm_broker_redis_py
+REDIS_PY_PASSWORD=wasm-broker-redis-py-dev
+answer=$(redis-cli -h 127.0.0.1 ACL SETUSER "$REDIS_PY_USER" reset on ">$REDIS_PY_PASSWORD" \
+  '~pyr_*' resetchannels -@all +ping +scan +unlink '+acl|setuser' '+acl|deluser' \
+  '+acl|save' '+acl|whoami' '+acl|dryrun' +hello +auth) || fail "Redis: cannot reach the server"
+[ "$answer" = OK ] || fail "Redis: ACL SETUSER $REDIS_PY_USER answered: $answer"
+redis-cli -h 127.0.0.1 ACL SAVE >/dev/null 2>&1 || true
+say "Redis ACL user $REDIS_PY_USER (the Python example plugin)"
+
 # --- RabbitMQ: the rabbitmq plugin --------------------------------------------
 # The management API lets only `administrator` create virtual hosts and users
 # (`policymaker` and `monitoring` get 401 "Not administrator user"), so the

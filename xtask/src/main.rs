@@ -6,10 +6,14 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
+mod polyglot;
+
 const USAGE: &str = "usage: cargo xtask <command> [args...]
 
 commands:
-  build-plugins   build the shipped plugins (wasm32-wasip2) into plugins/dist/
+  build-plugins   build the shipped plugins (wasm32-wasip2) into plugins/dist/, and the Python
+                  and JavaScript example plugins into plugins/examples/dist/ (componentize-py and
+                  componentize-js, pinned, installed into target/plugin-tools/ on first use)
   serve [ARGS]    build the plugins and the broker (release), run `wasm-broker serve` with broker.toml
   test [ARGS]     build the plugins and the test fixtures, run the plugins' and the SDK's unit tests
                   natively, then every host test (`cargo test --workspace [ARGS]`)";
@@ -20,7 +24,10 @@ fn main() -> anyhow::Result<()> {
     let rest: Vec<String> = args.collect();
     let root = workspace_root();
     match command.as_str() {
-        "build-plugins" => build_plugins(&root).map(|_| ()),
+        "build-plugins" => {
+            build_plugins(&root)?;
+            polyglot::build_examples(&root)
+        }
         "serve" => {
             build_plugins(&root)?;
             prepare_local_services(&root);
@@ -42,8 +49,10 @@ fn main() -> anyhow::Result<()> {
         }
         "test" => {
             build_plugins(&root)?;
+            polyglot::build_examples(&root)?;
             build_fixtures(&root)?;
             test_plugins_natively(&root)?;
+            polyglot::test_helpers(&root)?;
             run(cargo()
                 .current_dir(&root)
                 .args(["test", "--workspace"])

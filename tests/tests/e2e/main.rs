@@ -27,6 +27,7 @@ mod metrics;
 mod osb_rules;
 mod ownership;
 mod policy;
+mod polyglot;
 mod quotas;
 mod reading_limits;
 mod restart;
