@@ -25,6 +25,7 @@ mod malformed;
 mod metrics;
 mod osb_rules;
 mod ownership;
+mod plugin_test;
 mod policy;
 mod quotas;
 mod reading_limits;
