@@ -18,7 +18,8 @@ async fn main() -> anyhow::Result<()> {
     let default_level = match args.command {
         Command::Instances(_)
         | Command::Purge { .. }
-        | Command::Plugins(PluginsCommand::Release { .. }) => "warn",
+        | Command::Plugins(PluginsCommand::Release { .. })
+        | Command::Plugins(PluginsCommand::Test { .. }) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -40,8 +41,24 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Catalog => cli::plugins::print_catalog(&config()?).await,
         Command::Plugins(PluginsCommand::List) => cli::plugins::list(&config()?).await,
-        Command::Plugins(PluginsCommand::Check { file }) => {
-            cli::plugins::check(&config()?, &file).await
+        Command::Plugins(PluginsCommand::Check { file, plugins_dir }) => {
+            cli::plugins::check(&config()?, &file, plugins_dir.as_deref()).await
+        }
+        Command::Plugins(PluginsCommand::Test {
+            file,
+            plugins_dir,
+            all_plans,
+            poll_timeout,
+            strict,
+        }) => {
+            let options = cli::plugin_test::Options {
+                file,
+                plugins_dir,
+                all_plans,
+                poll_timeout: std::time::Duration::from_secs(poll_timeout),
+                strict,
+            };
+            cli::plugin_test::run(&config()?, &args.config, &options).await
         }
         Command::Plugins(PluginsCommand::Release { name }) => {
             cli::plugins::release(&config()?, &name).await

@@ -16,7 +16,8 @@ commands:
                   componentize-js, pinned, installed into target/plugin-tools/ on first use)
   serve [ARGS]    build the plugins and the broker (release), run `wasm-broker serve` with broker.toml
   test [ARGS]     build the plugins and the test fixtures, run the plugins' and the SDK's unit tests
-                  natively, then every host test (`cargo test --workspace [ARGS]`)";
+                  natively, `wasm-broker plugins test` on every shipped plugin with broker.toml's
+                  grants, then every host test (`cargo test --workspace [ARGS]`)";
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -48,11 +49,12 @@ fn main() -> anyhow::Result<()> {
                 .args(&rest))
         }
         "test" => {
-            build_plugins(&root)?;
+            let plugins = build_plugins(&root)?;
             polyglot::build_examples(&root)?;
             build_fixtures(&root)?;
             test_plugins_natively(&root)?;
             polyglot::test_helpers(&root)?;
+            test_plugins_through_the_contract(&root, &plugins)?;
             run(cargo()
                 .current_dir(&root)
                 .args(["test", "--workspace"])
@@ -160,6 +162,69 @@ fn test_plugins_natively(root: &Path) -> anyhow::Result<()> {
     run(cargo()
         .current_dir(root.join("plugins"))
         .args(["test", "--workspace", "--target", &host]))
+}
+
+/// `wasm-broker plugins test` on every shipped plugin, with the grants of
+/// the shipped broker.toml (the least-privilege accounts of
+/// tests/services/roles.sh) against the loopback services: each plugin's
+/// own answers to repeats, half-made instances and its parameter schemas,
+/// which the broker's end-to-end tests never reach (the broker answers
+/// repeats itself). As the end-to-end tests do, a plugin whose service is
+/// not running is skipped outside CI and fails under CI=true.
+fn test_plugins_through_the_contract(root: &Path, plugins: &[PathBuf]) -> anyhow::Result<()> {
+    run(cargo()
+        .current_dir(root)
+        .args(["build", "--package", "wasm-broker", "--bin", "wasm-broker"]))?;
+    let broker = root.join("target/debug/wasm-broker");
+    let in_ci = std::env::var("CI").as_deref() == Ok("true");
+    let mut failed = Vec::new();
+    for plugin in plugins {
+        let name = plugin
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .unwrap_or_default();
+        let service = SERVICES
+            .iter()
+            .find(|(plugin, _)| *plugin == name)
+            .map(|(_, address)| *address);
+        if let Some(address) = service
+            && !in_ci
+            && !reachable(address)
+        {
+            println!("skipping `plugins test` of {name}: nothing answers on {address}");
+            continue;
+        }
+        println!("wasm-broker plugins test {}", plugin.display());
+        let status = Command::new(&broker)
+            .current_dir(root)
+            .args(["plugins", "test", "--config", "broker.toml"])
+            .arg(plugin)
+            .env("RUST_LOG", "error")
+            .status()
+            .with_context(|| format!("running {}", broker.display()))?;
+        if !status.success() {
+            failed.push(name.to_owned());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("`wasm-broker plugins test` failed for {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The loopback service each shipped plugin's grant in broker.toml reaches.
+const SERVICES: [(&str, &str); 5] = [
+    ("mysql", "127.0.0.1:3306"),
+    ("postgres", "127.0.0.1:5432"),
+    ("redis", "127.0.0.1:6379"),
+    ("rabbitmq", "127.0.0.1:15672"),
+    ("mosquitto", "127.0.0.1:1884"),
+];
+
+fn reachable(address: &str) -> bool {
+    address.parse().is_ok_and(|address| {
+        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(2)).is_ok()
+    })
 }
 
 /// Copies every built plugin into plugins/dist, the default plugin directory.

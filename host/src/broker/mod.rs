@@ -30,6 +30,7 @@ pub use requests::{
     UnbindRequest, UpdateRequest,
 };
 pub use seams::{Plugins, Records};
+pub use validation::validate_parameters;
 
 use crate::catalog::CatalogSnapshot;
 use crate::lifecycle::{Answer, Verdict};

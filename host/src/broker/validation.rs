@@ -65,7 +65,7 @@ pub(super) fn check_maintenance_version(
 
 /// Validates `parameters` against a plan's JSON Schema; 400 naming every
 /// offending field.
-pub(super) fn validate_parameters(
+pub fn validate_parameters(
     schema: Option<&Value>,
     parameters: Option<&Value>,
 ) -> Result<(), Refusal> {

@@ -6,6 +6,7 @@
 
 pub mod instances;
 pub mod keys;
+pub mod plugin_test;
 pub mod plugins;
 pub mod purge;
 pub mod scaffold;
@@ -151,10 +152,35 @@ pub enum PluginsCommand {
     /// One line per file in the plugin directory: name, version, WIT version, services, and why a plugin was refused;
     /// then the retired plugins (file gone, instances left) with how many instances they still hold.
     List,
-    /// Validate a .wasm against the WIT contract and the catalog rules; exits non-zero if the broker would refuse it.
+    /// Validate a .wasm against the WIT contract and the catalog rules, its file name against its
+    /// describe() name, and its ids and names against the plugins of the directory it would join;
+    /// exits non-zero if the broker would refuse it or a rule is broken.
     Check {
         /// The plugin file.
         file: PathBuf,
+        /// The plugin directory it would join (default: the configuration's plugin_dir).
+        #[arg(long)]
+        plugins_dir: Option<PathBuf>,
+    },
+    /// Drive a plugin through the WIT contract, with the connections the configuration grants it
+    /// (no HTTP): catalog rules, parameter schemas, provision, repeats, binds, unbinds,
+    /// deprovisions, a provision cut short. Prints a pass/fail report; exits non-zero on a failure.
+    #[command(long_about = TEST_HELP)]
+    Test {
+        /// The plugin file; its stem names its [plugins.<name>] section.
+        file: PathBuf,
+        /// The plugin directory it must not clash with (default: the configuration's plugin_dir).
+        #[arg(long)]
+        plugins_dir: Option<PathBuf>,
+        /// Run the lifecycle on every plan, not only the first of each offering.
+        #[arg(long)]
+        all_plans: bool,
+        /// Seconds an asynchronous operation may take (at most the plan's maximum_polling_duration).
+        #[arg(long, default_value_t = 120)]
+        poll_timeout: u64,
+        /// Warnings fail the run too.
+        #[arg(long)]
+        strict: bool,
     },
     /// Release the offering ids, plan ids and offering names a plugin owns (it served them first),
     /// so that another plugin may serve them. Remove the plugin's file first, or it claims them again.
@@ -186,3 +212,25 @@ Prints what was released. Remove (or replace) the old owner's .wasm first: a bro
 it records it as the owner again at its next reload. The brokers pick up the change at their next
 restart or change of the plugin directory: the new claimant then serves, and owns, what it
 declares. Instances made by the old owner stay in the store; the new plugin answers for them.";
+
+const TEST_HELP: &str = "\
+Drive a plugin through the WIT contract as the broker would, with the runtime `serve` uses and the
+connections the configuration grants it in [plugins.<name>] (<name>: the file stem), but without
+HTTP and without the broker's own answers to repeated requests, so the plugin's own idempotency is
+what is exercised. It works on the real backends: every instance and binding it makes, it deletes.
+
+Checks, each printed with PASS, WARN, SKIP or FAIL and its time:
+  load                the WIT contract, describe() and the catalog rules (as `plugins check`)
+  file stem           the file is named after describe().name
+  clash               no offering id, plan id or name served by another plugin of --plugins-dir
+  parameter schemas   each plan's schemas against the samples they offer (examples, defaults)
+  per plan (the first of each offering, or all with --all-plans), with the schema samples:
+    provision; get-instance (if instances are retrievable); provision again with the same inputs
+    (must succeed); provision again with different inputs (another enum value, else another plan:
+    conflict expected, a success is a warning); two binds (distinct credentials); unbind; unbind
+    again (done or gone); unbind the other; deprovision; deprovision again (done or gone);
+    three provisions cut short by a deadline at 1/4, 1/2 and 3/4 of a full one's time, each then
+    deprovisioned twice (done or gone)
+An `accepted` answer is polled through last_operation until it finishes (--poll-timeout).
+
+Exits non-zero if any check fails (or warns, with --strict).";

@@ -9,12 +9,15 @@ use std::sync::Arc;
 use anyhow::anyhow;
 
 use wasm_broker::capabilities::probe;
-use wasm_broker::catalog::CatalogSnapshot;
+use wasm_broker::catalog::{CatalogSnapshot, PluginCatalog};
 use wasm_broker::catalog::ownership::Claim;
 use wasm_broker::config::{Config, StateBackend, StateConfig};
 use wasm_broker::printable::printable;
 use wasm_broker::runtime::{PluginRuntime, PluginStatus};
+use wasm_broker::model::Catalog;
 use wasm_broker::state::StateStore;
+
+use super::plugin_test::{Scratch, rules};
 
 /// Prints the merged catalog, as `GET /v2/catalog` would serve it.
 pub async fn print_catalog(config: &Config) -> anyhow::Result<()> {
@@ -116,10 +119,26 @@ pub async fn release(config: &Config, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Validates `file`; fails if the broker would refuse it.
-pub async fn check(config: &Config, file: &Path) -> anyhow::Result<()> {
-    let status = check_plugin(config, file).await?;
+/// Validates `file`; fails if the broker would refuse it, or it breaks the
+/// rules of `plugin_test::rules` against `plugins_dir` (default: the
+/// configuration's plugin directory).
+pub async fn check(config: &Config, file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<()> {
+    let (status, catalog) = check_plugin(config, file).await?;
     println!("{}", printable(&describe_status(&status)));
+    let mut rules_held = true;
+    if let (Some(info), None) = (&status.info, &status.error) {
+        let candidate = PluginCatalog {
+            plugin: status.name.clone(),
+            info: info.clone(),
+            catalog,
+        };
+        let dir = plugins_dir.unwrap_or(&config.runtime.plugin_dir);
+        let (lines, held) = rules::check_rules(config, dir, &candidate).await?;
+        for line in lines {
+            println!("{}", printable(&line));
+        }
+        rules_held = held;
+    }
     // The grants of the plugin's section, whether or not the file loads.
     let stem = file
         .file_stem()
@@ -135,6 +154,7 @@ pub async fn check(config: &Config, file: &Path) -> anyhow::Result<()> {
     }
     match status.error {
         Some(reason) => anyhow::bail!("{} would be refused: {reason}", file.display()),
+        None if !rules_held => anyhow::bail!("{} breaks a rule above", file.display()),
         None => Ok(()),
     }
 }
@@ -147,14 +167,24 @@ pub async fn load_plugins(
     config: &Config,
     plugin_dir: &Path,
 ) -> anyhow::Result<Arc<PluginRuntime>> {
-    let owners = recorded_owners(config).await;
     let scratch =
         tempfile::tempdir().map_err(|error| anyhow!("cannot make a scratch dir: {error}"))?;
+    load_plugins_with_state(config, plugin_dir, &scratch.path().join("state.db")).await
+}
+
+/// [`load_plugins`] with the scratch state store at `state_path`, which the
+/// caller keeps while it calls the plugins (their kv store is there).
+pub async fn load_plugins_with_state(
+    config: &Config,
+    plugin_dir: &Path,
+    state_path: &Path,
+) -> anyhow::Result<Arc<PluginRuntime>> {
+    let owners = recorded_owners(config).await;
     let mut scratch_config = config.clone();
     scratch_config.runtime.plugin_dir = plugin_dir.to_owned();
     scratch_config.state = StateConfig {
         backend: StateBackend::Sqlite,
-        path: scratch.path().join("state.db"),
+        path: state_path.to_owned(),
         ..config.state.clone()
     };
     let store = StateStore::open(&scratch_config.state).await?;
@@ -192,22 +222,17 @@ async fn recorded_owners(config: &Config) -> Vec<(Claim, String)> {
 
 /// Validates one `.wasm` against the contract and the catalog rules, alone
 /// in a scratch plugin directory.
-async fn check_plugin(config: &Config, file: &Path) -> anyhow::Result<PluginStatus> {
-    let stem = file
-        .file_stem()
-        .and_then(|stem| stem.to_str())
-        .filter(|_| file.extension().is_some_and(|ext| ext == "wasm"))
-        .ok_or_else(|| anyhow!("{} is not a .wasm file", file.display()))?;
-    let scratch =
-        tempfile::tempdir().map_err(|error| anyhow!("cannot make a scratch dir: {error}"))?;
-    std::fs::copy(file, scratch.path().join(format!("{stem}.wasm")))
-        .map_err(|error| anyhow!("cannot read {}: {error}", file.display()))?;
-    let runtime = load_plugins(config, scratch.path()).await?;
-    runtime
+/// Its status, and its catalog if it loaded.
+async fn check_plugin(config: &Config, file: &Path) -> anyhow::Result<(PluginStatus, Catalog)> {
+    let stem = rules::plugin_stem(file)?;
+    let scratch = Scratch::load(config, &[(stem.to_owned(), file.to_owned())]).await?;
+    let status = scratch
+        .runtime
         .plugins()
         .into_iter()
         .next()
-        .ok_or_else(|| anyhow!("{} was not picked up as a plugin", file.display()))
+        .ok_or_else(|| anyhow!("{} was not picked up as a plugin", file.display()))?;
+    Ok((status, scratch.runtime.catalog().catalog.clone()))
 }
 
 /// One line per plugin for `plugins list`.

@@ -304,6 +304,27 @@ impl PluginRuntime {
         .await
     }
 
+    /// `provision` with its deadline cut to `timeout` (when shorter than the
+    /// plugin's own): `plugins test` stops a provision half way this way, to
+    /// check that a deprovision then cleans up what it left.
+    pub async fn provision_within(
+        &self,
+        instance: &Instance,
+        info: &RequestInfo,
+        timeout: Duration,
+    ) -> Result<InstanceOutcome, CallError> {
+        let (wit_instance, wit_info) = (convert::instance(instance), convert::request_info(info));
+        self.dispatch_within(
+            &instance.service_id,
+            Export::Provision,
+            info.request_identity.as_deref(),
+            (&wit_instance, &wit_info),
+            convert::instance_outcome,
+            Some(timeout),
+        )
+        .await
+    }
+
     pub async fn update(
         &self,
         instance: &Instance,
@@ -460,10 +481,34 @@ impl PluginRuntime {
         Params: ComponentNamedList + Lower + Send + Sync,
         Answer: Lift + Send + Sync + 'static,
     {
+        self.dispatch_within(service_id, export, request_identity, params, into_model, None)
+            .await
+    }
+
+    /// [`Self::dispatch`], the call's deadline cut to `timeout` if given and
+    /// shorter than the plugin's `call_timeout_ms`.
+    async fn dispatch_within<Params, Answer, T>(
+        &self,
+        service_id: &str,
+        export: Export,
+        request_identity: Option<&str>,
+        params: Params,
+        into_model: impl FnOnce(Answer) -> Result<T, InvalidAnswer>,
+        timeout: Option<Duration>,
+    ) -> Result<T, CallError>
+    where
+        Params: ComponentNamedList + Lower + Send + Sync,
+        Answer: Lift + Send + Sync + 'static,
+    {
         let plugin = self.serving(service_id)?;
+        let mut target = plugin.target();
+        if let Some(timeout) = timeout {
+            let cut_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+            target.limits.call_timeout_ms = target.limits.call_timeout_ms.min(cut_ms);
+        }
         let answer = self
             .engine()
-            .call_export(&plugin.target(), export, request_identity, params)
+            .call_export(&target, export, request_identity, params)
             .await?;
         accept(&plugin, answer, into_model)
     }

@@ -215,6 +215,20 @@ impl ServicePlugin for Postgres {
     ) -> Result<DeletionOutcome, BrokerError> {
         let names = Names::of(instance);
         let roles = Roles::of_server()?;
+        // A provision cut short by its deadline (orphan mitigation sends
+        // this delete right after) may have left its CREATE DATABASE running:
+        // the host closed the connection, but the server finishes the
+        // statement, and the database would appear after the DROP below and
+        // keep the owner role from being dropped. End it first, waiting (at
+        // most 5 s) until it is rolled back. Only this instance's statement,
+        // of the admin account's own sessions.
+        sql::query(
+            ADMIN,
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+             WHERE usename = current_user AND pid <> pg_backend_pid() \
+               AND query LIKE 'CREATE DATABASE %' AND strpos(query, $1) > 0",
+            &[Value::from(names.database.as_str())],
+        )?;
         if role_exists(&names.owner)? {
             roles.act_as_owner(&names.owner)?;
         }

@@ -26,6 +26,7 @@ mod malformed;
 mod metrics;
 mod osb_rules;
 mod ownership;
+mod plugin_test;
 mod policy;
 mod polyglot;
 mod quotas;
