@@ -100,8 +100,8 @@ impl Clock {
 fn fsync_loop(path: &Path, duration: Duration) -> anyhow::Result<Rate> {
     const PAGE: usize = 4096;
     const PAGES: u64 = 256;
-    let mut file = std::fs::File::create(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     file.write_all(&vec![0; PAGE * PAGES as usize])?;
     file.sync_all()?;
     let page = vec![0x5a; PAGE];

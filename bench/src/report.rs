@@ -247,7 +247,10 @@ fn render_durability(out: &mut String, load: &LoadResults) -> std::fmt::Result {
          (all threads, from /proc, 10 ms ticks) divided by the operations.\n\n\
          | operation | ops/s | CPU/op us | ratio to bare transaction (CPU) |\n|---|---:|---:|---:|"
     )?;
-    let cpu = |rate: &Rate| rate.cpu_us.map_or_else(|| "n/a".to_owned(), |us| format!("{us:.0}"));
+    let cpu = |rate: &Rate| {
+        rate.cpu_us
+            .map_or_else(|| "n/a".to_owned(), |us| format!("{us:.0}"))
+    };
     let against_bare = |rate: &Rate| match (rate.cpu_us, d.bare.cpu_us) {
         (Some(us), Some(bare)) => ratio(us, bare),
         _ => "n/a".to_owned(),
@@ -255,7 +258,10 @@ fn render_durability(out: &mut String, load: &LoadResults) -> std::fmt::Result {
     for (name, rate) in [
         ("write + fsync", &d.fsync),
         ("bare SQLite transaction (one state change)", &d.bare),
-        ("StateStore::transition_instance (one state change)", &d.store),
+        (
+            "StateStore::transition_instance (one state change)",
+            &d.store,
+        ),
     ] {
         writeln!(
             out,

@@ -172,9 +172,13 @@ fn test_plugins_natively(root: &Path) -> anyhow::Result<()> {
 /// repeats itself). As the end-to-end tests do, a plugin whose service is
 /// not running is skipped outside CI and fails under CI=true.
 fn test_plugins_through_the_contract(root: &Path, plugins: &[PathBuf]) -> anyhow::Result<()> {
-    run(cargo()
-        .current_dir(root)
-        .args(["build", "--package", "wasm-broker", "--bin", "wasm-broker"]))?;
+    run(cargo().current_dir(root).args([
+        "build",
+        "--package",
+        "wasm-broker",
+        "--bin",
+        "wasm-broker",
+    ]))?;
     let broker = root.join("target/debug/wasm-broker");
     let in_ci = std::env::var("CI").as_deref() == Ok("true");
     let mut failed = Vec::new();
@@ -207,7 +211,10 @@ fn test_plugins_through_the_contract(root: &Path, plugins: &[PathBuf]) -> anyhow
         }
     }
     if !failed.is_empty() {
-        bail!("`wasm-broker plugins test` failed for {}", failed.join(", "));
+        bail!(
+            "`wasm-broker plugins test` failed for {}",
+            failed.join(", ")
+        );
     }
     Ok(())
 }

@@ -353,7 +353,10 @@ impl<P: Plugins, R: Records> Broker<P, R> {
         // Concurrent polls of this operation share one plugin call.
         let key = operation.id.clone();
         self.binding_polls
-            .run(&key, self.ask_binding_plugin(&poll.instance_id, record, operation))
+            .run(
+                &key,
+                self.ask_binding_plugin(&poll.instance_id, record, operation),
+            )
             .await
     }
 
@@ -367,13 +370,9 @@ impl<P: Plugins, R: Records> Broker<P, R> {
         operation: OperationRecord,
     ) -> Result<OperationStatus, BrokerError> {
         let binding_id = record.binding.id.as_str();
-        let instance = self
-            .records
-            .instance(instance_id)
-            .await?
-            .ok_or_else(|| {
-                Refusal::NotFound(format!("service instance {instance_id} does not exist"))
-            })?;
+        let instance = self.records.instance(instance_id).await?.ok_or_else(|| {
+            Refusal::NotFound(format!("service instance {instance_id} does not exist"))
+        })?;
         let mut polled = self
             .plugins
             .last_binding_operation(

@@ -124,7 +124,10 @@ mod tests {
         }
         other.await.expect("joined");
         assert_eq!(runs.load(Ordering::SeqCst), 2, "one run per key");
-        assert!(results.windows(2).all(|pair| pair[0] == pair[1]), "{results:?}");
+        assert!(
+            results.windows(2).all(|pair| pair[0] == pair[1]),
+            "{results:?}"
+        );
         assert!(flights.lock().is_empty(), "entries removed when done");
         // Done: the next run of the key runs again.
         assert_eq!(flights.run("op-1", async { 7 }).await, 7);

@@ -27,7 +27,9 @@ async fn asked(broker: &TestBroker, call: &str) {
 async fn concurrent_polls_of_one_instance_operation_make_one_plugin_call() {
     let (broker, records) = broker();
     let broker = Arc::new(broker);
-    broker.plugins().script("provision", [Script::Accepted("op")]);
+    broker
+        .plugins()
+        .script("provision", [Script::Accepted("op")]);
     let mut request = provision("i", SMALL, None);
     request.info = info(true);
     broker.provision(request).await.expect("accepted");
@@ -40,7 +42,11 @@ async fn concurrent_polls_of_one_instance_operation_make_one_plugin_call() {
         })
         .collect();
     asked(&broker, "last_operation").await;
-    assert_eq!(broker.plugins().count("last_operation"), 1, "one call in flight");
+    assert_eq!(
+        broker.plugins().count("last_operation"),
+        1,
+        "one call in flight"
+    );
     gate.add_permits(POLLS);
     for answered in polls {
         let status = answered.await.expect("joined").expect("polled");
@@ -76,7 +82,9 @@ async fn concurrent_polls_of_one_binding_operation_make_one_plugin_call() {
         state: OperationState::InProgress,
         ..succeeded()
     };
-    broker.plugins().script_polls([Ok(running), Ok(succeeded())]);
+    broker
+        .plugins()
+        .script_polls([Ok(running), Ok(succeeded())]);
     let gate = broker.plugins().hold_polls();
     let round = |expected: OperationState| {
         let broker = broker.clone();
@@ -86,9 +94,9 @@ async fn concurrent_polls_of_one_binding_operation_make_one_plugin_call() {
             let polls: Vec<_> = (0..POLLS)
                 .map(|_| {
                     let broker = broker.clone();
-                    tokio::spawn(
-                        async move { broker.binding_last_operation(poll("i", Some("b"))).await },
-                    )
+                    tokio::spawn(async move {
+                        broker.binding_last_operation(poll("i", Some("b"))).await
+                    })
                 })
                 .collect();
             while broker.plugins().count("last_binding_operation") == calls_before {
@@ -106,13 +114,20 @@ async fn concurrent_polls_of_one_binding_operation_make_one_plugin_call() {
                 assert_eq!(status.state, expected);
             }
             gate.forget_permits(POLLS);
-            (in_flight, broker.plugins().count("last_binding_operation") - calls_before)
+            (
+                in_flight,
+                broker.plugins().count("last_binding_operation") - calls_before,
+            )
         }
     };
     // Still running: the next round asks the plugin again, once.
     assert_eq!(round(OperationState::InProgress).await, (1, 1));
     assert_eq!(round(OperationState::Succeeded).await, (1, 1));
-    assert_eq!(broker.plugins().count("get_binding"), 1, "credentials fetched once");
+    assert_eq!(
+        broker.plugins().count("get_binding"),
+        1,
+        "credentials fetched once"
+    );
     assert_eq!(
         records.binding_now("b").map(|r| r.status),
         Some(ResourceStatus::Ready)

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use anyhow::anyhow;
 
 use wasm_broker::capabilities::probe;
-use wasm_broker::catalog::{CatalogSnapshot, PluginCatalog};
 use wasm_broker::catalog::ownership::Claim;
+use wasm_broker::catalog::{CatalogSnapshot, PluginCatalog};
 use wasm_broker::config::{Config, StateBackend, StateConfig};
+use wasm_broker::model::Catalog;
 use wasm_broker::printable::printable;
 use wasm_broker::runtime::{PluginRuntime, PluginStatus};
-use wasm_broker::model::Catalog;
 use wasm_broker::state::StateStore;
 
 use super::plugin_test::{Scratch, rules};

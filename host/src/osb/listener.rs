@@ -460,7 +460,11 @@ impl Connection {
 /// expired. `armed` is stored before the state is read again, so a
 /// deadline that moved meanwhile is either seen here or signalled
 /// (`deadline_moved` reads `armed` after changing the state).
-fn rearm(state: &ConnState, limits: &ConnectionLimits, tracker: &Tracker) -> Result<Millis, &'static str> {
+fn rearm(
+    state: &ConnState,
+    limits: &ConnectionLimits,
+    tracker: &Tracker,
+) -> Result<Millis, &'static str> {
     loop {
         let deadline = state.deadline(limits);
         let look = state.next_look(limits, tracker.now())?;

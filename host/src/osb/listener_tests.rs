@@ -95,7 +95,11 @@ fn only_an_earlier_deadline_wakes_the_watchdog() {
     let tracker = Arc::new(Tracker::new(limits(4)));
     let state = tracker.admit().expect("free");
     let armed = state.armed.load(Ordering::SeqCst);
-    assert_eq!(armed, state.accepted + 10_000, "armed for the header timeout");
+    assert_eq!(
+        armed,
+        state.accepted + 10_000,
+        "armed for the header timeout"
+    );
     drop(Busy::start(state.clone(), tracker.clone()));
     assert_eq!(
         state.signals.load(Ordering::SeqCst),

@@ -481,8 +481,15 @@ impl PluginRuntime {
         Params: ComponentNamedList + Lower + Send + Sync,
         Answer: Lift + Send + Sync + 'static,
     {
-        self.dispatch_within(service_id, export, request_identity, params, into_model, None)
-            .await
+        self.dispatch_within(
+            service_id,
+            export,
+            request_identity,
+            params,
+            into_model,
+            None,
+        )
+        .await
     }
 
     /// [`Self::dispatch`], the call's deadline cut to `timeout` if given and
@@ -503,7 +510,9 @@ impl PluginRuntime {
         let plugin = self.serving(service_id)?;
         let mut target = plugin.target();
         if let Some(timeout) = timeout {
-            let cut_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+            let cut_ms = u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
             target.limits.call_timeout_ms = target.limits.call_timeout_ms.min(cut_ms);
         }
         let answer = self

@@ -16,8 +16,9 @@ fn outcome<'a>(report: &'a str, name: &str) -> &'a str {
         .lines()
         .find(|line| {
             line.get(6..).is_some_and(|rest| {
-                rest.strip_prefix(name)
-                    .is_some_and(|after| after.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+                rest.strip_prefix(name).is_some_and(|after| {
+                    after.trim_start().starts_with(|c: char| c.is_ascii_digit())
+                })
             })
         })
         .map(|line| &line[..4])
@@ -59,9 +60,7 @@ async fn shipped_plugins_pass_against_their_backends() {
     }
     // All five in the plugin directory: each is tested against the other
     // four for clashes, and with the grants of the shipped broker.toml.
-    let broker = TestBroker::prepare(BrokerSetup::shipped(
-        &services.map(|(plugin, _, _)| plugin),
-    ));
+    let broker = TestBroker::prepare(BrokerSetup::shipped(&services.map(|(plugin, _, _)| plugin)));
     for plugin in available {
         let (ok, report) = plugins_test(&broker, &wasm(plugin));
         assert!(ok, "plugins test {plugin} failed:\n{report}");
@@ -118,7 +117,10 @@ async fn an_asynchronous_plugin_is_polled_to_the_end() {
         "{provision}"
     );
     assert_eq!(
-        outcome(&report, "slow-async/default: provision cut short, then deprovision"),
+        outcome(
+            &report,
+            "slow-async/default: provision cut short, then deprovision"
+        ),
         "SKIP",
         "an asynchronous provision is not cut: {report}"
     );
@@ -152,7 +154,9 @@ async fn a_plugin_whose_repeats_fail_fails_naming_the_checks() {
         );
     }
     assert!(
-        report.contains("already exists: an identical repeat (a retry) must answer as for the existing instance"),
+        report.contains(
+            "already exists: an identical repeat (a retry) must answer as for the existing instance"
+        ),
         "{report}"
     );
 }
@@ -168,7 +172,11 @@ async fn a_file_named_after_another_plugin_fails_the_name_and_clash_checks() {
     let file = wasm("version_two");
     let (ok, report) = plugins_test(&broker, &file);
     assert!(!ok, "{report}");
-    assert_eq!(outcome(&report, "file stem = describe().name"), "FAIL", "{report}");
+    assert_eq!(
+        outcome(&report, "file stem = describe().name"),
+        "FAIL",
+        "{report}"
+    );
     assert!(report.contains("name the file echo.wasm"), "{report}");
     assert_eq!(
         outcome(&report, "no clash with the plugin directory"),

@@ -111,7 +111,10 @@ impl<'a> Calls<'a> {
             context: Some(json!({"platform": "wasm-broker-plugins-test"})),
             organization_guid: None,
             space_guid: None,
-            maintenance_version: plan.maintenance_info.as_ref().map(|info| info.version.clone()),
+            maintenance_version: plan
+                .maintenance_info
+                .as_ref()
+                .map(|info| info.version.clone()),
             plugin_version: self.plugin_version.clone(),
         }
     }
@@ -217,20 +220,21 @@ impl<'a> Calls<'a> {
                     .poll_binding(instance, binding, plan, OperationKind::Bind, &accepted)
                     .await
                 {
-                    Settled::Done((), how) => match self.runtime.get_binding(instance, binding).await
-                    {
-                        Ok(result) => Settled::Done(result, format!("{how}, then get-binding")),
-                        Err(error) => match call_error::<()>(error) {
-                            Settled::Refused(refusal) => Settled::Failed(format!(
-                                "{how}, but get-binding answered {}",
-                                refusal_text(&refusal)
-                            )),
-                            other => Settled::Failed(format!(
-                                "{how}, but get-binding failed: {}",
-                                other.describe()
-                            )),
-                        },
-                    },
+                    Settled::Done((), how) => {
+                        match self.runtime.get_binding(instance, binding).await {
+                            Ok(result) => Settled::Done(result, format!("{how}, then get-binding")),
+                            Err(error) => match call_error::<()>(error) {
+                                Settled::Refused(refusal) => Settled::Failed(format!(
+                                    "{how}, but get-binding answered {}",
+                                    refusal_text(&refusal)
+                                )),
+                                other => Settled::Failed(format!(
+                                    "{how}, but get-binding failed: {}",
+                                    other.describe()
+                                )),
+                            },
+                        }
+                    }
                     Settled::Refused(refusal) => Settled::Refused(refusal),
                     Settled::Failed(why) => Settled::Failed(why),
                 }
@@ -288,7 +292,9 @@ impl<'a> Calls<'a> {
         let limit = plan
             .maximum_polling_duration
             .map(|seconds| Duration::from_secs(seconds.into()))
-            .map_or(self.poll_timeout, |plan_limit| plan_limit.min(self.poll_timeout));
+            .map_or(self.poll_timeout, |plan_limit| {
+                plan_limit.min(self.poll_timeout)
+            });
         let started = Instant::now();
         let mut interval = Duration::from_millis(50);
         let mut polls = 0u32;
@@ -297,7 +303,10 @@ impl<'a> Calls<'a> {
             match ask().await {
                 Ok(status) => match status.state {
                     OperationState::Succeeded => {
-                        return Settled::Done((), format!("accepted, succeeded after {polls} polls"));
+                        return Settled::Done(
+                            (),
+                            format!("accepted, succeeded after {polls} polls"),
+                        );
                     }
                     OperationState::Failed => {
                         return Settled::Failed(format!(

@@ -185,7 +185,10 @@ impl PlanRun<'_> {
         let first = calls.binding(instance, self.inputs.bind.clone());
         let second = calls.binding(instance, self.inputs.bind.clone());
         let mut results = Vec::new();
-        for (step, binding) in [("bind", &first), ("bind again, another binding id", &second)] {
+        for (step, binding) in [
+            ("bind", &first),
+            ("bind again, another binding id", &second),
+        ] {
             let (bound, took) = timed(calls.bind(instance, binding, plan)).await;
             let outcome = if provisioned {
                 expect_done(&bound, "a bind on an existing instance")

@@ -59,12 +59,17 @@ pub async fn run(config: &Config, config_path: &Path, options: &Options) -> anyh
         );
     }
     let mut report = Report::default();
-    let (scratch, took) =
-        timed(Scratch::load(config, &[(stem.clone(), options.file.clone())])).await;
+    let (scratch, took) = timed(Scratch::load(
+        config,
+        &[(stem.clone(), options.file.clone())],
+    ))
+    .await;
     let scratch = scratch?;
     let runtime = &scratch.runtime;
     let status = runtime.plugins().into_iter().next();
-    let Some((info, None)) = status.as_ref().map(|status| (status.info.clone(), &status.error))
+    let Some((info, None)) = status
+        .as_ref()
+        .map(|status| (status.info.clone(), &status.error))
     else {
         let why = status
             .and_then(|status| status.error)
@@ -81,7 +86,11 @@ pub async fn run(config: &Config, config_path: &Path, options: &Options) -> anyh
         return finish(&report, started, options.strict);
     };
     let catalog = runtime.catalog().catalog.clone();
-    let plans: usize = catalog.services.iter().map(|offering| offering.plans.len()).sum();
+    let plans: usize = catalog
+        .services
+        .iter()
+        .map(|offering| offering.plans.len())
+        .sum();
     report.record(
         "load: contract and catalog rules",
         took,
@@ -96,7 +105,10 @@ pub async fn run(config: &Config, config_path: &Path, options: &Options) -> anyh
             catalog.services.len()
         )),
     );
-    report.note("file stem = describe().name", rules::stem_rule(&stem, &info));
+    report.note(
+        "file stem = describe().name",
+        rules::stem_rule(&stem, &info),
+    );
     let candidate = PluginCatalog {
         plugin: stem.clone(),
         info: info.clone(),

@@ -91,7 +91,10 @@ pub async fn directory_clash(
             }),
         }
     }
-    let names: Vec<&str> = serving.iter().map(|plugin| plugin.plugin.as_str()).collect();
+    let names: Vec<&str> = serving
+        .iter()
+        .map(|plugin| plugin.plugin.as_str())
+        .collect();
     Ok(match catalog::find_clash(&serving, candidate) {
         Some(clash) => Outcome::Fail(format!("{}: {clash}", dir.display())),
         None => Outcome::Pass(format!(
@@ -115,10 +118,13 @@ pub async fn check_rules(
     let stem = stem_rule(&candidate.plugin, &candidate.info);
     let clash = directory_clash(config, dir, candidate).await?;
     let ok = !matches!(stem, Outcome::Fail(_)) && !matches!(clash, Outcome::Fail(_));
-    let lines = [("file stem = describe().name", stem), ("no clash with the plugin directory", clash)]
-        .into_iter()
-        .map(|(rule, outcome)| format!("{rule}: {}", outcome.as_text()))
-        .collect();
+    let lines = [
+        ("file stem = describe().name", stem),
+        ("no clash with the plugin directory", clash),
+    ]
+    .into_iter()
+    .map(|(rule, outcome)| format!("{rule}: {}", outcome.as_text()))
+    .collect();
     Ok((lines, ok))
 }
 
@@ -136,12 +142,21 @@ mod tests {
 
     #[test]
     fn the_stem_is_the_name_or_cargos_spelling_of_it() {
-        assert!(matches!(stem_rule("mysql", &info("mysql")), Outcome::Pass(_)));
-        assert!(matches!(stem_rule("slow_async", &info("slow-async")), Outcome::Pass(_)));
+        assert!(matches!(
+            stem_rule("mysql", &info("mysql")),
+            Outcome::Pass(_)
+        ));
+        assert!(matches!(
+            stem_rule("slow_async", &info("slow-async")),
+            Outcome::Pass(_)
+        ));
         let Outcome::Fail(why) = stem_rule("version_two", &info("echo")) else {
             panic!("a file named after another plugin passed");
         };
         assert!(why.contains("name the file echo.wasm"), "{why}");
-        assert!(matches!(stem_rule("my-sql", &info("my_sql")), Outcome::Fail(_)));
+        assert!(matches!(
+            stem_rule("my-sql", &info("my_sql")),
+            Outcome::Fail(_)
+        ));
     }
 }

@@ -33,8 +33,14 @@ pub fn check_plan(plan: &ServicePlan) -> (Outcome, PlanInputs) {
         .and_then(|binding| binding.create)
         .map(|schema| schema.parameters);
     let parts = [
-        ("instance create", instance.create.map(|schema| schema.parameters)),
-        ("instance update", instance.update.map(|schema| schema.parameters)),
+        (
+            "instance create",
+            instance.create.map(|schema| schema.parameters),
+        ),
+        (
+            "instance update",
+            instance.update.map(|schema| schema.parameters),
+        ),
         ("binding create", binding),
     ];
     let mut notes = Vec::new();
@@ -174,6 +180,9 @@ mod tests {
             enum_alternative(&with_enum, &json!({"charset": "utf8mb4"})),
             Some(json!({"charset": "latin1"}))
         );
-        assert_eq!(enum_alternative(&schema(json!({"n": {}})), &json!({})), None);
+        assert_eq!(
+            enum_alternative(&schema(json!({"n": {}})), &json!({})),
+            None
+        );
     }
 }

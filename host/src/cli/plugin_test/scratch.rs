@@ -23,7 +23,8 @@ pub struct Scratch {
 impl Scratch {
     /// Loads `files` (plugin name, file), each copied as `<name>.wasm`.
     pub async fn load(config: &Config, files: &[(String, PathBuf)]) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir().map_err(|error| anyhow!("cannot make a scratch dir: {error}"))?;
+        let dir =
+            tempfile::tempdir().map_err(|error| anyhow!("cannot make a scratch dir: {error}"))?;
         let plugin_dir = dir.path().join("plugins");
         std::fs::create_dir(&plugin_dir).context("creating the scratch plugin directory")?;
         for (stem, file) in files {
