@@ -293,6 +293,7 @@ impl Merged {
         statuses.extend(stranded);
         let refused = refused_plugins(&statuses);
         count_refused(&self.previous_refused, &refused);
+        count_serving(&self.previous_serving, &self.serving);
         let catalog = CatalogSnapshot::build(&published)
             .with_retired(retired_offerings)
             .with_refused(refused);
@@ -373,6 +374,36 @@ fn count_refused(before: &[String], now: &[String]) {
     }
     for plugin in now {
         metrics::gauge!("plugin_refused", "plugin" => plugin.clone()).set(1.0);
+    }
+}
+
+/// `plugin_serving{plugin,version,digest}`: 1 for the version of each plugin
+/// that serves now (its file's sha256 prefix tells two builds of one version
+/// apart), 0 for one that served before this load and does not any more:
+/// what `wasm-broker plugins list` cannot say, as it reads the directory,
+/// not the running broker (after a refused replacement the previous
+/// version goes on serving).
+fn count_serving(
+    before: &BTreeMap<String, Arc<LoadedPlugin>>,
+    now: &BTreeMap<String, Arc<LoadedPlugin>>,
+) {
+    let labels = |plugin: &LoadedPlugin| {
+        vec![
+            metrics::Label::new("plugin", plugin.name.clone()),
+            metrics::Label::new("version", plugin.published.info.version.clone()),
+            metrics::Label::new("digest", plugin.digest.chars().take(12).collect::<String>()),
+        ]
+    };
+    for (name, plugin) in before {
+        let replaced = now
+            .get(name)
+            .is_none_or(|current| current.digest != plugin.digest);
+        if replaced {
+            metrics::gauge!("plugin_serving", labels(plugin)).set(0.0);
+        }
+    }
+    for plugin in now.values() {
+        metrics::gauge!("plugin_serving", labels(plugin)).set(1.0);
     }
 }
 

@@ -210,12 +210,35 @@ async fn a_broken_replacement_leaves_the_old_version_serving() {
     );
     assert_eq!(echo_served_by(&broker).await, "1.0.0");
     assert_echo_serves(&broker, "after a broken replacement").await;
+    // The running broker says which version serves (the directory holds
+    // the refused file).
+    assert_eq!(serving_gauge(&broker, "1.0.0").await, Some(1.0));
 
     // The watcher keeps going: a good file after the bad one is taken.
     broker.note("rename version_two over the broken echo.wasm");
     replace_atomically(&echo_file, &read(&wasm("version_two")));
     wait_for_echo_version(&broker, "2.0.0").await;
     assert_eq!(echo_served_by(&broker).await, "2.0.0");
+    assert_eq!(serving_gauge(&broker, "2.0.0").await, Some(1.0));
+    assert_eq!(serving_gauge(&broker, "1.0.0").await, Some(0.0));
+}
+
+/// `plugin_serving{plugin="echo",version=...}` in `/metrics`.
+async fn serving_gauge(broker: &TestBroker, version: &str) -> Option<f64> {
+    let text = broker
+        .raw(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .filter(|line| line.starts_with("plugin_serving{"))
+        .filter(|line| {
+            line.contains("plugin=\"echo\"") && line.contains(&format!("version=\"{version}\""))
+        })
+        .find_map(|line| line.rsplit_once(' ')?.1.trim().parse().ok())
 }
 
 /// No fixture has a slow call that succeeds, so this shows the swap side:
