@@ -24,6 +24,7 @@ use crate::policy::GrantPolicy;
 
 mod relay;
 mod shares;
+mod stale_relays;
 
 /// How long a call waits for a free connection before it fails, so a burst of
 /// calls reports "busy" instead of piling up behind the plugin deadline.

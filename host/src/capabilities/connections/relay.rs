@@ -97,9 +97,10 @@ impl Relay {
         tls: ServerTls,
         allowance: u64,
     ) -> io::Result<Self> {
+        super::stale_relays::sweep_once();
         // tempfile makes the directory 0700: only this user reaches the socket.
         let directory = tempfile::Builder::new()
-            .prefix("wasm-broker-pg-")
+            .prefix(super::stale_relays::PREFIX)
             .tempdir()?;
         // sqlx takes a directory and connects to `.s.PGSQL.<port>` in it, as
         // libpq does.
