@@ -103,6 +103,45 @@ pub const ECHO: Fixture = Fixture {
 /// Echo's second plan, `other`.
 pub const ECHO_OTHER_PLAN_ID: &str = "ee060409-17ad-406a-8a51-9103775f33e2";
 
+/// tests/fixtures/grant_abuse: runs the host calls its provision parameters
+/// list (through alias `admin` unless a call names another) and reports each.
+pub const GRANT_ABUSE: Fixture = Fixture {
+    stem: "grant_abuse",
+    offering: "grant-abuse",
+    service_id: "6f1f4c1e-8f3e-4d55-9a0b-2b8e54a1c7d3",
+    plan_id: "b3a7d0e2-51c4-4f0e-9d6a-0c1e7f9a2b48",
+};
+
+/// Provisions a grant_abuse instance running `calls` (a JSON array); its
+/// report (`{"report": [...]}` in the metadata), one line per call.
+pub async fn grant_abuse_report(broker: &TestBroker, calls: Value) -> Vec<String> {
+    let expected = calls.as_array().map_or(0, Vec::len);
+    let (status, body) = broker
+        .provision(
+            &crate::unique_id("abuse"),
+            &GRANT_ABUSE.plan(),
+            Some(json!({ "calls": calls })),
+        )
+        .await;
+    assert_eq!(status, 201, "grant_abuse provision: {body}");
+    let report: Vec<String> = body["metadata"]["report"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a report in the metadata: {body}"))
+        .iter()
+        .map(|line| line.as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(report.len(), expected, "one line per call: {report:?}");
+    report
+}
+
+/// A report line of grant_abuse is the WIT `denied` case.
+pub fn assert_denied(line: &str, what: &str) {
+    assert!(
+        line.starts_with("denied: "),
+        "{what} was not denied: {line}"
+    );
+}
+
 /// Writes `len` bytes that are no WebAssembly at all (a fixed xorshift
 /// sequence, so a failure reproduces) to `path`.
 pub fn write_garbage(path: &Path, len: usize) {

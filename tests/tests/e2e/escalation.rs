@@ -11,16 +11,9 @@
 //! have made is then looked for with the administrator's own client.
 
 use serde_json::{Value, json};
-use wasm_broker_tests::faults::Fixture;
+use wasm_broker_tests::faults::{GRANT_ABUSE, assert_denied, grant_abuse_report};
 use wasm_broker_tests::{
     BrokerSetup, CONNECTIONS, TestBroker, service_available, shipped_grants, unique_id,
-};
-
-const GRANT_ABUSE: Fixture = Fixture {
-    stem: "grant_abuse",
-    offering: "grant-abuse",
-    service_id: "6f1f4c1e-8f3e-4d55-9a0b-2b8e54a1c7d3",
-    plan_id: "b3a7d0e2-51c4-4f0e-9d6a-0c1e7f9a2b48",
 };
 
 /// grant_abuse holding what the shipped plugin `shipped` is granted.
@@ -32,31 +25,6 @@ async fn broker_with_grants_of(shipped: &str) -> TestBroker {
         ..BrokerSetup::default()
     })
     .await
-}
-
-async fn run(broker: &TestBroker, calls: Value) -> Vec<String> {
-    let parameters = json!({ "calls": calls });
-    let (status, body) = broker
-        .provision(
-            &unique_id("escalate"),
-            &GRANT_ABUSE.plan(),
-            Some(parameters),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["metadata"]["report"]
-        .as_array()
-        .expect("an array of report lines")
-        .iter()
-        .map(|line| line.as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
-fn assert_denied(line: &str, what: &str) {
-    assert!(
-        line.starts_with("denied: "),
-        "{what} was not denied: {line}"
-    );
 }
 
 async fn redis_admin() -> redis::aio::MultiplexedConnection {
@@ -139,7 +107,7 @@ async fn a_plugin_cannot_make_or_take_over_a_redis_user_that_administers_the_ser
     let all_user = format!("{tag}_all");
     let write_user = format!("{tag}_write");
     let selector_user = format!("{tag}_sel");
-    let report = run(
+    let report = grant_abuse_report(
         &broker,
         json!([
             {"redis": ["ACL", "SETUSER", all_user, "on", ">pw", "~*", "+@all"]},
@@ -232,7 +200,7 @@ async fn a_plugin_cannot_make_a_rabbitmq_administrator() {
     let fair = format!("{tag}-fair");
     let evil_path = format!("/api/users/{evil}");
     let fair_path = format!("/api/users/{fair}");
-    let report = run(
+    let report = grant_abuse_report(
         &broker,
         json!([
             {"http": "PUT", "path": evil_path, "body": {"password": "pw", "tags": "administrator"}},

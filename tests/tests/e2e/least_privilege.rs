@@ -16,19 +16,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::Executor as _;
-use wasm_broker_tests::faults::{Fixture, wait_for_log};
+use wasm_broker_tests::faults::{GRANT_ABUSE, grant_abuse_report, wait_for_log};
 use wasm_broker_tests::{
     ADMIN_CONNECTIONS, BrokerSetup, CONNECTIONS, TestBroker, derived_name, mariadb_has_database,
     mariadb_root, postgres_admin, service_available, unique_id,
-};
-
-/// tests/fixtures/grant_abuse: runs the host calls its provision parameters
-/// list through alias `admin` and reports each.
-const GRANT_ABUSE: Fixture = Fixture {
-    stem: "grant_abuse",
-    offering: "grant-abuse",
-    service_id: "6f1f4c1e-8f3e-4d55-9a0b-2b8e54a1c7d3",
-    plan_id: "b3a7d0e2-51c4-4f0e-9d6a-0c1e7f9a2b48",
 };
 
 /// The shipped Redis account (tests/services/roles.sh).
@@ -47,26 +38,7 @@ async fn abuse_broker(connections: &str, grants: &str) -> TestBroker {
 
 /// Provisions grant_abuse with `calls`; its report, one line per call.
 async fn attack(broker: &TestBroker, calls: &[Value]) -> Vec<String> {
-    let instance = unique_id("abuse");
-    let (status, body) = broker
-        .provision(
-            &instance,
-            &GRANT_ABUSE.plan(),
-            Some(json!({"calls": calls})),
-        )
-        .await;
-    assert_eq!(status, 201, "grant_abuse provision: {body}");
-    // `{"report": [...]}` (the host takes only an object as metadata).
-    let metadata = &body["metadata"];
-    let report: Vec<String> = metadata
-        .as_array()
-        .or_else(|| metadata.as_object()?.values().find_map(Value::as_array))
-        .unwrap_or_else(|| panic!("a report in the metadata: {body}"))
-        .iter()
-        .map(|line| line.as_str().unwrap_or_default().to_owned())
-        .collect();
-    assert_eq!(report.len(), calls.len(), "one line per call: {report:?}");
-    report
+    grant_abuse_report(broker, Value::Array(calls.to_vec())).await
 }
 
 fn sql(statement: &str) -> Value {

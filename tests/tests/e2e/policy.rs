@@ -12,18 +12,11 @@
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::{Value, json};
-use wasm_broker_tests::faults::Fixture;
+use serde_json::json;
+use wasm_broker_tests::faults::{GRANT_ABUSE, assert_denied, grant_abuse_report};
 use wasm_broker_tests::{
     ADMIN_CONNECTIONS, BrokerSetup, TestBroker, instance_path, mariadb_has_database,
     postgres_admin, provision_body, service_available, shipped_grants, unique_id,
-};
-
-const GRANT_ABUSE: Fixture = Fixture {
-    stem: "grant_abuse",
-    offering: "grant-abuse",
-    service_id: "6f1f4c1e-8f3e-4d55-9a0b-2b8e54a1c7d3",
-    plan_id: "b3a7d0e2-51c4-4f0e-9d6a-0c1e7f9a2b48",
 };
 
 /// A broker serving grant_abuse with `grants` (lines of its
@@ -39,28 +32,6 @@ async fn broker(grants: &str, plugin: &str) -> TestBroker {
         ..BrokerSetup::default()
     })
     .await
-}
-
-/// The report lines of one provision running `calls`.
-async fn run(broker: &TestBroker, calls: Value) -> Vec<String> {
-    let parameters = json!({ "calls": calls });
-    let (status, body) = broker
-        .provision(&unique_id("abuse"), &GRANT_ABUSE.plan(), Some(parameters))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["metadata"]["report"]
-        .as_array()
-        .expect("an array of report lines")
-        .iter()
-        .map(|line| line.as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
-fn assert_denied(line: &str, what: &str) {
-    assert!(
-        line.starts_with("denied: "),
-        "{what} was not denied: {line}"
-    );
 }
 
 /// `plugin_host_calls_denied_total` of grant_abuse for `capability`.
@@ -88,7 +59,7 @@ async fn the_default_redis_policy_refuses_server_administration() {
     }
     let broker = broker("admin = \"redis\"", "").await;
     // A database index no test uses: FLUSHDB there would flush nothing.
-    let report = run(
+    let report = grant_abuse_report(
         &broker,
         json!([
             {"redis": ["CONFIG", "GET", "requirepass"]},
@@ -121,13 +92,13 @@ async fn the_default_redis_policy_refuses_server_administration() {
     // CONFIG is refused: the policy works, so the wiping commands can be
     // tried, FLUSHDB on the empty database 13 first, then FLUSHALL. (SHUTDOWN
     // is left to the unit tests: nothing here may stop the shared server.)
-    let report = run(
+    let report = grant_abuse_report(
         &broker,
         json!([{"redis": ["SELECT", "13"]}, {"redis": ["FLUSHDB"]}]),
     )
     .await;
     assert_denied(&report[1], "FLUSHDB");
-    let report = run(&broker, json!([{"redis": ["FLUSHALL"]}])).await;
+    let report = grant_abuse_report(&broker, json!([{"redis": ["FLUSHALL"]}])).await;
     assert_denied(&report[0], "FLUSHALL");
     assert_eq!(denied_count(&broker, "redis").await, 8.0);
 }
@@ -142,7 +113,7 @@ async fn a_redis_command_list_allows_only_its_commands() {
         "",
     )
     .await;
-    let report = run(
+    let report = grant_abuse_report(
         &broker,
         json!([
             {"redis": ["PING"]},
@@ -170,7 +141,7 @@ async fn the_shipped_rabbitmq_policy_refuses_reading_users_and_other_admin_paths
     );
     let broker = broker(&grants, "").await;
     let absent = format!("/api/vhosts/{}", unique_id("absent"));
-    let report = run(
+    let report = grant_abuse_report(
         &broker,
         json!([
             {"http": "GET", "path": "/api/users"},
@@ -207,7 +178,7 @@ async fn read_only_refuses_writes(connection: &str, create: &str, many_rows: &st
         "",
     )
     .await;
-    let report = run(
+    let report = grant_abuse_report(
         &broker,
         json!([
             {"sql": create},
@@ -314,7 +285,7 @@ async fn sleeping_statements_end_at_the_deadline(connection: &str, sleep: &str) 
         "the calls took {elapsed:?} with a 2 s deadline"
     );
     let started = Instant::now();
-    let report = run(&broker, json!([{"sql": "SELECT 1"}])).await;
+    let report = grant_abuse_report(&broker, json!([{"sql": "SELECT 1"}])).await;
     assert_eq!(report, ["OK: 1 rows; 1"], "the next call was not served");
     assert!(
         started.elapsed() < Duration::from_secs(8),

@@ -8,17 +8,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use wasm_broker_tests::faults::Fixture;
+use wasm_broker_tests::faults::GRANT_ABUSE;
 use wasm_broker_tests::{
     ADMIN_CONNECTIONS, BrokerSetup, TestBroker, instance_path, provision_body, service_available,
     unique_id,
-};
-
-const GRANT_ABUSE: Fixture = Fixture {
-    stem: "grant_abuse",
-    offering: "grant-abuse",
-    service_id: "6f1f4c1e-8f3e-4d55-9a0b-2b8e54a1c7d3",
-    plan_id: "b3a7d0e2-51c4-4f0e-9d6a-0c1e7f9a2b48",
 };
 
 const CHUNK: usize = 8 * 1024 * 1024;
