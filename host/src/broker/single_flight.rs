@@ -67,18 +67,14 @@ async fn wait<T: Clone>(mut flight: watch::Receiver<Option<T>>) -> Option<T> {
     published.as_ref().cloned()
 }
 
-struct Landed<'a, T> {
+struct Landed<'a, T: Clone + Send + Sync> {
     flights: &'a Flights<T>,
     key: &'a str,
 }
 
-impl<T> Drop for Landed<'_, T> {
+impl<T: Clone + Send + Sync> Drop for Landed<'_, T> {
     fn drop(&mut self) {
-        self.flights
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(self.key);
+        self.flights.lock().remove(self.key);
     }
 }
 
