@@ -90,7 +90,7 @@ impl StateStore {
         } else {
             (value.to_vec(), 0)
         };
-        let _turn = self.write_gate.lock().await;
+        let _turn = self.write_gate.exclusive().await;
         let usage = match self.backend {
             StateBackend::Sqlite => USAGE_SQLITE,
             StateBackend::Postgres => USAGE_POSTGRES,
@@ -130,7 +130,7 @@ impl StateStore {
     }
 
     pub async fn kv_delete(&self, plugin: &str, key: &str) -> Result<(), StateError> {
-        let _turn = self.write_gate.lock().await;
+        let _turn = self.write_gate.exclusive().await;
         sqlx::query("DELETE FROM plugin_kv WHERE plugin = $1 AND key = $2")
             .bind(plugin)
             .bind(key)

@@ -16,6 +16,8 @@
 //! This file is the store itself: opening either backend, the write
 //! transaction, and reading and transitioning instances and bindings. The
 //! rest of [`StateStore`] lives beside it, one job per file:
+//! - `batch`: group commit, the write gate through which concurrent
+//!   transitions share one transaction and one durable commit;
 //! - `kv`: the plugins' private key-value store (`kv` capability);
 //! - `replicas`: serving as one replica among several, and failing the
 //!   operations a crashed broker left under way;
@@ -26,6 +28,7 @@
 //!   instances each service still has (retired plugins);
 //! - `tables`: the SQL and the stored documents behind all of it.
 
+mod batch;
 pub mod inventory;
 mod keys;
 mod kv;
@@ -45,8 +48,7 @@ use secrecy::ExposeSecret;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
-use tokio::sync::{Mutex, MutexGuard};
+use sqlx::{Acquire, Any, AnyPool, ConnectOptions, Executor, Transaction};
 
 use crate::config::{StateBackend, StateConfig};
 use crate::lifecycle::{OperationRecord, ResourceStatus};
@@ -113,6 +115,12 @@ pub enum StateError {
     CredentialsUnreadable { count: i64, cause: SecretsError },
     #[error("cannot use the credentials of service binding {id}: {cause}")]
     Credentials { id: String, cause: SecretsError },
+    /// The shared commit of a batch of state changes failed: none of them
+    /// was stored.
+    #[error("state store: committing the change failed: {0}")]
+    BatchCommit(String),
+    #[error("state store: the write batch was lost while a change ran in it")]
+    BatchLost,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -152,7 +160,8 @@ pub struct StateStore {
     /// unlucky writer starve past the busy timeout under load, or in
     /// PostgreSQL's lock queue, each holding a pooled connection. The
     /// store's own lock still guards against writers in other processes.
-    write_gate: Arc<Mutex<()>>,
+    /// Transitions share commits through it (`batch`: group commit).
+    write_gate: batch::WriteGate,
     /// This process among the replicas sharing the store: recorded on the
     /// operations whose plugin call it makes.
     replica: Arc<str>,
@@ -161,9 +170,9 @@ pub struct StateStore {
 
 /// An open write transaction and this process's turn to write. Field order
 /// matters: the transaction ends (rollback on drop) before the turn passes.
-struct WriteTransaction<'a> {
+struct WriteTransaction {
     transaction: Transaction<'static, Any>,
-    _turn: MutexGuard<'a, ()>,
+    _turn: batch::ExclusiveTurn,
 }
 
 impl StateStore {
@@ -193,7 +202,7 @@ impl StateStore {
             pool,
             backend: config.backend,
             keyring: Arc::new(keyring),
-            write_gate: Arc::new(Mutex::new(())),
+            write_gate: batch::WriteGate::default(),
             replica: Arc::from(replicas::new_replica_id()),
             replica_lease: Duration::from_secs(config.replica_lease_seconds),
         };
@@ -221,36 +230,45 @@ impl StateStore {
         id: &str,
         decide: impl FnOnce(Option<InstanceRecord>) -> Transition<InstanceRecord, R> + Send,
     ) -> Result<R, StateError> {
-        let mut write = self.begin_write().await?;
-        let current = tables::read_instance(&mut write.transaction, id).await?;
+        let mut turn = self.write_gate.step(&self.pool, self.backend).await?;
+        // The step runs in a savepoint: if it fails or is cancelled, only
+        // its own changes leave the batch (sqlx rolls back to it on drop).
+        let mut step = turn.transaction()?.begin().await?;
+        let current = tables::read_instance(&mut step, id).await?;
         let before = OperationMark::of(
             current
                 .as_ref()
                 .and_then(|record| record.operation.as_ref()),
         );
-        match decide(current) {
+        let answer = match decide(current) {
             Transition::Keep(answer) => {
-                write.transaction.rollback().await?;
-                Ok(answer)
+                // Nothing written: released, not rolled back (a rollback to a
+                // savepoint leaves it on the batch's stack).
+                step.commit().await?;
+                answer
             }
             Transition::Write(record, answer) => {
                 debug_assert_eq!(
                     record.instance.id, id,
                     "a transition must not move a record to another id"
                 );
-                tables::write_instance(&mut write.transaction, &self.replica, &record).await?;
+                tables::write_instance(&mut step, &self.replica, &record).await?;
                 history::append(
-                    &mut write.transaction,
+                    &mut step,
                     ResourceKind::Instance,
                     id,
                     &before,
                     &record.operation,
                 )
                 .await?;
-                write.transaction.commit().await?;
-                Ok(answer)
+                step.commit().await?;
+                answer
             }
-        }
+        };
+        // Even a decision to keep the record waits: it may rest on what an
+        // earlier step of the batch wrote.
+        turn.finish().wait().await?;
+        Ok(answer)
     }
 
     pub async fn binding(&self, id: &str) -> Result<Option<BindingRecord>, StateError> {
@@ -270,18 +288,21 @@ impl StateStore {
         ) -> Transition<BindingRecord, R>
         + Send,
     ) -> Result<R, StateError> {
-        let mut write = self.begin_write().await?;
-        let instance = tables::read_instance(&mut write.transaction, instance_id).await?;
-        let current = tables::read_binding(&mut write.transaction, &self.keyring, id).await?;
+        let mut turn = self.write_gate.step(&self.pool, self.backend).await?;
+        let mut step = turn.transaction()?.begin().await?;
+        let instance = tables::read_instance(&mut step, instance_id).await?;
+        let current = tables::read_binding(&mut step, &self.keyring, id).await?;
         let before = OperationMark::of(
             current
                 .as_ref()
                 .and_then(|record| record.operation.as_ref()),
         );
-        match decide(instance, current) {
+        let answer = match decide(instance, current) {
             Transition::Keep(answer) => {
-                write.transaction.rollback().await?;
-                Ok(answer)
+                // Nothing written: released, not rolled back (a rollback to a
+                // savepoint leaves it on the batch's stack).
+                step.commit().await?;
+                answer
             }
             Transition::Write(record, answer) => {
                 debug_assert_eq!(
@@ -294,25 +315,21 @@ impl StateStore {
                 if record.status == ResourceStatus::Creating {
                     self.keyring.require_current()?;
                 }
-                tables::write_binding(
-                    &mut write.transaction,
-                    &self.keyring,
-                    &self.replica,
-                    &record,
-                )
-                .await?;
+                tables::write_binding(&mut step, &self.keyring, &self.replica, &record).await?;
                 history::append(
-                    &mut write.transaction,
+                    &mut step,
                     ResourceKind::Binding,
                     id,
                     &before,
                     &record.operation,
                 )
                 .await?;
-                write.transaction.commit().await?;
-                Ok(answer)
+                step.commit().await?;
+                answer
             }
-        }
+        };
+        turn.finish().wait().await?;
+        Ok(answer)
     }
 
     /// Bindings of an instance that are not deleted, oldest first.
@@ -327,26 +344,12 @@ impl StateStore {
         Ok(())
     }
 
-    /// Takes this process's turn to write, then the store's write lock, for
-    /// the whole transaction: what it reads cannot change before it writes.
-    /// SQLite: `BEGIN IMMEDIATE` locks at the start (a deferred transaction
-    /// would find out only at its first write, too late for the decision
-    /// already taken). PostgreSQL: an advisory lock held until commit or
-    /// rollback, taken before the first read; at read committed, each read
-    /// then sees every transaction committed before it.
-    async fn begin_write(&self) -> Result<WriteTransaction<'_>, StateError> {
-        let turn = self.write_gate.lock().await;
-        let transaction = match self.backend {
-            StateBackend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            StateBackend::Postgres => {
-                let mut transaction = self.pool.begin().await?;
-                sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
-                    .bind(POSTGRES_WRITE_LOCK)
-                    .execute(&mut *transaction)
-                    .await?;
-                transaction
-            }
-        };
+    /// Takes this process's turn to write (committing the open batch of
+    /// transitions first), then the store's write lock, for the whole
+    /// transaction: what it reads cannot change before it writes.
+    async fn begin_write(&self) -> Result<WriteTransaction, StateError> {
+        let turn = self.write_gate.exclusive().await;
+        let transaction = batch::begin(&self.pool, self.backend).await?;
         Ok(WriteTransaction {
             transaction,
             _turn: turn,

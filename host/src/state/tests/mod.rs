@@ -284,6 +284,7 @@ fn assert_corrupt(result: Result<impl std::fmt::Debug, StateError>, expected_id:
 
 // Declared after `on_both_backends!`, which they use.
 mod backends;
+mod batch;
 mod credentials;
 mod inventory;
 mod kv;

@@ -1,0 +1,273 @@
+//! Group commit: concurrent state changes share one durable commit.
+//!
+//! Each instance or binding transition used to be a transaction of its
+//! own, and so one fsync of SQLite's WAL (`synchronous = FULL`) or of
+//! PostgreSQL's log: with 64 platform requests at once, the disk's fsync
+//! rate was the broker's write rate. Now the transitions of this process
+//! take turns at one write gate (a FIFO `tokio::sync::Mutex`) over one
+//! open transaction, the *batch*:
+//!
+//! 1. A transition takes the gate, opens the batch if none is open (`BEGIN
+//!    IMMEDIATE`, or PostgreSQL's advisory write lock), and runs its reads,
+//!    decision and writes inside a savepoint of it. A failing (or
+//!    cancelled) step is rolled back to its savepoint; the batch's other
+//!    steps stay.
+//! 2. It leaves the gate with the batch open and queues for the gate again,
+//!    behind every transition that arrived meanwhile: those run their steps
+//!    in the same batch.
+//! 3. The first of the batch's transitions back at the gate commits it
+//!    (one commit, one fsync) and publishes the outcome; the others find
+//!    it published. Each transition answers only once the batch holding
+//!    its step is durable, or fails if that commit failed.
+//!
+//! So nothing is acknowledged before it is durable (`synchronous` stays
+//! FULL, PostgreSQL's synchronous commit stays on), and a crash loses only
+//! steps whose batch had not committed, none of which was answered. Each
+//! step reads what the batch's earlier steps wrote: the transitions are
+//! serialized in gate order, as before; waiting for the batch's commit
+//! before answering covers a decision that read an earlier step's write.
+//!
+//! The commit runs in a task of its own, so a request dropped by its client
+//! cannot abandon a commit other requests wait for. Writes outside the
+//! transitions (kv, leases, key rotation, operators' commands) take the gate
+//! exclusively: they commit an open batch first.
+
+use std::sync::Arc;
+
+use sqlx::{Any, AnyPool, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+
+use super::{POSTGRES_WRITE_LOCK, StateError};
+use crate::config::StateBackend;
+
+/// At most this many steps share a commit: a batch's first step waits for
+/// the others, so this bounds what batching may add to one request's
+/// latency (about 50 us of SQL per step here: a few milliseconds).
+pub(super) const MAX_BATCH_STEPS: usize = 64;
+
+/// How a batch's commit ended, as each of its steps sees it.
+type Outcome = Option<Result<(), Arc<str>>>;
+
+/// One open transaction holding the steps of several transitions.
+struct Batch {
+    id: u64,
+    transaction: Transaction<'static, Any>,
+    steps: usize,
+    outcome: watch::Sender<Outcome>,
+}
+
+impl Batch {
+    /// Commits, counts and tells every step's transition how it went.
+    /// Returns the steps committed (none if the commit failed).
+    async fn commit(self) -> u64 {
+        let committed = self.transaction.commit().await;
+        let steps = self.steps as u64;
+        if committed.is_ok() {
+            metrics::counter!("state_commits_total").increment(1);
+            metrics::counter!("state_changes_total").increment(steps);
+        }
+        let done = if committed.is_ok() { steps } else { 0 };
+        self.outcome.send_replace(Some(
+            committed.map_err(|error| Arc::from(error.to_string().as_str())),
+        ));
+        done
+    }
+}
+
+#[derive(Default)]
+struct Gate {
+    open: Option<Batch>,
+    next_id: u64,
+    /// Batches and the steps in them committed so far (the metrics count
+    /// them too; these are for this process's tests).
+    committed: (u64, u64),
+}
+
+impl Gate {
+    /// Commits the open batch, if any, in a task of its own (so that this
+    /// caller going away cannot abandon it) and waits for it.
+    async fn commit_open(&mut self) {
+        if let Some(batch) = self.open.take() {
+            // A failed join is the runtime shutting down: the batch's
+            // transaction was dropped (rolled back) and its steps were told
+            // (their outcome channel closed).
+            if let Ok(steps) = tokio::spawn(batch.commit()).await
+                && steps > 0
+            {
+                self.committed.0 += 1;
+                self.committed.1 += steps;
+            }
+        }
+    }
+}
+
+/// This process's one way to write to the store. Cheap to clone.
+#[derive(Clone, Default)]
+pub(super) struct WriteGate {
+    gate: Arc<Mutex<Gate>>,
+}
+
+impl WriteGate {
+    /// The gate to oneself, with no batch open: for writes of their own
+    /// (a transaction, or single statements on the pool).
+    pub(super) async fn exclusive(&self) -> ExclusiveTurn {
+        let mut gate = self.gate.clone().lock_owned().await;
+        gate.commit_open().await;
+        ExclusiveTurn { _gate: gate }
+    }
+
+    /// Batches committed so far, and the steps they held.
+    #[cfg(test)]
+    pub(super) async fn committed(&self) -> (u64, u64) {
+        self.gate.lock().await.committed
+    }
+
+    /// A turn to run one transition's step in the open batch (opening one
+    /// if needed). Run the step in a savepoint of [`StepTurn::transaction`],
+    /// then [`StepTurn::finish`] and wait until it is durable.
+    pub(super) async fn step(
+        &self,
+        pool: &AnyPool,
+        backend: StateBackend,
+    ) -> Result<StepTurn, StateError> {
+        let mut gate = self.gate.clone().lock_owned().await;
+        if gate
+            .open
+            .as_ref()
+            .is_some_and(|batch| batch.steps >= MAX_BATCH_STEPS)
+        {
+            gate.commit_open().await;
+        }
+        let mut batch = match gate.open.take() {
+            Some(batch) => batch,
+            None => {
+                let transaction = begin(pool, backend).await?;
+                gate.next_id = gate.next_id.wrapping_add(1);
+                Batch {
+                    id: gate.next_id,
+                    transaction,
+                    steps: 0,
+                    outcome: watch::channel(None).0,
+                }
+            }
+        };
+        batch.steps += 1;
+        let outcome = batch.outcome.subscribe();
+        let batch_id = batch.id;
+        gate.open = Some(batch);
+        Ok(StepTurn {
+            gate: Some(gate),
+            batch_id,
+            outcome,
+        })
+    }
+}
+
+/// Opens a write transaction holding the store's write lock from its
+/// start. SQLite: `BEGIN IMMEDIATE` locks at once (a deferred transaction
+/// would find out only at its first write, after the decision was taken
+/// on what it read). PostgreSQL: an advisory lock held until commit or
+/// rollback, taken before the first read; at read committed, each read
+/// then sees every transaction committed before it.
+pub(super) async fn begin(
+    pool: &AnyPool,
+    backend: StateBackend,
+) -> Result<Transaction<'static, Any>, StateError> {
+    Ok(match backend {
+        StateBackend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+        StateBackend::Postgres => {
+            let mut transaction = pool.begin().await?;
+            sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
+                .bind(POSTGRES_WRITE_LOCK)
+                .execute(&mut *transaction)
+                .await?;
+            transaction
+        }
+    })
+}
+
+/// The gate, held for writes outside the batches.
+pub(super) struct ExclusiveTurn {
+    _gate: OwnedMutexGuard<Gate>,
+}
+
+/// One transition's place in a batch, holding the gate until
+/// [`StepTurn::finish`] (or until dropped, after a failed or cancelled
+/// step: the batch's commit is queued either way, so a batch never stays
+/// open holding the store's write lock).
+pub(super) struct StepTurn {
+    gate: Option<OwnedMutexGuard<Gate>>,
+    batch_id: u64,
+    outcome: watch::Receiver<Outcome>,
+}
+
+impl StepTurn {
+    /// The batch's transaction: begin a savepoint on it for the step.
+    pub(super) fn transaction(&mut self) -> Result<&mut Transaction<'static, Any>, StateError> {
+        self.gate
+            .as_mut()
+            .and_then(|gate| gate.open.as_mut())
+            .map(|batch| &mut batch.transaction)
+            .ok_or(StateError::BatchLost)
+    }
+
+    /// The step is done (its savepoint released or rolled back): leaves the
+    /// gate and returns what to wait on before answering.
+    pub(super) fn finish(mut self) -> Durable {
+        self.queue_commit();
+        Durable {
+            outcome: self.outcome.clone(),
+        }
+    }
+
+    /// Queues behind whoever waits at the gate now, then commits the batch
+    /// if no step before has.
+    fn queue_commit(&mut self) {
+        let Some(gate) = self.gate.take() else {
+            return;
+        };
+        let shared = OwnedMutexGuard::mutex(&gate).clone();
+        let batch_id = self.batch_id;
+        // Outside a runtime (only while one shuts down) the transaction
+        // will be dropped, i.e. rolled back, and the waiters told.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        drop(gate);
+        runtime.spawn(async move {
+            let mut gate = shared.lock().await;
+            if gate.open.as_ref().is_some_and(|batch| batch.id == batch_id) {
+                gate.commit_open().await;
+            }
+        });
+    }
+}
+
+impl Drop for StepTurn {
+    fn drop(&mut self) {
+        self.queue_commit();
+    }
+}
+
+/// A finished step, waiting for its batch's commit.
+pub(super) struct Durable {
+    outcome: watch::Receiver<Outcome>,
+}
+
+impl Durable {
+    /// Returns once the batch holding the step is committed; an error if
+    /// the commit failed or was abandoned (the runtime shutting down).
+    pub(super) async fn wait(mut self) -> Result<(), StateError> {
+        let outcome = match self.outcome.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone(),
+            Err(_closed) => None,
+        };
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err(cause)) => Err(StateError::BatchCommit(cause.to_string())),
+            None => Err(StateError::BatchCommit(
+                "the commit was abandoned (the broker is stopping)".to_owned(),
+            )),
+        }
+    }
+}

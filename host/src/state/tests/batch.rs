@@ -1,0 +1,196 @@
+//! Group commit: concurrent transitions share one commit, each answered
+//! only once it is durable, and a step that fails (or whose request is
+//! dropped) leaves only its own changes out of the batch.
+
+use super::*;
+
+/// The instance ids of `store`, sorted.
+async fn stored_ids(store: &StateStore) -> Vec<String> {
+    sqlx::query_scalar("SELECT id FROM instances ORDER BY id")
+        .fetch_all(&store.pool)
+        .await
+        .expect("instances readable")
+}
+
+async fn concurrent_changes_share_commits_and_all_last(scratch: &Scratch) {
+    const CHANGES: usize = 64;
+    let store = open(scratch).await;
+    let mut tasks = JoinSet::new();
+    for n in 0..CHANGES {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let id = format!("i-{n:02}");
+            let record = instance_record(&id, ResourceStatus::Ready, None);
+            store
+                .transition_instance(&id, |existing| match existing {
+                    None => Transition::Write(record, true),
+                    Some(_) => Transition::Keep(false),
+                })
+                .await
+                .expect("transition")
+        });
+    }
+    let written = tasks.join_all().await;
+    assert!(written.iter().all(|created| *created), "{written:?}");
+    let (batches, steps) = store.write_gate.committed().await;
+    assert_eq!(steps, CHANGES as u64, "every change was committed once");
+    assert!(
+        batches < steps,
+        "{CHANGES} changes arriving together must share commits: {batches} commits"
+    );
+    store.close().await;
+
+    // Another store on the same database (a restart) finds every one.
+    let reopened = open_with_key(scratch, None).await;
+    let expected: Vec<String> = (0..CHANGES).map(|n| format!("i-{n:02}")).collect();
+    assert_eq!(stored_ids(&reopened).await, expected);
+}
+
+/// Two steps in one batch, the second abandoned half way (its savepoint
+/// dropped, as a failing or cancelled transition leaves it): the commit
+/// keeps the first step and nothing of the second. On a current-thread
+/// runtime the batch's commit task cannot run before the second step has
+/// joined: the steps are in one batch by construction.
+async fn an_abandoned_step_leaves_the_rest_of_its_batch(scratch: &Scratch) {
+    let store = open(scratch).await;
+    let mut first = store
+        .write_gate
+        .step(&store.pool, store.backend)
+        .await
+        .expect("first turn");
+    let mut step = first
+        .transaction()
+        .expect("batch open")
+        .begin()
+        .await
+        .expect("savepoint");
+    let kept = instance_record("i-kept", ResourceStatus::Ready, None);
+    tables::write_instance(&mut step, &store.replica, &kept)
+        .await
+        .expect("written");
+    step.commit().await.expect("savepoint released");
+    let first_durable = first.finish();
+
+    let mut second = store
+        .write_gate
+        .step(&store.pool, store.backend)
+        .await
+        .expect("second turn");
+    let mut step = second
+        .transaction()
+        .expect("batch open")
+        .begin()
+        .await
+        .expect("savepoint");
+    let abandoned = instance_record("i-abandoned", ResourceStatus::Ready, None);
+    tables::write_instance(&mut step, &store.replica, &abandoned)
+        .await
+        .expect("written");
+    drop(step);
+    drop(second);
+
+    first_durable.wait().await.expect("the batch commits");
+    assert_eq!(store.write_gate.committed().await, (1, 2), "one commit");
+    assert_eq!(stored_ids(&store).await, ["i-kept"]);
+    // The store writes on: the batch left no savepoint or lock behind.
+    put_instance(&store, instance_record("i-next", ResourceStatus::Ready, None)).await;
+    assert_eq!(stored_ids(&store).await, ["i-kept", "i-next"]);
+}
+
+/// A transition whose decision panics (as a cancelled request drops its
+/// step) is left out; the others answer and are stored.
+async fn a_panicking_decision_is_left_out_of_its_batch(scratch: &Scratch) {
+    let store = open(scratch).await;
+    let mut tasks = JoinSet::new();
+    for n in 0..16 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let id = format!("i-{n:02}");
+            let record = instance_record(&id, ResourceStatus::Ready, None);
+            store
+                .transition_instance(&id, move |_| {
+                    assert!(n != 7, "decision {n} fails");
+                    Transition::Write(record, ())
+                })
+                .await
+        });
+    }
+    let (mut panicked, mut stored) = (0, 0);
+    while let Some(outcome) = tasks.join_next().await {
+        match outcome {
+            Ok(transition) => {
+                transition.expect("every other transition is stored");
+                stored += 1;
+            }
+            Err(error) => {
+                assert!(error.is_panic(), "{error}");
+                panicked += 1;
+            }
+        }
+    }
+    assert_eq!((panicked, stored), (1, 15), "only the failing decision panics");
+    let ids = stored_ids(&store).await;
+    assert_eq!(ids.len(), 15, "{ids:?}");
+    assert!(!ids.contains(&"i-07".to_owned()), "{ids:?}");
+}
+
+/// Writes outside the transitions (kv here) commit the open batch first:
+/// they neither wait for SQLite's busy timeout nor deadlock on it.
+async fn a_kv_write_meanwhile_commits_the_batch_first(scratch: &Scratch) {
+    let store = open(scratch).await;
+    let mut turn = store
+        .write_gate
+        .step(&store.pool, store.backend)
+        .await
+        .expect("turn");
+    let mut step = turn
+        .transaction()
+        .expect("batch open")
+        .begin()
+        .await
+        .expect("savepoint");
+    let record = instance_record("i-batched", ResourceStatus::Ready, None);
+    tables::write_instance(&mut step, &store.replica, &record)
+        .await
+        .expect("written");
+    step.commit().await.expect("released");
+    let durable = turn.finish();
+    let started = std::time::Instant::now();
+    store
+        .kv_set("plugin", "key", b"value", KV_UNLIMITED)
+        .await
+        .expect("kv write");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the kv write waited {:?}",
+        started.elapsed()
+    );
+    durable.wait().await.expect("committed");
+    assert_eq!(stored_ids(&store).await, ["i-batched"]);
+}
+
+on_both_backends!(
+    concurrent_changes_share_commits_and_all_last,
+    a_panicking_decision_is_left_out_of_its_batch,
+    a_kv_write_meanwhile_commits_the_batch_first,
+);
+
+mod current_thread {
+    #[tokio::test(flavor = "current_thread")]
+    async fn sqlite_an_abandoned_step_leaves_the_rest_of_its_batch() {
+        super::run(
+            crate::config::StateBackend::Sqlite,
+            super::an_abandoned_step_leaves_the_rest_of_its_batch,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn postgres_an_abandoned_step_leaves_the_rest_of_its_batch() {
+        super::run(
+            crate::config::StateBackend::Postgres,
+            super::an_abandoned_step_leaves_the_rest_of_its_batch,
+        )
+        .await;
+    }
+}
