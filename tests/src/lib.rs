@@ -639,6 +639,35 @@ cache_dir = "{cache}"
         .await
         .1
     }
+
+    /// The unauthenticated `/metrics` body.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .raw(Method::GET, "/metrics")
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(response.status().as_u16(), 200);
+        response.text().await.expect("metrics body")
+    }
+}
+
+/// The value of the sample of `name` (in a `/metrics` body) whose labels
+/// include all of `labels`; with no labels asked, also a sample without any.
+pub fn metric_sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        if labels.is_empty()
+            && let Some(value) = rest.strip_prefix(' ')
+        {
+            return value.trim().parse().ok();
+        }
+        let (label_text, value) = rest.strip_prefix('{')?.split_once("} ")?;
+        labels
+            .iter()
+            .all(|(key, value)| label_text.contains(&format!("{key}=\"{value}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
 }
 
 impl Drop for TestBroker {

@@ -17,6 +17,7 @@ mod deadlines;
 mod disconnect;
 mod escalation;
 mod grants;
+mod group_commit;
 mod ha;
 mod hot_reload;
 mod least_privilege;

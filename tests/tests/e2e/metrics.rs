@@ -10,7 +10,9 @@ use wasm_broker_tests::faults::{
     FAULT_LOOP, SLOW_ASYNC, bind_async, binding_poll_path, eventually, instance_poll_path,
     poll_until_done, provision_async,
 };
-use wasm_broker_tests::{BrokerSetup, ENCRYPTION_KEY, PASSWORD, TestBroker, unique_id};
+use wasm_broker_tests::{
+    BrokerSetup, ENCRYPTION_KEY, PASSWORD, TestBroker, metric_sample, unique_id,
+};
 
 /// A connection with a password no plugin is granted: it must not surface.
 const DECOY_PASSWORD: &str = "decoy-password-5b2c";
@@ -28,31 +30,8 @@ async fn start() -> TestBroker {
     .await
 }
 
-/// The unauthenticated `/metrics` body.
-async fn scrape(broker: &TestBroker) -> String {
-    let response = broker
-        .raw(Method::GET, "/metrics")
-        .send()
-        .await
-        .expect("GET /metrics");
-    assert_eq!(response.status().as_u16(), 200);
-    response.text().await.expect("metrics body")
-}
-
-/// The value of the sample of `name` whose labels include all of `labels`.
-fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
-        let (label_text, value) = rest.split_once("} ")?;
-        labels
-            .iter()
-            .all(|(key, value)| label_text.contains(&format!("{key}=\"{value}\"")))
-            .then(|| value.trim().parse().ok())?
-    })
-}
-
 fn store_gauge(metrics: &str, resource: &str, phase: &str) -> Option<f64> {
-    sample(
+    metric_sample(
         metrics,
         "osb_operations_in_progress",
         &[("resource", resource), ("phase", phase)],
@@ -64,7 +43,7 @@ async fn asynchronous_operations_awaiting_completion_are_counted() {
     let _cpu = wasm_broker_tests::timed().await;
     let broker = start().await;
     let plan = SLOW_ASYNC.plan();
-    let metrics = scrape(&broker).await;
+    let metrics = broker.metrics().await;
     for resource in ["instance", "binding"] {
         for phase in ["calling", "in_progress"] {
             assert_eq!(
@@ -95,7 +74,7 @@ async fn asynchronous_operations_awaiting_completion_are_counted() {
     .await;
     assert_eq!(status, 202, "{body}");
 
-    let metrics = scrape(&broker).await;
+    let metrics = broker.metrics().await;
     assert_eq!(
         store_gauge(&metrics, "instance", "in_progress"),
         Some(1.0),
@@ -123,7 +102,7 @@ async fn asynchronous_operations_awaiting_completion_are_counted() {
     let (status, body) =
         bind_async(&broker, &ready, &quick, &plan, Some(json!({"polls": 0}))).await;
     assert_eq!(status, 202, "{body}");
-    let metrics = scrape(&broker).await;
+    let metrics = broker.metrics().await;
     assert_eq!(
         store_gauge(&metrics, "binding", "in_progress"),
         Some(2.0),
@@ -131,7 +110,7 @@ async fn asynchronous_operations_awaiting_completion_are_counted() {
     );
     let (finished, _) = poll_until_done(&broker, &binding_poll_path(&ready, &quick), 5).await;
     assert_eq!(finished["state"], "succeeded", "{finished}");
-    let metrics = scrape(&broker).await;
+    let metrics = broker.metrics().await;
     assert_eq!(
         store_gauge(&metrics, "binding", "in_progress"),
         Some(1.0),
@@ -157,8 +136,8 @@ async fn plugin_calls_running_now_are_counted() {
         "the looping call to show in /metrics",
         Duration::from_secs(9),
         || async {
-            let metrics = scrape(&broker).await;
-            (sample(&metrics, "plugin_calls_in_progress", &labels) == Some(1.0)
+            let metrics = broker.metrics().await;
+            (metric_sample(&metrics, "plugin_calls_in_progress", &labels) == Some(1.0)
                 && store_gauge(&metrics, "instance", "calling") == Some(1.0))
             .then_some(())
         },
@@ -166,9 +145,9 @@ async fn plugin_calls_running_now_are_counted() {
     .await;
     let (status, body) = request.await.expect("provision task");
     assert_eq!(status, 500, "{body}");
-    let metrics = scrape(&broker).await;
+    let metrics = broker.metrics().await;
     assert_eq!(
-        sample(&metrics, "plugin_calls_in_progress", &labels),
+        metric_sample(&metrics, "plugin_calls_in_progress", &labels),
         Some(0.0),
         "{metrics}"
     );
