@@ -13,7 +13,8 @@ use wasm_broker_tests::faults::{
     instance_last_operation, instance_poll_path, poll_until_done, provision_async,
 };
 use wasm_broker_tests::{
-    BrokerSetup, PlanIds, TestBroker, binding_path, instance_path, provision_body, send, unique_id,
+    BrokerSetup, PlanIds, TestBroker, binding_path, instance_path, metric_sample, provision_body,
+    send, unique_id,
 };
 
 async fn broker_with(plugins: &[wasm_broker_tests::faults::Fixture]) -> Arc<TestBroker> {
@@ -482,5 +483,42 @@ async fn racing_polls_leave_an_operation_consistent() {
         (status, &body["credentials"]),
         (200, &json!({"token": binding_id})),
         "{body}"
+    );
+}
+
+/// Concurrent polls of one operation share one plugin call (single flight),
+/// counted by the plugin's call metric. Each poll of slow_async spins for a
+/// while first, so the 16 polls, sent together, all arrive while the first
+/// one's call runs: without single flight they make 16 calls.
+#[tokio::test]
+async fn concurrent_polls_of_one_operation_share_one_plugin_call() {
+    let _cpu = wasm_broker_tests::timed().await;
+    let broker = broker_with(&[SLOW_ASYNC]).await;
+    let plan = SLOW_ASYNC.plan();
+    let instance_id = unique_id("single-flight");
+    let parameters = json!({"polls": 100, "spin": 100_000_000_u64});
+    let (status, body) = provision_async(&broker, &instance_id, &plan, Some(parameters)).await;
+    assert_eq!(status, 202, "{body}");
+    let calls = |metrics: &str| {
+        let labels = [("plugin", "slow_async"), ("operation", "last_operation")];
+        metric_sample(metrics, "plugin_call_duration_seconds_count", &labels).unwrap_or(0.0)
+    };
+    let before = calls(&broker.metrics().await);
+    let answers = all_at_once(&broker, 16, |broker, _| {
+        let instance_id = instance_id.clone();
+        async move { instance_last_operation(&broker, &instance_id).await }
+    })
+    .await;
+    for (status, body) in &answers {
+        assert_eq!(
+            (*status, body["state"].as_str()),
+            (200, Some("in progress")),
+            "{body}"
+        );
+    }
+    let made = calls(&broker.metrics().await) - before;
+    assert!(
+        (1.0..=2.0).contains(&made),
+        "16 concurrent polls made {made} plugin calls"
     );
 }
