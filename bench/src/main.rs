@@ -236,7 +236,7 @@ async fn measure_load(
     let idle_kib = system::resident_kib(broker.pid()).context("reading the broker's RSS")?;
     let baseline = start_baseline(&work.join("baseline"), &catalog).await?;
     // Beside the broker's own state, on the same disk, while both servers idle.
-    eprintln!("bench: fsync, bare SQLite and StateStore writes");
+    eprintln!("bench: fsync, bare transactions and StateStore writes (SQLite, PostgreSQL)");
     let durability = durability::measure(&broker_dir.join("state"), duration).await?;
 
     let broker_rss = RssSampler::start(broker.pid());

@@ -239,7 +239,7 @@ fn render_durability(out: &mut String, load: &LoadResults) -> std::fmt::Result {
     let d = &load.durability;
     writeln!(
         out,
-        "\n## Durable writes: the store vs the disk and a bare SQLite transaction\n\n\
+        "\n## Durable writes: the store vs the disk and a bare transaction\n\n\
          Measured in this process, one writer, while the servers idle. fsync: 4 KiB written in place in a \
          file of the broker's state directory, then fsync. Bare transaction: sqlx-sqlite, WAL, \
          synchronous=FULL, `BEGIN IMMEDIATE`, read the instance row, upsert it, append a history row, commit. \
@@ -255,6 +255,10 @@ fn render_durability(out: &mut String, load: &LoadResults) -> std::fmt::Result {
         (Some(us), Some(bare)) => ratio(us, bare),
         _ => "n/a".to_owned(),
     };
+    let concurrent = format!(
+        "StateStore, {} writers at once (group commit)",
+        crate::durability::CONCURRENT_WRITERS
+    );
     for (name, rate) in [
         ("write + fsync", &d.fsync),
         ("bare SQLite transaction (one state change)", &d.bare),
@@ -262,6 +266,7 @@ fn render_durability(out: &mut String, load: &LoadResults) -> std::fmt::Result {
             "StateStore::transition_instance (one state change)",
             &d.store,
         ),
+        (concurrent.as_str(), &d.store_concurrent),
     ] {
         writeln!(
             out,
@@ -270,6 +275,37 @@ fn render_durability(out: &mut String, load: &LoadResults) -> std::fmt::Result {
             cpu(rate),
             against_bare(rate)
         )?;
+    }
+    match &d.postgres {
+        Ok(pg) => {
+            writeln!(
+                out,
+                "\nPostgreSQL (local server, synchronous commit), same state change:\n\n\
+                 | operation | ops/s | CPU/op us | ratio to bare transaction (CPU) |\n|---|---:|---:|---:|"
+            )?;
+            let against_bare = |rate: &Rate| match (rate.cpu_us, pg.bare.cpu_us) {
+                (Some(us), Some(bare)) => ratio(us, bare),
+                _ => "n/a".to_owned(),
+            };
+            let replicas = format!(
+                "two StateStores (replicas) on one database, {} writers each",
+                crate::durability::CONCURRENT_WRITERS / 2
+            );
+            for (name, rate) in [
+                ("bare PostgreSQL transaction", &pg.bare),
+                ("StateStore::transition_instance", &pg.store),
+                (replicas.as_str(), &pg.two_replicas),
+            ] {
+                writeln!(
+                    out,
+                    "| {name} | {:.0} | {} | {} |",
+                    rate.per_second(),
+                    cpu(rate),
+                    against_bare(rate)
+                )?;
+            }
+        }
+        Err(why) => writeln!(out, "\nPostgreSQL: not measured ({why}).")?,
     }
     if let Some(pairs) = pairs_at_64(load) {
         // Each provision+deprovision pair is two requests.
@@ -441,6 +477,17 @@ fn targets(r: &Results) -> Vec<Target> {
         if let (Some(store), Some(bare)) = (d.store.cpu_us, d.bare.cpu_us) {
             targets.push(Target::at_most(
                 "StateStore CPU per state change vs bare SQLite transaction",
+                store / bare,
+                2.0,
+                "x",
+                false,
+            ));
+        }
+        if let Ok(pg) = &d.postgres
+            && let (Some(store), Some(bare)) = (pg.store.cpu_us, pg.bare.cpu_us)
+        {
+            targets.push(Target::at_most(
+                "StateStore CPU per state change vs bare PostgreSQL transaction",
                 store / bare,
                 2.0,
                 "x",
