@@ -48,7 +48,7 @@ use secrecy::ExposeSecret;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Acquire, Any, AnyPool, ConnectOptions, Executor, Transaction};
+use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 
 use crate::config::{StateBackend, StateConfig};
 use crate::lifecycle::{OperationRecord, ResourceStatus};
@@ -231,9 +231,9 @@ impl StateStore {
         decide: impl FnOnce(Option<InstanceRecord>) -> Transition<InstanceRecord, R> + Send,
     ) -> Result<R, StateError> {
         let mut turn = self.write_gate.step(&self.pool, self.backend).await?;
-        // The step runs in a savepoint: if it fails or is cancelled, only
-        // its own changes leave the batch (sqlx rolls back to it on drop).
-        let mut step = turn.transaction()?.begin().await?;
+        // If the step fails or is cancelled, only its own changes leave the
+        // batch (see `batch::Step`).
+        let mut step = turn.begin_step().await?;
         let current = tables::read_instance(&mut step, id).await?;
         let before = OperationMark::of(
             current
@@ -244,7 +244,7 @@ impl StateStore {
             Transition::Keep(answer) => {
                 // Nothing written: released, not rolled back (a rollback to a
                 // savepoint leaves it on the batch's stack).
-                step.commit().await?;
+                step.done().await?;
                 answer
             }
             Transition::Write(record, answer) => {
@@ -261,13 +261,13 @@ impl StateStore {
                     &record.operation,
                 )
                 .await?;
-                step.commit().await?;
+                step.done().await?;
                 answer
             }
         };
         // Even a decision to keep the record waits: it may rest on what an
         // earlier step of the batch wrote.
-        turn.finish().wait().await?;
+        turn.durable().await?;
         Ok(answer)
     }
 
@@ -289,7 +289,7 @@ impl StateStore {
         + Send,
     ) -> Result<R, StateError> {
         let mut turn = self.write_gate.step(&self.pool, self.backend).await?;
-        let mut step = turn.transaction()?.begin().await?;
+        let mut step = turn.begin_step().await?;
         let instance = tables::read_instance(&mut step, instance_id).await?;
         let current = tables::read_binding(&mut step, &self.keyring, id).await?;
         let before = OperationMark::of(
@@ -301,7 +301,7 @@ impl StateStore {
             Transition::Keep(answer) => {
                 // Nothing written: released, not rolled back (a rollback to a
                 // savepoint leaves it on the batch's stack).
-                step.commit().await?;
+                step.done().await?;
                 answer
             }
             Transition::Write(record, answer) => {
@@ -324,11 +324,11 @@ impl StateStore {
                     &record.operation,
                 )
                 .await?;
-                step.commit().await?;
+                step.done().await?;
                 answer
             }
         };
-        turn.finish().wait().await?;
+        turn.durable().await?;
         Ok(answer)
     }
 

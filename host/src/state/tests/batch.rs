@@ -49,8 +49,8 @@ async fn concurrent_changes_share_commits_and_all_last(scratch: &Scratch) {
 /// Two steps in one batch, the second abandoned half way (its savepoint
 /// dropped, as a failing or cancelled transition leaves it): the commit
 /// keeps the first step and nothing of the second. On a current-thread
-/// runtime the batch's commit task cannot run before the second step has
-/// joined: the steps are in one batch by construction.
+/// runtime the steps run in a known order: the second transition waits at
+/// the gate while the first holds it, so the first shares its commit.
 async fn an_abandoned_step_leaves_the_rest_of_its_batch(scratch: &Scratch) {
     let store = open(scratch).await;
     let mut first = store
@@ -58,43 +58,59 @@ async fn an_abandoned_step_leaves_the_rest_of_its_batch(scratch: &Scratch) {
         .step(&store.pool, store.backend)
         .await
         .expect("first turn");
-    let mut step = first
-        .transaction()
-        .expect("batch open")
-        .begin()
-        .await
-        .expect("savepoint");
+    let mut step = first.begin_step().await.expect("step");
     let kept = instance_record("i-kept", ResourceStatus::Ready, None);
     tables::write_instance(&mut step, &store.replica, &kept)
         .await
         .expect("written");
-    step.commit().await.expect("savepoint released");
-    let first_durable = first.finish();
+    step.done().await.expect("step done");
 
-    let mut second = store
-        .write_gate
-        .step(&store.pool, store.backend)
-        .await
-        .expect("second turn");
-    let mut step = second
-        .transaction()
-        .expect("batch open")
-        .begin()
-        .await
-        .expect("savepoint");
-    let abandoned = instance_record("i-abandoned", ResourceStatus::Ready, None);
-    tables::write_instance(&mut step, &store.replica, &abandoned)
-        .await
-        .expect("written");
-    drop(step);
-    drop(second);
-
-    first_durable.wait().await.expect("the batch commits");
+    let second = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut second = store
+                .write_gate
+                .step(&store.pool, store.backend)
+                .await
+                .expect("second turn");
+            let mut step = second.begin_step().await.expect("savepoint");
+            let abandoned = instance_record("i-abandoned", ResourceStatus::Ready, None);
+            tables::write_instance(&mut step, &store.replica, &abandoned)
+                .await
+                .expect("written");
+            // Dropped unfinished, as a failing or cancelled transition is.
+        }
+    });
+    // The second transition now waits at the gate.
+    tokio::task::yield_now().await;
+    first.durable().await.expect("the batch commits");
+    second.await.expect("second transition");
     assert_eq!(store.write_gate.committed().await, (1, 2), "one commit");
     assert_eq!(stored_ids(&store).await, ["i-kept"]);
     // The store writes on: the batch left no savepoint or lock behind.
     put_instance(&store, instance_record("i-next", ResourceStatus::Ready, None)).await;
     assert_eq!(stored_ids(&store).await, ["i-kept", "i-next"]);
+}
+
+/// The step that opens a batch runs without a savepoint: if it fails half
+/// way, the batch (holding nothing else) is rolled back whole.
+async fn a_failed_opening_step_rolls_back_its_batch(scratch: &Scratch) {
+    let store = open(scratch).await;
+    let mut turn = store
+        .write_gate
+        .step(&store.pool, store.backend)
+        .await
+        .expect("turn");
+    let mut step = turn.begin_step().await.expect("step");
+    let abandoned = instance_record("i-abandoned", ResourceStatus::Ready, None);
+    tables::write_instance(&mut step, &store.replica, &abandoned)
+        .await
+        .expect("written");
+    drop(step);
+    drop(turn);
+    put_instance(&store, instance_record("i-next", ResourceStatus::Ready, None)).await;
+    assert_eq!(stored_ids(&store).await, ["i-next"]);
+    assert_eq!(store.write_gate.committed().await, (1, 1));
 }
 
 /// A transition whose decision panics (as a cancelled request drops its
@@ -134,45 +150,52 @@ async fn a_panicking_decision_is_left_out_of_its_batch(scratch: &Scratch) {
     assert!(!ids.contains(&"i-07".to_owned()), "{ids:?}");
 }
 
-/// Writes outside the transitions (kv here) commit the open batch first:
-/// they neither wait for SQLite's busy timeout nor deadlock on it.
-async fn a_kv_write_meanwhile_commits_the_batch_first(scratch: &Scratch) {
+/// Writes outside the transitions (kv here) wait at the gate for the
+/// open batch's commit: they neither wait for SQLite's busy timeout nor
+/// deadlock on the batch's write lock.
+async fn a_kv_write_meanwhile_waits_for_the_batch(scratch: &Scratch) {
     let store = open(scratch).await;
     let mut turn = store
         .write_gate
         .step(&store.pool, store.backend)
         .await
         .expect("turn");
-    let mut step = turn
-        .transaction()
-        .expect("batch open")
-        .begin()
-        .await
-        .expect("savepoint");
+    let mut step = turn.begin_step().await.expect("step");
     let record = instance_record("i-batched", ResourceStatus::Ready, None);
     tables::write_instance(&mut step, &store.replica, &record)
         .await
         .expect("written");
-    step.commit().await.expect("released");
-    let durable = turn.finish();
+    step.done().await.expect("step done");
     let started = std::time::Instant::now();
-    store
-        .kv_set("plugin", "key", b"value", KV_UNLIMITED)
-        .await
-        .expect("kv write");
+    let kv = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .kv_set("plugin", "key", b"value", KV_UNLIMITED)
+                .await
+                .expect("kv write")
+        }
+    });
+    tokio::task::yield_now().await;
+    turn.durable().await.expect("committed");
+    kv.await.expect("kv task");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "the kv write waited {:?}",
         started.elapsed()
     );
-    durable.wait().await.expect("committed");
     assert_eq!(stored_ids(&store).await, ["i-batched"]);
+    assert_eq!(
+        store.kv_get("plugin", "key").await.expect("kv read"),
+        Some(b"value".to_vec())
+    );
 }
 
 on_both_backends!(
     concurrent_changes_share_commits_and_all_last,
     a_panicking_decision_is_left_out_of_its_batch,
-    a_kv_write_meanwhile_commits_the_batch_first,
+    a_kv_write_meanwhile_waits_for_the_batch,
+    a_failed_opening_step_rolls_back_its_batch,
 );
 
 mod current_thread {
