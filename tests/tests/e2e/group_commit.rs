@@ -21,7 +21,7 @@ const ACKNOWLEDGED_BEFORE_KILL: usize = 300;
 struct Outcomes {
     /// Answered 201: committed, so must survive.
     acknowledged: Vec<String>,
-    /// Sent, never answered: the kill cut them.
+    /// Never answered: sent when the kill cut them, or refused after it.
     unanswered: Vec<String>,
 }
 
