@@ -14,6 +14,9 @@
 //! depended on by path: the crate is not published, and a checkout of this
 //! repository may not be on the author's machine, so the copy this binary
 //! carries (the SDK of the contract it implements) is what works anywhere.
+//! A Python or JavaScript project gets the helper module of its language
+//! (`plugins/sdk-python`, `plugins/sdk-js`) and the WIT (`wit/v0.1.0`), taken
+//! from where they live, so the templates hold no copies to keep in step.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +25,15 @@ use include_dir::{Dir, DirEntry, include_dir};
 
 static TEMPLATES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../plugins/templates");
 static SDK: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../plugins/sdk");
+static WIT: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../wit/v0.1.0");
+static PYTHON_HELPER: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../plugins/sdk-python/wasm_broker_sdk.py"
+));
+static JS_HELPER: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../plugins/sdk-js/wasm-broker-sdk.js"
+));
 
 /// The parts of the SDK a project needs (no build output, no editor files).
 const SDK_PARTS: [&str; 3] = ["Cargo.toml", "src", "wit"];
@@ -48,15 +60,25 @@ pub fn new_project(name: &str, language: &str, dir: Option<&Path>) -> anyhow::Re
     write_dir(template, template.path(), &project, &|text| {
         values.apply(text)
     })?;
-    if language == "rust" {
-        let sdk = project.join("wasm-broker-sdk");
-        for part in SDK_PARTS {
-            match SDK.get_entry(part) {
-                Some(DirEntry::Dir(dir)) => write_dir(dir, SDK.path(), &sdk, &str::to_owned)?,
-                Some(DirEntry::File(file)) => write_file(file.contents(), &sdk.join(part))?,
-                None => bail!("this binary carries no SDK {part}"),
+    let helper = match language {
+        "rust" => {
+            let sdk = project.join("wasm-broker-sdk");
+            for part in SDK_PARTS {
+                match SDK.get_entry(part) {
+                    Some(DirEntry::Dir(dir)) => write_dir(dir, SDK.path(), &sdk, &str::to_owned)?,
+                    Some(DirEntry::File(file)) => write_file(file.contents(), &sdk.join(part))?,
+                    None => bail!("this binary carries no SDK {part}"),
+                }
             }
+            None
         }
+        "python" => Some((PYTHON_HELPER, "wasm_broker_sdk.py")),
+        "js" => Some((JS_HELPER, "wasm-broker-sdk.js")),
+        _ => None,
+    };
+    if let Some((contents, file_name)) = helper {
+        write_file(contents.as_bytes(), &project.join(file_name))?;
+        write_dir(&WIT, WIT.path(), &project.join("wit"), &str::to_owned)?;
     }
     Ok(project)
 }

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use wasm_broker_tests::{
-    BrokerSetup, CONNECTIONS, PlanIds, TestBroker, credential, credentials, offering_plan,
-    repo_root, service_available, unique_id,
+    BrokerSetup, CONNECTIONS, PlanIds, TestBroker, broker_binary, credential, credentials,
+    offering_plan, repo_root, service_available, unique_id,
 };
 
 const RABBITMQ_MANAGEMENT: &str = "http://127.0.0.1:15672/api";
@@ -280,48 +280,41 @@ async fn js_rabbitmq(broker: &TestBroker, catalog: &Value) {
     assert_eq!(vhost_status(&vhost).await, 404, "the virtual host is gone");
 }
 
-/// The templates `wasm-broker plugins new --lang python|js` writes carry
-/// copies of the helper modules and of the WIT, so a project outside this
-/// repository builds with one command: they must stay what they copy.
+/// `wasm-broker plugins new --lang python|js` writes the helper module of
+/// its language and the WIT into the project, so a project outside this
+/// repository builds with one command: they are what this repository has.
 #[test]
-fn templates_carry_the_current_helpers_and_contract() {
+fn new_projects_carry_the_current_helpers_and_contract() {
     let root = repo_root();
-    let mut copies = vec![
-        (
-            "plugins/sdk-python/wasm_broker_sdk.py",
-            "plugins/templates/python/wasm_broker_sdk.py",
-        ),
-        (
-            "plugins/sdk-js/wasm-broker-sdk.js",
-            "plugins/templates/js/wasm-broker-sdk.js",
-        ),
-    ]
-    .into_iter()
-    .map(|(source, copy)| (root.join(source), root.join(copy)))
-    .collect::<Vec<_>>();
-    let wit = root.join("wit/v0.1.0");
-    for entry in std::fs::read_dir(&wit).expect("wit/v0.1.0") {
-        let source = entry.expect("a WIT file").path();
-        let name = source.file_name().expect("a file name").to_owned();
-        for lang in ["python", "js"] {
-            copies.push((
-                source.clone(),
-                root.join("plugins/templates")
-                    .join(lang)
-                    .join("wit")
-                    .join(&name),
-            ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (lang, helper_source, helper) in [
+        ("python", "plugins/sdk-python/wasm_broker_sdk.py", "wasm_broker_sdk.py"),
+        ("js", "plugins/sdk-js/wasm-broker-sdk.js", "wasm-broker-sdk.js"),
+    ] {
+        let name = format!("carry-{lang}");
+        let made = std::process::Command::new(broker_binary())
+            .args(["plugins", "new", &name, "--lang", lang, "--dir"])
+            .arg(dir.path())
+            .output()
+            .expect("wasm-broker plugins new");
+        assert!(made.status.success(), "{lang}: {made:?}");
+        let project = dir.path().join(&name);
+        let mut copies = vec![(root.join(helper_source), project.join(helper))];
+        for entry in std::fs::read_dir(root.join("wit/v0.1.0")).expect("wit/v0.1.0") {
+            let source = entry.expect("a WIT file").path();
+            let name = source.file_name().expect("a file name").to_owned();
+            copies.push((source, project.join("wit").join(name)));
         }
-    }
-    for (source, copy) in copies {
-        let read = |path: &PathBuf| {
-            std::fs::read(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
-        };
-        assert!(
-            read(&source) == read(&copy),
-            "{} differs from {}: copy it again",
-            copy.display(),
-            source.display()
-        );
+        for (source, copy) in copies {
+            let read = |path: &PathBuf| {
+                std::fs::read(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+            };
+            assert!(
+                read(&source) == read(&copy),
+                "{} differs from {}",
+                copy.display(),
+                source.display()
+            );
+        }
     }
 }
