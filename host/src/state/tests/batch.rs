@@ -12,6 +12,29 @@ async fn stored_ids(store: &StateStore) -> Vec<String> {
         .expect("instances readable")
 }
 
+/// A turn at `store`'s write gate.
+async fn gate_turn(store: &StateStore) -> crate::state::batch::StepTurn {
+    store
+        .write_gate
+        .step(&store.pool, store.backend)
+        .await
+        .expect("a turn at the gate")
+}
+
+/// The step of `turn`, having written instance `id`.
+async fn write_in<'t>(
+    turn: &'t mut crate::state::batch::StepTurn,
+    store: &StateStore,
+    id: &str,
+) -> crate::state::batch::Step<'t> {
+    let mut step = turn.begin_step().await.expect("step");
+    let record = instance_record(id, ResourceStatus::Ready, None);
+    tables::write_instance(&mut step, &store.replica, &record)
+        .await
+        .expect("written");
+    step
+}
+
 async fn concurrent_changes_share_commits_and_all_last(scratch: &Scratch) {
     const CHANGES: usize = 64;
     let store = open(scratch).await;
@@ -53,31 +76,15 @@ async fn concurrent_changes_share_commits_and_all_last(scratch: &Scratch) {
 /// the gate while the first holds it, so the first shares its commit.
 async fn an_abandoned_step_leaves_the_rest_of_its_batch(scratch: &Scratch) {
     let store = open(scratch).await;
-    let mut first = store
-        .write_gate
-        .step(&store.pool, store.backend)
-        .await
-        .expect("first turn");
-    let mut step = first.begin_step().await.expect("step");
-    let kept = instance_record("i-kept", ResourceStatus::Ready, None);
-    tables::write_instance(&mut step, &store.replica, &kept)
-        .await
-        .expect("written");
+    let mut first = gate_turn(&store).await;
+    let step = write_in(&mut first, &store, "i-kept").await;
     step.done().await.expect("step done");
 
     let second = tokio::spawn({
         let store = store.clone();
         async move {
-            let mut second = store
-                .write_gate
-                .step(&store.pool, store.backend)
-                .await
-                .expect("second turn");
-            let mut step = second.begin_step().await.expect("savepoint");
-            let abandoned = instance_record("i-abandoned", ResourceStatus::Ready, None);
-            tables::write_instance(&mut step, &store.replica, &abandoned)
-                .await
-                .expect("written");
+            let mut second = gate_turn(&store).await;
+            let _step = write_in(&mut second, &store, "i-abandoned").await;
             // Dropped unfinished, as a failing or cancelled transition is.
         }
     });
@@ -88,7 +95,11 @@ async fn an_abandoned_step_leaves_the_rest_of_its_batch(scratch: &Scratch) {
     assert_eq!(store.write_gate.committed().await, (1, 2), "one commit");
     assert_eq!(stored_ids(&store).await, ["i-kept"]);
     // The store writes on: the batch left no savepoint or lock behind.
-    put_instance(&store, instance_record("i-next", ResourceStatus::Ready, None)).await;
+    put_instance(
+        &store,
+        instance_record("i-next", ResourceStatus::Ready, None),
+    )
+    .await;
     assert_eq!(stored_ids(&store).await, ["i-kept", "i-next"]);
 }
 
@@ -96,19 +107,15 @@ async fn an_abandoned_step_leaves_the_rest_of_its_batch(scratch: &Scratch) {
 /// way, the batch (holding nothing else) is rolled back whole.
 async fn a_failed_opening_step_rolls_back_its_batch(scratch: &Scratch) {
     let store = open(scratch).await;
-    let mut turn = store
-        .write_gate
-        .step(&store.pool, store.backend)
-        .await
-        .expect("turn");
-    let mut step = turn.begin_step().await.expect("step");
-    let abandoned = instance_record("i-abandoned", ResourceStatus::Ready, None);
-    tables::write_instance(&mut step, &store.replica, &abandoned)
-        .await
-        .expect("written");
+    let mut turn = gate_turn(&store).await;
+    let step = write_in(&mut turn, &store, "i-abandoned").await;
     drop(step);
     drop(turn);
-    put_instance(&store, instance_record("i-next", ResourceStatus::Ready, None)).await;
+    put_instance(
+        &store,
+        instance_record("i-next", ResourceStatus::Ready, None),
+    )
+    .await;
     assert_eq!(stored_ids(&store).await, ["i-next"]);
     assert_eq!(store.write_gate.committed().await, (1, 1));
 }
@@ -144,7 +151,11 @@ async fn a_panicking_decision_is_left_out_of_its_batch(scratch: &Scratch) {
             }
         }
     }
-    assert_eq!((panicked, stored), (1, 15), "only the failing decision panics");
+    assert_eq!(
+        (panicked, stored),
+        (1, 15),
+        "only the failing decision panics"
+    );
     let ids = stored_ids(&store).await;
     assert_eq!(ids.len(), 15, "{ids:?}");
     assert!(!ids.contains(&"i-07".to_owned()), "{ids:?}");
@@ -155,16 +166,8 @@ async fn a_panicking_decision_is_left_out_of_its_batch(scratch: &Scratch) {
 /// deadlock on the batch's write lock.
 async fn a_kv_write_meanwhile_waits_for_the_batch(scratch: &Scratch) {
     let store = open(scratch).await;
-    let mut turn = store
-        .write_gate
-        .step(&store.pool, store.backend)
-        .await
-        .expect("turn");
-    let mut step = turn.begin_step().await.expect("step");
-    let record = instance_record("i-batched", ResourceStatus::Ready, None);
-    tables::write_instance(&mut step, &store.replica, &record)
-        .await
-        .expect("written");
+    let mut turn = gate_turn(&store).await;
+    let step = write_in(&mut turn, &store, "i-batched").await;
     step.done().await.expect("step done");
     let started = std::time::Instant::now();
     let kv = tokio::spawn({
