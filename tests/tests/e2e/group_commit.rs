@@ -99,10 +99,17 @@ async fn a_crash_during_batched_provisions_loses_nothing_acknowledged() {
     broker.spawn().await;
     broker.note("restarted");
     let outcomes = std::mem::take(&mut *outcomes.lock().expect("outcomes"));
-    assert_eq!(outcomes.unanswered.len(), CLIENTS, "each client was cut once");
+    assert_eq!(
+        outcomes.unanswered.len(),
+        CLIENTS,
+        "each client was cut once"
+    );
     for id in &outcomes.acknowledged {
         let (status, body) = broker.get(&instance_path(id)).await;
-        assert_eq!(status, 200, "acknowledged {id} lost after the crash: {body}");
+        assert_eq!(
+            status, 200,
+            "acknowledged {id} lost after the crash: {body}"
+        );
     }
     // Unanswered: stored whole (committed before the kill, the answer lost)
     // or absent, or failed by the restart (its first change committed, the

@@ -288,8 +288,16 @@ fn new_projects_carry_the_current_helpers_and_contract() {
     let root = repo_root();
     let dir = tempfile::tempdir().expect("tempdir");
     for (lang, helper_source, helper) in [
-        ("python", "plugins/sdk-python/wasm_broker_sdk.py", "wasm_broker_sdk.py"),
-        ("js", "plugins/sdk-js/wasm-broker-sdk.js", "wasm-broker-sdk.js"),
+        (
+            "python",
+            "plugins/sdk-python/wasm_broker_sdk.py",
+            "wasm_broker_sdk.py",
+        ),
+        (
+            "js",
+            "plugins/sdk-js/wasm-broker-sdk.js",
+            "wasm-broker-sdk.js",
+        ),
     ] {
         let name = format!("carry-{lang}");
         let made = std::process::Command::new(broker_binary())
