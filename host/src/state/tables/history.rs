@@ -7,7 +7,7 @@ use sqlx::AnyConnection;
 use crate::lifecycle::{OperationPhase, OperationRecord};
 use crate::state::StateError;
 
-const INSERT_HISTORY: &str = "\
+pub(in crate::state) const INSERT_HISTORY: &str = "\
     INSERT INTO operations (resource_kind, resource_id, operation_id, kind, phase, description) \
     VALUES ($1, $2, $3, $4, $5, $6)";
 
@@ -46,20 +46,52 @@ pub(in crate::state) async fn append(
     before: &OperationMark,
     after: &Option<OperationRecord>,
 ) -> Result<(), StateError> {
-    let Some(operation) = after else {
+    let Some(entry) = Entry::of(kind, resource_id, before, after) else {
         return Ok(());
     };
-    if *before == OperationMark::of(Some(operation)) {
-        return Ok(());
-    }
-    sqlx::query(INSERT_HISTORY)
-        .bind(kind.as_str())
-        .bind(resource_id)
-        .bind(&operation.id)
-        .bind(operation.kind.as_str())
-        .bind(operation.phase.as_str())
-        .bind(&operation.description)
+    entry
+        .values()
+        .into_iter()
+        .fold(sqlx::query(INSERT_HISTORY), |query, value| {
+            query.bind(value)
+        })
         .execute(connection)
         .await?;
     Ok(())
+}
+
+/// One row of the history, if `after` is a new step compared to `before`.
+pub(in crate::state) struct Entry<'a> {
+    kind: ResourceKind,
+    resource_id: &'a str,
+    operation: &'a OperationRecord,
+}
+
+impl<'a> Entry<'a> {
+    pub(in crate::state) fn of(
+        kind: ResourceKind,
+        resource_id: &'a str,
+        before: &OperationMark,
+        after: &'a Option<OperationRecord>,
+    ) -> Option<Self> {
+        let operation = after.as_ref()?;
+        (*before != OperationMark::of(Some(operation))).then_some(Self {
+            kind,
+            resource_id,
+            operation,
+        })
+    }
+
+    /// What `INSERT_HISTORY` binds, `$1` to `$6`.
+    pub(in crate::state) fn values(&self) -> [Option<&'a str>; 6] {
+        let operation = self.operation;
+        [
+            Some(self.kind.as_str()),
+            Some(self.resource_id),
+            Some(&operation.id),
+            Some(operation.kind.as_str()),
+            Some(operation.phase.as_str()),
+            operation.description.as_deref(),
+        ]
+    }
 }

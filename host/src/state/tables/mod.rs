@@ -10,6 +10,7 @@
 pub(super) mod credentials;
 pub(super) mod history;
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -39,7 +40,7 @@ const SELECT_INSTANCES_OF_EXPIRED_REPLICAS: &str = "\
 /// `$8` is `Deleted`: a create that reuses a deleted id makes a new resource,
 /// so it gets a new creation time. `$9` is the replica writing, stored only
 /// with a `Calling` operation: the replica that calls the plugin.
-const UPSERT_INSTANCE: &str = "\
+pub(super) const UPSERT_INSTANCE: &str = "\
     INSERT INTO instances (id, service_id, plan_id, status, record, operation, operation_phase, calling_replica) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $9) \
     ON CONFLICT (id) DO UPDATE SET \
@@ -67,7 +68,7 @@ const SELECT_BINDINGS_OF_EXPIRED_REPLICAS: &str = "\
         AND replicas.heartbeat_at > clock_timestamp() - make_interval(secs => $3))";
 
 /// `$8` is `Deleted` and `$9` the replica writing, as for instances.
-const UPSERT_BINDING: &str = "\
+pub(super) const UPSERT_BINDING: &str = "\
     INSERT INTO bindings (id, instance_id, status, record, result, operation, operation_phase, calling_replica) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $9) \
     ON CONFLICT (id) DO UPDATE SET \
@@ -76,6 +77,59 @@ const UPSERT_BINDING: &str = "\
         calling_replica = excluded.calling_replica, \
         created_at = CASE WHEN bindings.status = $8 THEN excluded.created_at ELSE bindings.created_at END, \
         updated_at = excluded.updated_at";
+
+/// A row of `instances` or `bindings` as either driver returns it: sqlx's
+/// (reads and PostgreSQL) or rusqlite's (SQLite's batch writer, see
+/// `state::writer`). Errors are the driver's message, for `corrupt`.
+pub(super) trait StoredRow {
+    fn text(&self, column: &str) -> Result<String, String>;
+    fn optional_text(&self, column: &str) -> Result<Option<String>, String>;
+    fn optional_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, String>;
+}
+
+impl StoredRow for AnyRow {
+    fn text(&self, column: &str) -> Result<String, String> {
+        self.try_get(column).map_err(|error| error.to_string())
+    }
+
+    fn optional_text(&self, column: &str) -> Result<Option<String>, String> {
+        self.try_get(column).map_err(|error| error.to_string())
+    }
+
+    fn optional_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, String> {
+        self.try_get(column).map_err(|error| error.to_string())
+    }
+}
+
+/// The values `UPSERT_INSTANCE` and `UPSERT_BINDING` bind, `$1` to `$9` in
+/// order (bindings have no service or plan: their `$2` is the instance id
+/// and their `$3` the status, and so on, see [`binding_columns`]).
+pub(super) struct Columns<'a> {
+    pub(super) values: [Column<'a>; 9],
+}
+
+/// One bound value.
+pub(super) enum Column<'a> {
+    Text(Cow<'a, str>),
+    OptionalText(Option<Cow<'a, str>>),
+    OptionalBytes(Option<Vec<u8>>),
+}
+
+impl Columns<'_> {
+    /// The statement with every value bound, for sqlx.
+    fn bind<'q>(
+        &'q self,
+        statement: &'q str,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        self.values
+            .iter()
+            .fold(sqlx::query(statement), |query, value| match value {
+                Column::Text(text) => query.bind(text.as_ref()),
+                Column::OptionalText(text) => query.bind(text.as_deref()),
+                Column::OptionalBytes(bytes) => query.bind(bytes.as_deref()),
+            })
+    }
+}
 
 /// Which `Calling` operations were cut short by a crash.
 pub(super) enum Interrupted<'a> {
@@ -181,31 +235,44 @@ pub(super) async fn write_instance(
     replica: &str,
     record: &InstanceRecord,
 ) -> Result<(), StateError> {
+    instance_columns(replica, record)?
+        .bind(UPSERT_INSTANCE)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// What `UPSERT_INSTANCE` stores for `record`, written by `replica`.
+pub(super) fn instance_columns<'a>(
+    replica: &'a str,
+    record: &'a InstanceRecord,
+) -> Result<Columns<'a>, StateError> {
     let id = &record.instance.id;
     let document = InstanceDocumentRef {
         instance: &record.instance,
         dashboard_url: &record.dashboard_url,
         metadata: &record.metadata,
     };
-    sqlx::query(UPSERT_INSTANCE)
-        .bind(id)
-        .bind(&record.instance.service_id)
-        .bind(&record.instance.plan_id)
-        .bind(record.status.as_str())
-        .bind(encode(id, &document)?)
-        .bind(
-            record
-                .operation
-                .as_ref()
-                .map(|op| encode(id, op))
-                .transpose()?,
-        )
-        .bind(record.operation.as_ref().map(|op| op.phase.as_str()))
-        .bind(ResourceStatus::Deleted.as_str())
-        .bind(calling_replica(replica, record.operation.as_ref()))
-        .execute(connection)
-        .await?;
-    Ok(())
+    Ok(Columns {
+        values: [
+            Column::Text(Cow::Borrowed(id)),
+            Column::Text(Cow::Borrowed(&record.instance.service_id)),
+            Column::Text(Cow::Borrowed(&record.instance.plan_id)),
+            Column::Text(Cow::Borrowed(record.status.as_str())),
+            Column::Text(Cow::Owned(encode(id, &document)?)),
+            Column::OptionalText(encode_operation(id, record.operation.as_ref())?.map(Cow::Owned)),
+            Column::OptionalText(
+                record
+                    .operation
+                    .as_ref()
+                    .map(|op| Cow::Borrowed(op.phase.as_str())),
+            ),
+            Column::Text(Cow::Borrowed(ResourceStatus::Deleted.as_str())),
+            Column::OptionalText(
+                calling_replica(replica, record.operation.as_ref()).map(Cow::Borrowed),
+            ),
+        ],
+    })
 }
 
 pub(super) async fn read_binding(
@@ -260,31 +327,53 @@ pub(super) async fn write_binding(
     replica: &str,
     record: &BindingRecord,
 ) -> Result<(), StateError> {
+    binding_columns(keyring, replica, record)?
+        .bind(UPSERT_BINDING)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// What `UPSERT_BINDING` stores for `record` (its credentials sealed with
+/// `keyring`'s current key), written by `replica`.
+pub(super) fn binding_columns<'a>(
+    keyring: &Keyring,
+    replica: &'a str,
+    record: &'a BindingRecord,
+) -> Result<Columns<'a>, StateError> {
     let id = &record.binding.id;
     let result = record
         .result
         .as_ref()
         .map(|result| credentials::seal_result(keyring, id, result))
         .transpose()?;
-    sqlx::query(UPSERT_BINDING)
-        .bind(id)
-        .bind(&record.binding.instance_id)
-        .bind(record.status.as_str())
-        .bind(encode(id, &record.binding)?)
-        .bind(result)
-        .bind(
-            record
-                .operation
-                .as_ref()
-                .map(|op| encode(id, op))
-                .transpose()?,
-        )
-        .bind(record.operation.as_ref().map(|op| op.phase.as_str()))
-        .bind(ResourceStatus::Deleted.as_str())
-        .bind(calling_replica(replica, record.operation.as_ref()))
-        .execute(connection)
-        .await?;
-    Ok(())
+    Ok(Columns {
+        values: [
+            Column::Text(Cow::Borrowed(id)),
+            Column::Text(Cow::Borrowed(&record.binding.instance_id)),
+            Column::Text(Cow::Borrowed(record.status.as_str())),
+            Column::Text(Cow::Owned(encode(id, &record.binding)?)),
+            Column::OptionalBytes(result),
+            Column::OptionalText(encode_operation(id, record.operation.as_ref())?.map(Cow::Owned)),
+            Column::OptionalText(
+                record
+                    .operation
+                    .as_ref()
+                    .map(|op| Cow::Borrowed(op.phase.as_str())),
+            ),
+            Column::Text(Cow::Borrowed(ResourceStatus::Deleted.as_str())),
+            Column::OptionalText(
+                calling_replica(replica, record.operation.as_ref()).map(Cow::Borrowed),
+            ),
+        ],
+    })
+}
+
+fn encode_operation(
+    id: &str,
+    operation: Option<&OperationRecord>,
+) -> Result<Option<String>, StateError> {
+    operation.map(|op| encode(id, op)).transpose()
 }
 
 /// The `calling_replica` column: the replica writing a `Calling` operation
@@ -296,10 +385,10 @@ fn calling_replica<'a>(replica: &'a str, operation: Option<&OperationRecord>) ->
         .then_some(replica)
 }
 
-fn decode_instance(row: &AnyRow) -> Result<InstanceRecord, StateError> {
-    let id: String = row.try_get("id")?;
+pub(super) fn decode_instance(row: &impl StoredRow) -> Result<InstanceRecord, StateError> {
+    let id = row.text("id").map_err(|error| corrupt("?", "id", error))?;
     let status = decode_status(&id, row)?;
-    let document: InstanceDocument = decode_json(&id, "record", row.try_get("record"))?;
+    let document: InstanceDocument = decode_json(&id, "record", row.text("record"))?;
     if document.instance.id != id {
         return Err(corrupt(
             &id,
@@ -316,10 +405,13 @@ fn decode_instance(row: &AnyRow) -> Result<InstanceRecord, StateError> {
     })
 }
 
-fn decode_binding(row: &AnyRow, keyring: &Keyring) -> Result<BindingRecord, StateError> {
-    let id: String = row.try_get("id")?;
+pub(super) fn decode_binding(
+    row: &impl StoredRow,
+    keyring: &Keyring,
+) -> Result<BindingRecord, StateError> {
+    let id = row.text("id").map_err(|error| corrupt("?", "id", error))?;
     let status = decode_status(&id, row)?;
-    let binding: Binding = decode_json(&id, "record", row.try_get("record"))?;
+    let binding: Binding = decode_json(&id, "record", row.text("record"))?;
     if binding.id != id {
         return Err(corrupt(
             &id,
@@ -328,7 +420,7 @@ fn decode_binding(row: &AnyRow, keyring: &Keyring) -> Result<BindingRecord, Stat
         ));
     }
     let result = row
-        .try_get::<Option<Vec<u8>>, _>("result")
+        .optional_bytes("result")
         .map_err(|error| corrupt(&id, "result", error))?;
     let result = result
         .map(|sealed| credentials::open_result(keyring, &id, &sealed))
@@ -341,17 +433,17 @@ fn decode_binding(row: &AnyRow, keyring: &Keyring) -> Result<BindingRecord, Stat
     })
 }
 
-fn decode_status(id: &str, row: &AnyRow) -> Result<ResourceStatus, StateError> {
-    let text: String = row
-        .try_get("status")
+fn decode_status(id: &str, row: &impl StoredRow) -> Result<ResourceStatus, StateError> {
+    let text = row
+        .text("status")
         .map_err(|error| corrupt(id, "status", error))?;
     ResourceStatus::from_column(&text)
         .ok_or_else(|| corrupt(id, "status", format!("unknown status {text:?}")))
 }
 
-fn decode_operation(id: &str, row: &AnyRow) -> Result<Option<OperationRecord>, StateError> {
-    let text: Option<String> = row
-        .try_get("operation")
+fn decode_operation(id: &str, row: &impl StoredRow) -> Result<Option<OperationRecord>, StateError> {
+    let text = row
+        .optional_text("operation")
         .map_err(|error| corrupt(id, "operation", error))?;
     text.map(|text| serde_json::from_str(&text))
         .transpose()
@@ -361,7 +453,7 @@ fn decode_operation(id: &str, row: &AnyRow) -> Result<Option<OperationRecord>, S
 fn decode_json<T: for<'de> Deserialize<'de>>(
     id: &str,
     column: &str,
-    text: Result<String, sqlx::Error>,
+    text: Result<String, String>,
 ) -> Result<T, StateError> {
     let text = text.map_err(|error| corrupt(id, column, error))?;
     serde_json::from_str(&text).map_err(|error| corrupt(id, column, error))
