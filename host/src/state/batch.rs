@@ -27,12 +27,15 @@
 //! serialized in gate order, as before; waiting for the batch's commit
 //! before answering covers a decision that read an earlier step's write.
 //!
-//! Two shortcuts keep a lone writer about as cheap as before (each round
-//! trip to sqlx-sqlite's worker thread costs about 60 us of CPU here, see
-//! bench/README.md): the step
-//! that opens a batch runs in the batch's transaction itself, no savepoint
-//! (if it fails, the batch holds nothing else and is rolled back whole),
-//! and a batch of one step with no other transition waiting at the gate is
+//! On SQLite a batch is a transaction of the batch writer (`writer`, on
+//! rusqlite: a step's statements run on its task's thread); on PostgreSQL,
+//! of a pooled sqlx connection, whose every statement is a network round
+//! trip anyway.
+//!
+//! Two shortcuts keep a lone writer cheap: on PostgreSQL the step that
+//! opens a batch runs in the batch's transaction itself, no savepoint (if
+//! it fails, the batch holds nothing else and is rolled back whole), and a
+//! batch of one step with no other transition waiting at the gate is
 //! committed by its step directly, without a task.
 //!
 //! Otherwise the commit runs in a task of its own, so a request dropped by
@@ -40,13 +43,14 @@
 //! transitions (kv, leases, key rotation, operators' commands) take the gate
 //! exclusively: they commit an open batch first.
 
-use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use sqlx::{Acquire as _, Any, AnyConnection, AnyPool, Transaction};
+use sqlx::{Acquire as _, Any, AnyPool, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
+use super::step::Step;
+use super::writer::{Writer, WriterSource};
 use super::{POSTGRES_WRITE_LOCK, StateError};
 use crate::config::StateBackend;
 
@@ -59,19 +63,40 @@ pub(super) const MAX_BATCH_STEPS: usize = 64;
 /// How a batch's commit ended, as each of its steps sees it.
 type Outcome = Option<Result<(), Arc<str>>>;
 
+/// Where the batches of a store are written.
+#[derive(Clone)]
+pub(super) enum Target {
+    Sqlite(WriterSource),
+    Postgres(AnyPool),
+}
+
+/// A batch's transaction.
+enum Open {
+    /// The batch writer, in `BEGIN IMMEDIATE`.
+    Sqlite(Writer),
+    /// A pooled connection holding the advisory write lock.
+    Postgres(Transaction<'static, Any>),
+}
+
 /// One open transaction holding the steps of several transitions.
 struct Batch {
     id: u64,
-    transaction: Transaction<'static, Any>,
+    transaction: Open,
     steps: usize,
     outcome: watch::Sender<Outcome>,
 }
 
 impl Batch {
     /// Commits, counts and tells every step's transition how it went.
-    /// Returns the steps committed (none if the commit failed).
-    async fn commit(self) -> u64 {
-        let committed = self.transaction.commit().await;
+    /// Returns the steps committed (none if the commit failed), and the
+    /// batch writer for the next batch (SQLite; none if it was lost).
+    async fn commit(self) -> (u64, Option<Writer>) {
+        let (writer, committed) = match self.transaction {
+            Open::Sqlite(writer) => writer.commit().await,
+            Open::Postgres(transaction) => {
+                (None, transaction.commit().await.map_err(StateError::from))
+            }
+        };
         let steps = self.steps as u64;
         if committed.is_ok() {
             metrics::counter!("state_commits_total").increment(1);
@@ -81,13 +106,15 @@ impl Batch {
         self.outcome.send_replace(Some(
             committed.map_err(|error| Arc::from(error.to_string().as_str())),
         ));
-        done
+        (done, writer)
     }
 }
 
-#[derive(Default)]
 struct Gate {
     open: Option<Batch>,
+    /// SQLite's batch writer while no batch is open (none after one was
+    /// lost: it is opened again for the next batch).
+    idle: Option<Writer>,
     next_id: u64,
     /// Batches and the steps in them committed so far (the metrics count
     /// them too; these are for this process's tests).
@@ -102,8 +129,50 @@ impl Gate {
             // A failed join is the runtime shutting down: the batch's
             // transaction was dropped (rolled back) and its steps were told
             // (their outcome channel closed).
-            if let Ok(steps) = tokio::spawn(batch.commit()).await {
-                self.count(steps);
+            if let Ok((steps, writer)) = tokio::spawn(batch.commit()).await {
+                self.settle(steps, writer);
+            }
+        }
+    }
+
+    /// A batch's commit ended: counts it and keeps the writer.
+    fn settle(&mut self, steps: u64, writer: Option<Writer>) {
+        self.count(steps);
+        self.idle = writer;
+    }
+
+    /// Rolls back the open batch (its opening step did not finish).
+    fn abandon_open(&mut self) {
+        match self.open.take().map(|batch| batch.transaction) {
+            Some(Open::Sqlite(mut writer)) => {
+                writer.rollback();
+                self.idle = Some(writer);
+            }
+            // Dropping the transaction rolls it back.
+            Some(Open::Postgres(_)) | None => {}
+        }
+    }
+
+    /// Opens a batch's transaction, taking the store's write lock.
+    async fn begin(&mut self, target: &Target) -> Result<Open, StateError> {
+        match target {
+            Target::Sqlite(source) => {
+                let writer = match self.idle.take() {
+                    Some(writer) => writer,
+                    None => source.open()?,
+                };
+                let (writer, begun) = writer.begin().await;
+                match (begun, writer) {
+                    (Ok(()), Some(writer)) => Ok(Open::Sqlite(writer)),
+                    (Ok(()), None) => Err(StateError::BatchLost),
+                    (Err(error), writer) => {
+                        self.idle = writer;
+                        Err(error)
+                    }
+                }
+            }
+            Target::Postgres(pool) => {
+                Ok(Open::Postgres(begin(pool, StateBackend::Postgres).await?))
             }
         }
     }
@@ -117,9 +186,10 @@ impl Gate {
 }
 
 /// This process's one way to write to the store. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(super) struct WriteGate {
     gate: Arc<Mutex<Gate>>,
+    target: Target,
     /// Transitions waiting for the gate: while none is, a batch of one
     /// step is committed by that step directly.
     waiting: Arc<AtomicUsize>,
@@ -142,12 +212,40 @@ impl Drop for Waiting<'_> {
 }
 
 impl WriteGate {
+    /// The gate of a store whose batches `target` writes. A SQLite writer
+    /// is opened now, so that a store that cannot be written fails to open.
+    pub(super) fn new(target: Target) -> Result<Self, StateError> {
+        let idle = match &target {
+            Target::Sqlite(source) => Some(source.open()?),
+            Target::Postgres(_) => None,
+        };
+        Ok(Self {
+            gate: Arc::new(Mutex::new(Gate {
+                open: None,
+                idle,
+                next_id: 0,
+                committed: (0, 0),
+            })),
+            target,
+            waiting: Arc::default(),
+        })
+    }
+
     /// The gate to oneself, with no batch open: for writes of their own
     /// (a transaction, or single statements on the pool).
     pub(super) async fn exclusive(&self) -> ExclusiveTurn {
         let mut gate = self.gate.clone().lock_owned().await;
         gate.commit_open().await;
         ExclusiveTurn { _gate: gate }
+    }
+
+    /// Commits the open batch and closes the batch writer: with the pool's
+    /// connections closed too, SQLite checkpoints the WAL into the
+    /// database file. (A later transition would open a writer again.)
+    pub(super) async fn close(&self) {
+        let mut gate = self.gate.lock().await;
+        gate.commit_open().await;
+        gate.idle = None;
     }
 
     /// Batches committed so far, and the steps they held.
@@ -159,11 +257,7 @@ impl WriteGate {
     /// A turn to run one transition's step in the open batch (opening one
     /// if needed). Run the step in [`StepTurn::begin_step`], then wait for
     /// [`StepTurn::durable`].
-    pub(super) async fn step(
-        &self,
-        pool: &AnyPool,
-        backend: StateBackend,
-    ) -> Result<StepTurn, StateError> {
+    pub(super) async fn step(&self) -> Result<StepTurn, StateError> {
         let mut gate = {
             let _waiting = Waiting::start(&self.waiting);
             self.gate.clone().lock_owned().await
@@ -179,7 +273,7 @@ impl WriteGate {
         let mut batch = match gate.open.take() {
             Some(batch) => batch,
             None => {
-                let transaction = begin(pool, backend).await?;
+                let transaction = gate.begin(&self.target).await?;
                 gate.next_id = gate.next_id.wrapping_add(1);
                 Batch {
                     id: gate.next_id,
@@ -247,43 +341,6 @@ pub(super) struct StepTurn {
     waiting: Arc<AtomicUsize>,
 }
 
-/// Where one transition's step reads and writes: the batch's transaction
-/// itself (the step that opened it) or a savepoint of it.
-pub(super) enum Step<'t> {
-    Whole(&'t mut Transaction<'static, Any>),
-    Savepoint(Transaction<'t, Any>),
-}
-
-impl Step<'_> {
-    /// The step succeeded: its savepoint is released.
-    pub(super) async fn done(self) -> Result<(), StateError> {
-        match self {
-            Step::Whole(_) => Ok(()),
-            Step::Savepoint(savepoint) => Ok(savepoint.commit().await?),
-        }
-    }
-}
-
-impl Deref for Step<'_> {
-    type Target = AnyConnection;
-
-    fn deref(&self) -> &AnyConnection {
-        match self {
-            Step::Whole(transaction) => transaction,
-            Step::Savepoint(savepoint) => savepoint,
-        }
-    }
-}
-
-impl DerefMut for Step<'_> {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        match self {
-            Step::Whole(transaction) => transaction,
-            Step::Savepoint(savepoint) => savepoint,
-        }
-    }
-}
-
 impl StepTurn {
     /// Where the step runs. If the step fails or is cancelled, only its
     /// own changes leave the batch: a savepoint is rolled back to when
@@ -297,10 +354,16 @@ impl StepTurn {
             .and_then(|gate| gate.open.as_mut())
             .map(|batch| &mut batch.transaction)
             .ok_or(StateError::BatchLost)?;
-        Ok(if opener {
-            Step::Whole(transaction)
-        } else {
-            Step::Savepoint(transaction.begin().await?)
+        Ok(match transaction {
+            // Savepoints cost no hand-off on the writer: every step has one.
+            Open::Sqlite(writer) => Step::Writer(writer.step()?),
+            Open::Postgres(transaction) => {
+                if opener {
+                    Step::Whole(transaction)
+                } else {
+                    Step::Savepoint(transaction.begin().await?)
+                }
+            }
         })
     }
 
@@ -320,8 +383,8 @@ impl StepTurn {
             // request is dropped meanwhile, nobody else waits for it.)
             Some(mut gate) if alone => {
                 if let Some(batch) = gate.open.take() {
-                    let steps = batch.commit().await;
-                    gate.count(steps);
+                    let (steps, writer) = batch.commit().await;
+                    gate.settle(steps, writer);
                 }
             }
             Some(gate) => self.queue_commit(gate),
@@ -360,10 +423,9 @@ impl Drop for StepTurn {
             return;
         };
         if self.opener && !self.finished {
-            // The opening step failed half way, with no savepoint to go
-            // back to; the batch holds nothing else. Dropping the
-            // transaction rolls it back.
-            gate.open.take();
+            // The opening step failed half way (on PostgreSQL with no
+            // savepoint to go back to); the batch holds nothing else.
+            gate.abandon_open();
             return;
         }
         self.queue_commit(gate);

@@ -35,9 +35,11 @@ mod kv;
 mod owners;
 mod replicas;
 pub mod served;
+mod step;
 mod tables;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 pub use kv::{KvQuota, KvWrite};
 
@@ -55,7 +57,7 @@ use crate::lifecycle::{OperationRecord, ResourceStatus};
 use crate::model::{Binding, BindingResult, Instance};
 use crate::secrets::{Keyring, SecretsError};
 
-use tables::history::{self, OperationMark, ResourceKind};
+use tables::history::{OperationMark, ResourceKind};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -121,6 +123,12 @@ pub enum StateError {
     BatchCommit(String),
     #[error("state store: the write batch was lost while a change ran in it")]
     BatchLost,
+    /// A change that failed could not be undone inside its batch, so the
+    /// batch was rolled back: none of its changes was stored.
+    #[error("state store: a failed change could not be undone, so its write batch was rolled back")]
+    BatchPoisoned,
+    #[error("state store: {0}")]
+    Writer(#[from] rusqlite::Error),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -194,15 +202,24 @@ impl StateStore {
 
     async fn open_with_keys(config: &StateConfig, keyring: Keyring) -> Result<Self, StateError> {
         sqlx::any::install_default_drivers();
-        let pool = match config.backend {
-            StateBackend::Sqlite => open_sqlite(config).await?,
-            StateBackend::Postgres => open_postgres(config).await?,
+        let (pool, target) = match config.backend {
+            StateBackend::Sqlite => {
+                let pool = open_sqlite(config).await?;
+                (
+                    pool,
+                    batch::Target::Sqlite(writer::WriterSource::new(&config.path)),
+                )
+            }
+            StateBackend::Postgres => {
+                let pool = open_postgres(config).await?;
+                (pool.clone(), batch::Target::Postgres(pool))
+            }
         };
         let store = Self {
             pool,
             backend: config.backend,
             keyring: Arc::new(keyring),
-            write_gate: batch::WriteGate::default(),
+            write_gate: batch::WriteGate::new(target)?,
             replica: Arc::from(replicas::new_replica_id()),
             replica_lease: Duration::from_secs(config.replica_lease_seconds),
         };
@@ -214,6 +231,7 @@ impl StateStore {
     /// is checkpointed into the database file at shutdown), and ends this
     /// replica's lease keeping.
     pub async fn close(&self) {
+        self.write_gate.close().await;
         self.pool.close().await;
     }
 
@@ -230,11 +248,11 @@ impl StateStore {
         id: &str,
         decide: impl FnOnce(Option<InstanceRecord>) -> Transition<InstanceRecord, R> + Send,
     ) -> Result<R, StateError> {
-        let mut turn = self.write_gate.step(&self.pool, self.backend).await?;
+        let mut turn = self.write_gate.step().await?;
         // If the step fails or is cancelled, only its own changes leave the
         // batch (see `batch::Step`).
         let mut step = turn.begin_step().await?;
-        let current = tables::read_instance(&mut step, id).await?;
+        let current = step.read_instance(id).await?;
         let before = OperationMark::of(
             current
                 .as_ref()
@@ -252,15 +270,9 @@ impl StateStore {
                     record.instance.id, id,
                     "a transition must not move a record to another id"
                 );
-                tables::write_instance(&mut step, &self.replica, &record).await?;
-                history::append(
-                    &mut step,
-                    ResourceKind::Instance,
-                    id,
-                    &before,
-                    &record.operation,
-                )
-                .await?;
+                step.write_instance(&self.replica, &record).await?;
+                step.append_history(ResourceKind::Instance, id, &before, &record.operation)
+                    .await?;
                 step.done().await?;
                 answer
             }
@@ -288,10 +300,10 @@ impl StateStore {
         ) -> Transition<BindingRecord, R>
         + Send,
     ) -> Result<R, StateError> {
-        let mut turn = self.write_gate.step(&self.pool, self.backend).await?;
+        let mut turn = self.write_gate.step().await?;
         let mut step = turn.begin_step().await?;
-        let instance = tables::read_instance(&mut step, instance_id).await?;
-        let current = tables::read_binding(&mut step, &self.keyring, id).await?;
+        let instance = step.read_instance(instance_id).await?;
+        let current = step.read_binding(&self.keyring, id).await?;
         let before = OperationMark::of(
             current
                 .as_ref()
@@ -315,15 +327,10 @@ impl StateStore {
                 if record.status == ResourceStatus::Creating {
                     self.keyring.require_current()?;
                 }
-                tables::write_binding(&mut step, &self.keyring, &self.replica, &record).await?;
-                history::append(
-                    &mut step,
-                    ResourceKind::Binding,
-                    id,
-                    &before,
-                    &record.operation,
-                )
-                .await?;
+                step.write_binding(&self.keyring, &self.replica, &record)
+                    .await?;
+                step.append_history(ResourceKind::Binding, id, &before, &record.operation)
+                    .await?;
                 step.done().await?;
                 answer
             }

@@ -60,6 +60,15 @@ async fn sqlite_connections_use_the_wal_and_sync_every_commit() {
         // Held, so the next round gets another connection.
         connections.push(connection);
     }
+    // And the batch writer, which the transitions commit through.
+    let config = scratch.config(None);
+    let writer = crate::state::writer::WriterSource::new(&config.path)
+        .open()
+        .expect("a batch writer");
+    assert_eq!(
+        writer.settings().expect("settings"),
+        ("wal".to_owned(), 2, 1)
+    );
 }
 
 /// Managed PostgreSQL services require TLS: a store URL asking for it gets

@@ -14,11 +14,7 @@ async fn stored_ids(store: &StateStore) -> Vec<String> {
 
 /// A turn at `store`'s write gate.
 async fn gate_turn(store: &StateStore) -> crate::state::batch::StepTurn {
-    store
-        .write_gate
-        .step(&store.pool, store.backend)
-        .await
-        .expect("a turn at the gate")
+    store.write_gate.step().await.expect("a turn at the gate")
 }
 
 /// The step of `turn`, having written instance `id`.
@@ -26,10 +22,10 @@ async fn write_in<'t>(
     turn: &'t mut crate::state::batch::StepTurn,
     store: &StateStore,
     id: &str,
-) -> crate::state::batch::Step<'t> {
+) -> crate::state::step::Step<'t> {
     let mut step = turn.begin_step().await.expect("step");
     let record = instance_record(id, ResourceStatus::Ready, None);
-    tables::write_instance(&mut step, &store.replica, &record)
+    step.write_instance(&store.replica, &record)
         .await
         .expect("written");
     step

@@ -1,0 +1,287 @@
+//! SQLite's batch writer: the connection the transitions' batches (see
+//! `batch`) write through, driven with rusqlite on the calling thread.
+//!
+//! Why not sqlx here: sqlx-sqlite runs every statement on a worker thread
+//! of the connection's own and hands the statement there and its result
+//! back. On this 2-core VM each hand-off costs about 60 us of CPU
+//! (bench/README.md, "Issue 14"), and a transition took five (savepoint,
+//! read, write, history, release): most of a state change's cost, and what
+//! kept durable writes far below the disk's fsync rate. Here a step's
+//! statements run on the task's own thread, without a hand-off.
+//!
+//! They do not block that thread for long: they run inside the batch's
+//! transaction, which already holds SQLite's write lock, so no statement
+//! waits for another process, and they touch a few pages of a small
+//! working set (the connection's cache, or the OS's). What can wait runs
+//! on tokio's blocking pool instead: taking the write lock (`BEGIN
+//! IMMEDIATE`, which may wait up to the busy timeout for an operator's
+//! `sqlite3` shell or a backup) and the commit (the WAL's fsync).
+//!
+//! Reads outside transitions, and writes outside batches (kv, leases,
+//! keys, operators' commands), stay on the sqlx pool: they take the write
+//! gate exclusively, after the open batch has committed, so this
+//! connection never holds the lock they need.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, ToSql, named_params};
+
+use super::tables::history::{self, Entry};
+use super::tables::{self, Column, Columns, StoredRow};
+use super::{BindingRecord, InstanceRecord, StateError};
+use crate::secrets::Keyring;
+
+/// As long as sqlx's default, which the pool's connections use: an
+/// operator's `sqlite3` shell or a backup may hold the lock that long.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The statements a step runs, kept prepared (SQLite compiles a statement
+/// in about as long as it takes to run one of these).
+const STATEMENT_CACHE: usize = 16;
+
+/// The writer's connection. Outside a batch it holds no transaction.
+pub(super) struct Writer {
+    connection: Connection,
+    /// A step's savepoint could not be rolled back: the batch may hold half
+    /// a step, so it must not be committed.
+    poisoned: bool,
+}
+
+/// Where a writer comes from (and is opened again after one was lost).
+#[derive(Debug, Clone)]
+pub(super) struct WriterSource {
+    path: PathBuf,
+}
+
+impl WriterSource {
+    pub(super) fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+        }
+    }
+
+    /// Opens a writer on the store's database (created and migrated by the
+    /// sqlx pool already), with the session settings of the pool's
+    /// connections: WAL, a sync at every commit (see `SQLITE_SESSION`),
+    /// foreign keys.
+    pub(super) fn open(&self) -> Result<Writer, StateError> {
+        let connection = Connection::open(&self.path)?;
+        connection.busy_timeout(BUSY_TIMEOUT)?;
+        connection.execute_batch(super::SQLITE_SESSION)?;
+        connection.pragma_update(None, "foreign_keys", true)?;
+        connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(Writer {
+            connection,
+            poisoned: false,
+        })
+    }
+}
+
+impl Writer {
+    /// Takes SQLite's write lock (`BEGIN IMMEDIATE`) on the blocking pool.
+    /// Returns the writer in any case, with the outcome.
+    pub(super) async fn begin(self) -> (Option<Self>, Result<(), StateError>) {
+        self.on_blocking_pool(|connection| connection.execute_batch("BEGIN IMMEDIATE"))
+            .await
+    }
+
+    /// Commits the batch on the blocking pool (the WAL's fsync), or rolls
+    /// it back if a step left it poisoned.
+    pub(super) async fn commit(self) -> (Option<Self>, Result<(), StateError>) {
+        if self.poisoned {
+            let mut writer = self;
+            writer.rollback();
+            return (Some(writer), Err(StateError::BatchPoisoned));
+        }
+        self.on_blocking_pool(|connection| {
+            let committed = connection.execute_batch("COMMIT");
+            if committed.is_err() {
+                // A failed COMMIT may leave the transaction open (SQLite
+                // rolls back by itself only after some errors): the next
+                // batch must start clean.
+                let _ = connection.execute_batch("ROLLBACK");
+            }
+            committed
+        })
+        .await
+    }
+
+    /// Ends the open transaction without keeping anything (no fsync in WAL
+    /// mode: it only drops what this connection wrote).
+    pub(super) fn rollback(&mut self) {
+        if let Err(error) = self.connection.execute_batch("ROLLBACK") {
+            // Nothing was open (a failed BEGIN): nothing to undo.
+            tracing::debug!(%error, "rolling back the write batch");
+        }
+        self.poisoned = false;
+    }
+
+    /// Runs `work` on tokio's blocking pool. The writer is lost (`None`) if
+    /// that task could not finish (a panic, or the runtime stopping): its
+    /// connection is closed, which rolls back what it held.
+    async fn on_blocking_pool(
+        self,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    ) -> (Option<Self>, Result<(), StateError>) {
+        let task = tokio::task::spawn_blocking(move || {
+            let outcome = work(&self.connection);
+            (self, outcome)
+        });
+        match task.await {
+            Ok((writer, outcome)) => (Some(writer), outcome.map_err(StateError::from)),
+            Err(_) => (None, Err(StateError::BatchLost)),
+        }
+    }
+
+    /// `journal_mode`, `synchronous` and `foreign_keys` of the connection.
+    #[cfg(test)]
+    pub(super) fn settings(&self) -> rusqlite::Result<(String, i64, i64)> {
+        let pragma = |name: &str| format!("PRAGMA {name}");
+        Ok((
+            self.connection
+                .query_row(&pragma("journal_mode"), [], |row| row.get(0))?,
+            self.connection
+                .query_row(&pragma("synchronous"), [], |row| row.get(0))?,
+            self.connection
+                .query_row(&pragma("foreign_keys"), [], |row| row.get(0))?,
+        ))
+    }
+
+    /// A step in the open batch: a savepoint, rolled back to unless
+    /// [`WriterStep::done`].
+    pub(super) fn step(&mut self) -> Result<WriterStep<'_>, StateError> {
+        self.connection.execute_batch("SAVEPOINT step")?;
+        Ok(WriterStep {
+            writer: self,
+            open: true,
+        })
+    }
+}
+
+/// One transition's step, in a savepoint of the batch.
+pub(super) struct WriterStep<'w> {
+    writer: &'w mut Writer,
+    open: bool,
+}
+
+impl WriterStep<'_> {
+    pub(super) fn read_instance(&mut self, id: &str) -> Result<Option<InstanceRecord>, StateError> {
+        let connection = &self.writer.connection;
+        let mut statement = connection.prepare_cached(tables::SELECT_INSTANCE)?;
+        let mut rows = statement.query(named_params! { "$1": id })?;
+        rows.next()?.map(tables::decode_instance).transpose()
+    }
+
+    pub(super) fn read_binding(
+        &mut self,
+        keyring: &Keyring,
+        id: &str,
+    ) -> Result<Option<BindingRecord>, StateError> {
+        let connection = &self.writer.connection;
+        let mut statement = connection.prepare_cached(tables::SELECT_BINDING)?;
+        let mut rows = statement.query(named_params! { "$1": id })?;
+        rows.next()?
+            .map(|row| tables::decode_binding(row, keyring))
+            .transpose()
+    }
+
+    pub(super) fn write_instance(
+        &mut self,
+        replica: &str,
+        record: &InstanceRecord,
+    ) -> Result<(), StateError> {
+        let columns = tables::instance_columns(replica, record)?;
+        self.execute(tables::UPSERT_INSTANCE, &columns)
+    }
+
+    pub(super) fn write_binding(
+        &mut self,
+        keyring: &Keyring,
+        replica: &str,
+        record: &BindingRecord,
+    ) -> Result<(), StateError> {
+        let columns = tables::binding_columns(keyring, replica, record)?;
+        self.execute(tables::UPSERT_BINDING, &columns)
+    }
+
+    pub(super) fn append_history(&mut self, entry: Option<Entry<'_>>) -> Result<(), StateError> {
+        let Some(entry) = entry else {
+            return Ok(());
+        };
+        let values = entry.values();
+        let mut statement = self
+            .writer
+            .connection
+            .prepare_cached(history::INSERT_HISTORY)?;
+        let parameters: Vec<(&str, &dyn ToSql)> = PARAMETER_NAMES
+            .iter()
+            .zip(values.iter())
+            .map(|(name, value)| (*name, value as &dyn ToSql))
+            .collect();
+        statement.execute(parameters.as_slice())?;
+        Ok(())
+    }
+
+    /// Runs an upsert with `columns` bound by name: SQLite numbers `$N`
+    /// parameters in order of appearance, not by N (the upserts use `$9`
+    /// before `$8`), so binding by position would swap them.
+    fn execute(&mut self, statement: &str, columns: &Columns<'_>) -> Result<(), StateError> {
+        let mut statement = self.writer.connection.prepare_cached(statement)?;
+        let parameters: Vec<(&str, &dyn ToSql)> = PARAMETER_NAMES
+            .iter()
+            .zip(columns.values.iter())
+            .map(|(name, value)| {
+                let value: &dyn ToSql = match value {
+                    Column::Text(text) => text,
+                    Column::OptionalText(text) => text,
+                    Column::OptionalBytes(bytes) => bytes,
+                };
+                (*name, value)
+            })
+            .collect();
+        statement.execute(parameters.as_slice())?;
+        Ok(())
+    }
+
+    /// The step succeeded: its savepoint is released into the batch.
+    pub(super) fn done(mut self) -> Result<(), StateError> {
+        self.writer.connection.execute_batch("RELEASE step")?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+/// `$1` to `$9`, as the shared statements name their parameters.
+const PARAMETER_NAMES: [&str; 9] = ["$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9"];
+
+impl Drop for WriterStep<'_> {
+    /// A step that failed, panicked or was cancelled leaves nothing in the
+    /// batch. Should even that fail, the batch is not committed.
+    fn drop(&mut self) {
+        if self.open {
+            let undone = self
+                .writer
+                .connection
+                .execute_batch("ROLLBACK TO step; RELEASE step");
+            if let Err(error) = undone {
+                tracing::error!(%error, "a failed state change could not be undone: its batch is rolled back");
+                self.writer.poisoned = true;
+            }
+        }
+    }
+}
+
+impl StoredRow for rusqlite::Row<'_> {
+    fn text(&self, column: &str) -> Result<String, String> {
+        self.get(column).map_err(|error| error.to_string())
+    }
+
+    fn optional_text(&self, column: &str) -> Result<Option<String>, String> {
+        self.get(column).map_err(|error| error.to_string())
+    }
+
+    fn optional_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, String> {
+        self.get(column).map_err(|error| error.to_string())
+    }
+}
