@@ -1,8 +1,10 @@
 //! What a durable state change costs at the bottom, measured in the same
 //! run as the broker: the disk's fsync rate (a file in the state directory,
-//! one writer, write then fsync), a bare SQLite transaction (sqlx-sqlite
-//! directly, WAL and `synchronous=FULL` like the `StateStore`, the same
-//! kind of rows: read the instance, write it, append its history), and the
+//! one writer, write then fsync), a bare SQLite transaction (rusqlite on
+//! the calling thread, as the store's batch writer runs its statements, and
+//! sqlx-sqlite, as the store ran them before; WAL and `synchronous=FULL`
+//! like the `StateStore`, the same kind of rows: read the instance, write
+//! it, append its history), and the
 //! `StateStore` doing the same state change through its own transaction,
 //! one writer and then 64 at once (where group commit shares fsyncs).
 //! The same on PostgreSQL, when it is reachable: a bare transaction, the
@@ -40,8 +42,11 @@ impl Rate {
 pub struct Durability {
     /// 4 KiB written in place, then fsync.
     pub fsync: Rate,
-    /// One state change in a bare SQLite transaction.
+    /// One state change in a bare SQLite transaction (rusqlite): the
+    /// floor the store is held to.
     pub bare: Rate,
+    /// The same through sqlx-sqlite.
+    pub bare_sqlx: Rate,
     /// One state change through `StateStore::transition_instance`.
     pub store: Rate,
     /// The same with `CONCURRENT_WRITERS` writers at once.
@@ -69,7 +74,11 @@ pub async fn measure(dir: &Path, duration: Duration) -> anyhow::Result<Durabilit
     std::fs::create_dir_all(dir)?;
     let probe = dir.join("fsync-probe");
     let fsync = tokio::task::spawn_blocking(move || fsync_loop(&probe, duration)).await??;
-    let bare = bare_sqlite(&dir.join("bare.db"), duration).await?;
+    let bare = {
+        let path = dir.join("bare-rusqlite.db");
+        tokio::task::spawn_blocking(move || bare_rusqlite(&path, duration)).await??
+    };
+    let bare_sqlx = bare_sqlite(&dir.join("bare.db"), duration).await?;
     let config = StateConfig {
         path: dir.join("store/broker.db"),
         encryption_key: Some(crate::servers::encryption_key().into()),
@@ -91,6 +100,7 @@ pub async fn measure(dir: &Path, duration: Duration) -> anyhow::Result<Durabilit
     Ok(Durability {
         fsync,
         bare,
+        bare_sqlx,
         store,
         store_concurrent,
         postgres,
@@ -278,6 +288,58 @@ async fn bare_sqlite(path: &Path, duration: Duration) -> anyhow::Result<Rate> {
     .await?;
     pool.close().await;
     Ok(rate)
+}
+
+/// The same as [`bare_sqlite`] through rusqlite, with prepared statements
+/// kept, on this (blocking) thread.
+fn bare_rusqlite(path: &Path, duration: Duration) -> anyhow::Result<Rate> {
+    let mut connection = rusqlite::Connection::open(path)?;
+    connection.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+    connection.execute_batch(BARE_SCHEMA)?;
+    let clock = Clock::start();
+    let mut number = 0;
+    while clock.started.elapsed() < duration {
+        let record = record(number, phase_of(number));
+        let instance = serde_json::to_string(&record.instance)?;
+        let operation = serde_json::to_string(&record.operation)?;
+        let id = record.instance.id.as_str();
+        let phase = format!("{:?}", phase_of(number)).to_lowercase();
+        let status = format!("{:?}", record.status).to_lowercase();
+        let transaction =
+            connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut read = transaction
+                .prepare_cached("SELECT record, operation FROM instances WHERE id = ?1")?;
+            let mut rows = read.query([id])?;
+            while rows.next()?.is_some() {}
+        }
+        transaction
+            .prepare_cached(
+                "INSERT INTO instances (id, service_id, plan_id, status, record, operation, operation_phase)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, record = excluded.record,
+                     operation = excluded.operation, operation_phase = excluded.operation_phase,
+                     updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+            )?
+            .execute(rusqlite::params![
+                id,
+                record.instance.service_id,
+                record.instance.plan_id,
+                status,
+                instance,
+                operation,
+                phase
+            ])?;
+        transaction
+            .prepare_cached(
+                "INSERT INTO operations (resource_kind, resource_id, operation_id, kind, phase)
+                 VALUES ('instance', ?1, ?2, 'provision', ?3)",
+            )?
+            .execute(rusqlite::params![id, format!("{:032x}", number / 2), phase])?;
+        transaction.commit()?;
+        number += 1;
+    }
+    Ok(clock.rate(number))
 }
 
 /// The same state changes through the broker's own store(s): `writers`
