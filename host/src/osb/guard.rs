@@ -1,6 +1,7 @@
 //! What every OSB request passes before a handler sees it, in the order
 //! the conformance suites check it: basic auth (401), then the API version
-//! header (412/400); the request identity is echoed on every answer.
+//! header (412/400), then whether the broker has loaded its plugins (503);
+//! the request identity is echoed on every answer.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -120,15 +121,25 @@ fn basic_credentials(value: &HeaderValue) -> Option<(String, String)> {
     Some((username.to_owned(), password.to_owned()))
 }
 
-/// Auth and version check for the OSB routes. A tower service rather than
-/// `middleware::from_fn`, which boxes and clones the rest of the stack for
-/// every request: a request that passes goes on with no allocation.
+/// Whether the broker is still loading its plugins.
+pub type Loading = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Auth, version and loading check for the OSB routes. A tower service
+/// rather than `middleware::from_fn`, which boxes and clones the rest of
+/// the stack for every request: a request that passes goes on with no
+/// allocation.
 #[derive(Clone)]
-pub struct GuardLayer(Arc<GuardConfig>);
+pub struct GuardLayer {
+    config: Arc<GuardConfig>,
+    loading: Loading,
+}
 
 impl GuardLayer {
-    pub fn new(config: GuardConfig) -> Self {
-        Self(Arc::new(config))
+    pub fn new(config: GuardConfig, loading: Loading) -> Self {
+        Self {
+            config: Arc::new(config),
+            loading,
+        }
     }
 }
 
@@ -138,7 +149,8 @@ impl<S> Layer<S> for GuardLayer {
     fn layer(&self, inner: S) -> Guarded<S> {
         Guarded {
             inner,
-            config: self.0.clone(),
+            config: self.config.clone(),
+            loading: self.loading.clone(),
         }
     }
 }
@@ -147,6 +159,7 @@ impl<S> Layer<S> for GuardLayer {
 pub struct Guarded<S> {
     inner: S,
     config: Arc<GuardConfig>,
+    loading: Loading,
 }
 
 impl<S> Service<Request> for Guarded<S>
@@ -162,11 +175,31 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        match self.config.refusal(request.headers()) {
+        let refusal = self
+            .config
+            .refusal(request.headers())
+            .or_else(|| (self.loading)().then(while_loading));
+        match refusal {
             Some(refusal) => Either::Left(ready(Ok(refusal))),
             None => Either::Right(self.inner.call(request)),
         }
     }
+}
+
+/// Until the plugins are loaded (the listener opens before), OSB calls get
+/// a 503 that says so: an empty catalog would tell the platform every
+/// service is gone.
+fn while_loading() -> Response {
+    let mut response = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        "the broker is starting and its plugins are still loading; retry in a few seconds",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
 }
 
 impl GuardConfig {

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower::ServiceBuilder;
@@ -72,11 +71,10 @@ pub fn router(
             get(bindings::last_operation),
         )
         .fallback(not_found)
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            while_loading,
-        ))
-        .route_layer(guard::GuardLayer::new(guard));
+        .route_layer(guard::GuardLayer::new(guard, {
+            let broker = state.broker.clone();
+            Arc::new(move || broker.catalog().is_loading())
+        }));
     Router::new()
         .route(HEALTHZ, get(healthz))
         .route(READYZ, get(readyz))
@@ -92,25 +90,6 @@ pub fn router(
                 .layer(DefaultBodyLimit::max(max_body_bytes)),
         )
         .with_state(state)
-}
-
-/// Until the plugins are loaded (the listener opens before), OSB calls get
-/// a 503 that says so: an empty catalog would tell the platform every
-/// service is gone.
-async fn while_loading(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if state.broker.catalog().is_loading() {
-        let mut response = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "the broker is starting and its plugins are still loading; retry in a few seconds",
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return response;
-    }
-    next.run(request).await
 }
 
 async fn not_found() -> ApiError {
