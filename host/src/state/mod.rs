@@ -123,9 +123,10 @@ pub enum StateError {
     BatchCommit(String),
     #[error("state store: the write batch was lost while a change ran in it")]
     BatchLost,
-    /// A change that failed could not be undone inside its batch, so the
-    /// batch was rolled back: none of its changes was stored.
-    #[error("state store: a failed change could not be undone, so its write batch was rolled back")]
+    /// A change of the batch failed and could not be undone alone (or
+    /// SQLite rolled the batch back itself), so the whole batch was rolled
+    /// back: none of its changes was stored.
+    #[error("state store: a change failed and its whole write batch was rolled back")]
     BatchPoisoned,
     #[error("state store: {0}")]
     Writer(#[from] rusqlite::Error),

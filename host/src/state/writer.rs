@@ -13,9 +13,12 @@
 //! transaction, which already holds SQLite's write lock, so no statement
 //! waits for another process, and they touch a few pages of a small
 //! working set (the connection's cache, or the OS's). What can wait runs
-//! on tokio's blocking pool instead: taking the write lock (`BEGIN
-//! IMMEDIATE`, which may wait up to the busy timeout for an operator's
-//! `sqlite3` shell or a backup) and the commit (the WAL's fsync).
+//! on tokio's blocking pool instead: the commit (the WAL's fsync), and
+//! taking the write lock (`BEGIN IMMEDIATE`) when another process holds it
+//! (an operator's `sqlite3` shell or a backup: then it waits up to the busy
+//! timeout). When the lock is free, as it is unless another process writes,
+//! it is taken on the task's thread without waiting: a lone writer's
+//! change costs one hand-off, its commit.
 //!
 //! Reads outside transitions, and writes outside batches (kv, leases,
 //! keys, operators' commands), stay on the sqlx pool: they take the write
@@ -32,8 +35,11 @@ use super::tables::{self, Column, Columns, StoredRow};
 use super::{BindingRecord, InstanceRecord, StateError};
 use crate::secrets::Keyring;
 
-/// As long as sqlx's default, which the pool's connections use: an
-/// operator's `sqlite3` shell or a backup may hold the lock that long.
+/// How long taking the write lock waits for another process, on the
+/// blocking pool (sqlx's default, which the pool's connections use: an
+/// operator's `sqlite3` shell or a backup may hold the lock that long).
+/// Otherwise the writer never waits: every other statement runs with the
+/// lock held, and a commit's checkpoint is passive.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The statements a step runs, kept prepared (SQLite compiles a statement
@@ -67,7 +73,7 @@ impl WriterSource {
     /// foreign keys.
     pub(super) fn open(&self) -> Result<Writer, StateError> {
         let connection = Connection::open(&self.path)?;
-        connection.busy_timeout(BUSY_TIMEOUT)?;
+        connection.busy_timeout(Duration::ZERO)?;
         connection.execute_batch(super::SQLITE_SESSION)?;
         connection.pragma_update(None, "foreign_keys", true)?;
         connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -79,11 +85,22 @@ impl WriterSource {
 }
 
 impl Writer {
-    /// Takes SQLite's write lock (`BEGIN IMMEDIATE`) on the blocking pool.
-    /// Returns the writer in any case, with the outcome.
+    /// Takes SQLite's write lock (`BEGIN IMMEDIATE`): here if it is free,
+    /// else on the blocking pool, waiting up to [`BUSY_TIMEOUT`]. Returns
+    /// the writer (unless it was lost), with the outcome.
     pub(super) async fn begin(self) -> (Option<Self>, Result<(), StateError>) {
-        self.on_blocking_pool(|connection| connection.execute_batch("BEGIN IMMEDIATE"))
-            .await
+        match self.connection.execute_batch("BEGIN IMMEDIATE") {
+            Err(error) if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                self.on_blocking_pool(|connection| {
+                    connection.busy_timeout(BUSY_TIMEOUT)?;
+                    let begun = connection.execute_batch("BEGIN IMMEDIATE");
+                    connection.busy_timeout(Duration::ZERO)?;
+                    begun
+                })
+                .await
+            }
+            begun => (Some(self), begun.map_err(StateError::from)),
+        }
     }
 
     /// Commits the batch on the blocking pool (the WAL's fsync), or rolls
@@ -134,6 +151,12 @@ impl Writer {
         }
     }
 
+    /// Runs `sql` on the connection behind the batch's back.
+    #[cfg(test)]
+    pub(super) fn execute_raw(&self, sql: &str) -> rusqlite::Result<()> {
+        self.connection.execute_batch(sql)
+    }
+
     /// `journal_mode`, `synchronous` and `foreign_keys` of the connection.
     #[cfg(test)]
     pub(super) fn settings(&self) -> rusqlite::Result<(String, i64, i64)> {
@@ -151,6 +174,13 @@ impl Writer {
     /// A step in the open batch: a savepoint, rolled back to unless
     /// [`WriterStep::done`].
     pub(super) fn step(&mut self) -> Result<WriterStep<'_>, StateError> {
+        if self.connection.is_autocommit() {
+            // SQLite rolled the whole batch back after an error (it does
+            // for a full disk, an I/O error): a savepoint now would start a
+            // transaction of its own, committed at its release.
+            self.poisoned = true;
+            return Err(StateError::BatchPoisoned);
+        }
         self.connection.execute_batch("SAVEPOINT step")?;
         Ok(WriterStep {
             writer: self,
@@ -257,7 +287,8 @@ const PARAMETER_NAMES: [&str; 9] = ["$1", "$2", "$3", "$4", "$5", "$6", "$7", "$
 
 impl Drop for WriterStep<'_> {
     /// A step that failed, panicked or was cancelled leaves nothing in the
-    /// batch. Should even that fail, the batch is not committed.
+    /// batch. Should even that fail (SQLite may have rolled the whole batch
+    /// back already), the batch is not committed.
     fn drop(&mut self) {
         if self.open {
             let undone = self
