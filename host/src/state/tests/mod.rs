@@ -292,3 +292,4 @@ mod owners;
 mod records;
 mod replicas;
 mod served;
+mod writer;
