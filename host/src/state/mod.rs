@@ -2,8 +2,9 @@
 //! the operations on them, in embedded SQLite or in PostgreSQL. Every state
 //! change the broker acknowledges to the platform is committed here first.
 //!
-//! Both backends run the same statements through sqlx's `Any` driver
-//! (`$N` placeholders, which SQLite binds by number too). Writes are
+//! Both backends run the same statements (`$N` placeholders), through
+//! sqlx's `Any` driver, except SQLite's transitions: those run through the
+//! batch writer (`writer`, rusqlite, binding `$N` by name). Writes are
 //! serialized across every process on the store: SQLite's single writer
 //! (`BEGIN IMMEDIATE`), a transaction-scoped advisory lock on PostgreSQL.
 //! So replicas (broker processes) sharing a PostgreSQL store decide
@@ -18,6 +19,9 @@
 //! rest of [`StateStore`] lives beside it, one job per file:
 //! - `batch`: group commit, the write gate through which concurrent
 //!   transitions share one transaction and one durable commit;
+//! - `step`: one transition's reads and writes in a batch, on either
+//!   backend; `writer`: SQLite's batch writer, whose statements run on the
+//!   step's own thread;
 //! - `kv`: the plugins' private key-value store (`kv` capability);
 //! - `replicas`: serving as one replica among several, and failing the
 //!   operations a crashed broker left under way;
