@@ -4,6 +4,7 @@
 //! retired plugin (whose file is gone) can be loaded again after a restart,
 //! by this or by a newer broker whose engine cannot use the old code.
 
+use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 
@@ -22,9 +23,7 @@ pub fn compile_cached(
     wasm: &[u8],
     digest: &str,
 ) -> Result<Component, String> {
-    let mut hasher = DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut hasher);
-    let artifact = cache_dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
+    let artifact = cache_dir.join(format!("{digest}-{}.cwasm", engine_tag(engine)));
     if artifact.is_file() {
         // SAFETY: the broker wrote this file itself (below) from
         // `precompile_component` of an engine with the same compatibility
@@ -47,6 +46,67 @@ pub fn compile_cached(
     // engine a moment ago.
     unsafe { Component::deserialize(engine, &compiled) }
         .map_err(|error| format!("cannot load its compiled code: {error:#}"))
+}
+
+/// What names the code of `engine`'s configuration in artifact names: its
+/// compatibility hash, as 16 hex digits.
+fn engine_tag(engine: &Engine) -> String {
+    let mut hasher = DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// Compiled code removed by [`prune`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Removes the compiled code this start does not use: artifacts of plugin
+/// versions (digests) not in `in_use`, and artifacts of another engine
+/// configuration (an older broker, other limits), which this engine can
+/// never load. Without it every version ever loaded stays, 40 MB and more
+/// each for a Python or JavaScript plugin. Compiled code is only a cache:
+/// a version that comes back is compiled again. The copies of plugin files
+/// (`sources/`) stay, since a retired plugin needs its copy after any
+/// restart; files not named as artifacts are left alone. Blocking.
+pub fn prune(engine: &Engine, cache_dir: &Path, in_use: &HashSet<String>) -> Pruned {
+    let tag = engine_tag(engine);
+    let mut pruned = Pruned::default();
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return pruned;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some((digest, entry_tag)) = name.to_str().and_then(artifact_parts) else {
+            continue;
+        };
+        if in_use.contains(digest) && entry_tag == tag {
+            continue;
+        }
+        let bytes = entry.metadata().map_or(0, |metadata| metadata.len());
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => {
+                pruned.files += 1;
+                pruned.bytes += bytes;
+            }
+            Err(error) => {
+                tracing::warn!(artifact = %entry.path().display(), %error, "cannot remove unused compiled plugin code");
+            }
+        }
+    }
+    pruned
+}
+
+/// `(digest, engine tag)` of an artifact's file name: 64 hex digits, `-`,
+/// 16 hex digits, `.cwasm`.
+fn artifact_parts(name: &str) -> Option<(&str, &str)> {
+    let (digest, tag) = name.strip_suffix(".cwasm")?.split_once('-')?;
+    let hex = |text: &str, len: usize| {
+        text.len() == len && text.bytes().all(|byte| byte.is_ascii_hexdigit())
+    };
+    (hex(digest, 64) && hex(tag, 16)).then_some((digest, tag))
 }
 
 /// Keeps a copy of a plugin file under its digest, unless one is there.
@@ -118,6 +178,33 @@ mod tests {
         assert!(error.contains("digest mismatch"), "{error}");
         let error = read_source(directory.path(), "../../etc/passwd").expect_err("no such copy");
         assert!(error.contains("invalid-digest"), "{error}");
+    }
+
+    #[test]
+    fn pruning_keeps_only_the_artifacts_in_use_by_this_engine() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let engine = Engine::default();
+        let tag = engine_tag(&engine);
+        let (used, old) = ("a".repeat(64), "b".repeat(64));
+        let write = |name: String| {
+            std::fs::write(directory.path().join(&name), b"code").expect("written");
+            name
+        };
+        let kept = write(format!("{used}-{tag}.cwasm"));
+        let other_engine = write(format!("{used}-0123456789abcdef.cwasm"));
+        let old_version = write(format!("{old}-{tag}.cwasm"));
+        let not_ours = write("notes.cwasm".to_owned());
+        keep_source(directory.path(), b"\0asm old", &old);
+
+        let pruned = prune(&engine, directory.path(), &HashSet::from([used.clone()]));
+        assert_eq!(pruned, Pruned { files: 2, bytes: 8 });
+        let exists = |name: &str| directory.path().join(name).exists();
+        assert!(exists(&kept) && exists(&not_ours));
+        assert!(!exists(&other_engine) && !exists(&old_version));
+        assert!(
+            source_path(directory.path(), &old).is_file(),
+            "sources stay"
+        );
     }
 
     #[test]

@@ -248,8 +248,29 @@ impl PluginRuntime {
             took_ms = started.elapsed().as_millis() as u64,
             "plugins loaded"
         );
+        self.prune_compile_cache(&initial).await;
         self.plugins.store(Arc::new(initial));
         Ok(())
+    }
+
+    /// After the first scan, removes the compiled code of plugin versions
+    /// this start does not use (`compile_cache::prune`).
+    async fn prune_compile_cache(&self, loaded: &PluginSet) {
+        let engine = self.loader.engine().engine().clone();
+        let cache_dir = self.loader.engine().cache_dir().to_owned();
+        let in_use = loaded.digests();
+        let pruned =
+            tokio::task::spawn_blocking(move || compile_cache::prune(&engine, &cache_dir, &in_use))
+                .await;
+        match pruned {
+            Ok(pruned) if pruned.files > 0 => tracing::info!(
+                files = pruned.files,
+                mb = pruned.bytes / 1_000_000,
+                "removed compiled code of plugin versions no longer in use"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "pruning the compile cache failed"),
+        }
     }
 
     /// Applies broker.toml at `path` whenever it changes or the process

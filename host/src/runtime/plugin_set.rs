@@ -97,6 +97,17 @@ impl PluginSet {
         self.files.get(stem)
     }
 
+    /// The digests of every plugin version this set holds: the directory's
+    /// files (served or refused) and the retired versions.
+    pub(super) fn digests(&self) -> std::collections::HashSet<String> {
+        self.files
+            .values()
+            .map(|file| &file.digest)
+            .chain(self.retired.values().map(|retired| &retired.plugin.digest))
+            .cloned()
+            .collect()
+    }
+
     pub fn has_retired(&self) -> bool {
         !self.retired.is_empty()
     }

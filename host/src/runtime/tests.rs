@@ -79,6 +79,15 @@ impl Fixture {
             .expect("runtime starts")
     }
 
+    /// How many compiled plugin files the compile cache holds.
+    fn compiled_artifacts(&self) -> usize {
+        std::fs::read_dir(self.directory.path().join("cache"))
+            .expect("cache listable")
+            .flatten()
+            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "cwasm"))
+            .count()
+    }
+
     fn plugin_file(&self, name: &str) -> PathBuf {
         self.directory.path().join("plugins").join(name)
     }
@@ -328,6 +337,11 @@ async fn a_removed_plugin_retires_while_its_instances_remain() {
         .expect("listed after a restart");
     assert_eq!((status.retired_instances, status.error), (Some(1), None));
     assert!(restarted.serving(&offering.id).is_ok());
+    assert_eq!(
+        fixture.compiled_artifacts(),
+        1,
+        "a retired version's compiled code is in use: kept"
+    );
     drop(restarted);
 
     // Once the instance is deleted, the next reload releases the plugin.
@@ -344,6 +358,11 @@ async fn a_removed_plugin_retires_while_its_instances_remain() {
     ));
     let restarted = Fixture::runtime(fixture.directory.path(), &fixture.state).await;
     assert!(restarted.plugins().is_empty(), "{:#?}", restarted.plugins());
+    assert_eq!(
+        fixture.compiled_artifacts(),
+        0,
+        "a released version's compiled code is pruned at the next start"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
