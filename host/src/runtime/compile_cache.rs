@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 /// Where the copies of plugin files live, below the cache directory.
 const SOURCES: &str = "sources";
@@ -30,7 +31,10 @@ pub fn compile_cached(
         // hash; the cache directory belongs to the broker like its binary.
         // wasmtime still checks the header and refuses a mismatch.
         match unsafe { Component::deserialize_file(engine, &artifact) } {
-            Ok(component) => return Ok(component),
+            Ok(component) => {
+                mark_used(&artifact);
+                return Ok(component);
+            }
             Err(error) => {
                 tracing::warn!(artifact = %artifact.display(), error = %format!("{error:#}"), "cannot use cached plugin code; recompiling")
             }
@@ -56,6 +60,25 @@ fn engine_tag(engine: &Engine) -> String {
     format!("{:016x}", hasher.finish())
 }
 
+/// How long compiled code nobody loads stays in the cache. Not less: a
+/// cache directory may be shared by several brokers (the tests share one),
+/// each loading other plugins, and each start of one prunes; a version
+/// dropped and brought back within this time loads without compiling.
+pub const UNUSED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// An artifact's modification time is when it was last loaded (or
+/// written): what [`prune`] goes by. Best effort: a cache on a read-only
+/// file system is only never pruned.
+fn mark_used(artifact: &Path) {
+    let touched = std::fs::File::options()
+        .write(true)
+        .open(artifact)
+        .and_then(|file| file.set_modified(SystemTime::now()));
+    if let Err(error) = touched {
+        tracing::debug!(artifact = %artifact.display(), %error, "cannot mark compiled code as used");
+    }
+}
+
 /// Compiled code removed by [`prune`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -63,15 +86,20 @@ pub struct Pruned {
     pub bytes: u64,
 }
 
-/// Removes the compiled code this start does not use: artifacts of plugin
-/// versions (digests) not in `in_use`, and artifacts of another engine
-/// configuration (an older broker, other limits), which this engine can
-/// never load. Without it every version ever loaded stays, 40 MB and more
-/// each for a Python or JavaScript plugin. Compiled code is only a cache:
-/// a version that comes back is compiled again. The copies of plugin files
+/// Removes the compiled code this start does not use and nobody loaded for
+/// `retention`: artifacts of plugin versions (digests) not in `in_use`, or
+/// of another engine configuration (an older broker, other limits).
+/// Without it every version ever loaded stays, 40 MB and more each for a
+/// Python or JavaScript plugin. Compiled code is only a cache: a version
+/// that comes back is compiled again. The copies of plugin files
 /// (`sources/`) stay, since a retired plugin needs its copy after any
 /// restart; files not named as artifacts are left alone. Blocking.
-pub fn prune(engine: &Engine, cache_dir: &Path, in_use: &HashSet<String>) -> Pruned {
+pub fn prune(
+    engine: &Engine,
+    cache_dir: &Path,
+    in_use: &HashSet<String>,
+    retention: Duration,
+) -> Pruned {
     let tag = engine_tag(engine);
     let mut pruned = Pruned::default();
     let Ok(entries) = std::fs::read_dir(cache_dir) else {
@@ -85,7 +113,17 @@ pub fn prune(engine: &Engine, cache_dir: &Path, in_use: &HashSet<String>) -> Pru
         if in_use.contains(digest) && entry_tag == tag {
             continue;
         }
-        let bytes = entry.metadata().map_or(0, |metadata| metadata.len());
+        let Ok(metadata) = entry.metadata() else {
+            continue;
+        };
+        let unused_for = metadata
+            .modified()
+            .ok()
+            .and_then(|used| SystemTime::now().duration_since(used).ok());
+        if unused_for.is_none_or(|unused_for| unused_for < retention) {
+            continue;
+        }
+        let bytes = metadata.len();
         match std::fs::remove_file(entry.path()) {
             Ok(()) => {
                 pruned.files += 1;
@@ -181,25 +219,38 @@ mod tests {
     }
 
     #[test]
-    fn pruning_keeps_only_the_artifacts_in_use_by_this_engine() {
+    fn pruning_keeps_only_the_artifacts_in_use_or_used_lately() {
         let directory = tempfile::tempdir().expect("temp dir");
         let engine = Engine::default();
         let tag = engine_tag(&engine);
         let (used, old) = ("a".repeat(64), "b".repeat(64));
-        let write = |name: String| {
-            std::fs::write(directory.path().join(&name), b"code").expect("written");
+        let day = Duration::from_secs(24 * 3600);
+        let write = |name: String, unused_for: Duration| {
+            let path = directory.path().join(&name);
+            std::fs::write(&path, b"code").expect("written");
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|file| file.set_modified(SystemTime::now() - unused_for))
+                .expect("dated");
             name
         };
-        let kept = write(format!("{used}-{tag}.cwasm"));
-        let other_engine = write(format!("{used}-0123456789abcdef.cwasm"));
-        let old_version = write(format!("{old}-{tag}.cwasm"));
-        let not_ours = write("notes.cwasm".to_owned());
+        let in_use = write(format!("{used}-{tag}.cwasm"), 30 * day);
+        let other_engine = write(format!("{used}-0123456789abcdef.cwasm"), 8 * day);
+        let old_version = write(format!("{old}-{tag}.cwasm"), 8 * day);
+        let recently_used = write(format!("{old}-fedcba9876543210.cwasm"), day);
+        let not_ours = write("notes.cwasm".to_owned(), 30 * day);
         keep_source(directory.path(), b"\0asm old", &old);
 
-        let pruned = prune(&engine, directory.path(), &HashSet::from([used.clone()]));
+        let pruned = prune(
+            &engine,
+            directory.path(),
+            &HashSet::from([used.clone()]),
+            UNUSED_RETENTION,
+        );
         assert_eq!(pruned, Pruned { files: 2, bytes: 8 });
         let exists = |name: &str| directory.path().join(name).exists();
-        assert!(exists(&kept) && exists(&not_ours));
+        assert!(exists(&in_use) && exists(&recently_used) && exists(&not_ours));
         assert!(!exists(&other_engine) && !exists(&old_version));
         assert!(
             source_path(directory.path(), &old).is_file(),

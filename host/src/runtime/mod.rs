@@ -254,14 +254,21 @@ impl PluginRuntime {
     }
 
     /// After the first scan, removes the compiled code of plugin versions
-    /// this start does not use (`compile_cache::prune`).
+    /// this start does not use and nobody loaded for a week
+    /// (`compile_cache::prune`).
     async fn prune_compile_cache(&self, loaded: &PluginSet) {
         let engine = self.loader.engine().engine().clone();
         let cache_dir = self.loader.engine().cache_dir().to_owned();
         let in_use = loaded.digests();
-        let pruned =
-            tokio::task::spawn_blocking(move || compile_cache::prune(&engine, &cache_dir, &in_use))
-                .await;
+        let pruned = tokio::task::spawn_blocking(move || {
+            compile_cache::prune(
+                &engine,
+                &cache_dir,
+                &in_use,
+                compile_cache::UNUSED_RETENTION,
+            )
+        })
+        .await;
         match pruned {
             Ok(pruned) if pruned.files > 0 => tracing::info!(
                 files = pruned.files,

@@ -79,6 +79,25 @@ impl Fixture {
             .expect("runtime starts")
     }
 
+    /// Dates every compiled plugin file as last used longer ago than the
+    /// cache keeps unused code.
+    fn age_compiled_artifacts(&self) {
+        let long_ago = std::time::SystemTime::now()
+            - compile_cache::UNUSED_RETENTION
+            - Duration::from_secs(3600);
+        for entry in std::fs::read_dir(self.directory.path().join("cache"))
+            .expect("cache listable")
+            .flatten()
+            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "cwasm"))
+        {
+            std::fs::File::options()
+                .write(true)
+                .open(entry.path())
+                .and_then(|file| file.set_modified(long_ago))
+                .expect("dated");
+        }
+    }
+
     /// How many compiled plugin files the compile cache holds.
     fn compiled_artifacts(&self) -> usize {
         std::fs::read_dir(self.directory.path().join("cache"))
@@ -329,6 +348,7 @@ async fn a_removed_plugin_retires_while_its_instances_remain() {
 
     // A restart finds the file gone and the instance left: the retired
     // version comes back from the copy in the compile cache.
+    fixture.age_compiled_artifacts();
     let restarted = Fixture::runtime(fixture.directory.path(), &fixture.state).await;
     let status = restarted
         .plugins()
@@ -356,12 +376,13 @@ async fn a_removed_plugin_retires_while_its_instances_remain() {
         fixture.runtime.serving(&offering.id),
         Err(CallError::NoPlugin { .. })
     ));
+    fixture.age_compiled_artifacts();
     let restarted = Fixture::runtime(fixture.directory.path(), &fixture.state).await;
     assert!(restarted.plugins().is_empty(), "{:#?}", restarted.plugins());
     assert_eq!(
         fixture.compiled_artifacts(),
         0,
-        "a released version's compiled code is pruned at the next start"
+        "a released version's code unused for a week is pruned at the next start"
     );
 }
 
