@@ -253,6 +253,8 @@ pub(super) fn instance_columns<'a>(
         dashboard_url: &record.dashboard_url,
         metadata: &record.metadata,
     };
+    let [operation, phase, deleted, calling] =
+        operation_columns(id, replica, record.operation.as_ref())?;
     Ok(Columns {
         values: [
             Column::Text(Cow::Borrowed(id)),
@@ -260,17 +262,10 @@ pub(super) fn instance_columns<'a>(
             Column::Text(Cow::Borrowed(&record.instance.plan_id)),
             Column::Text(Cow::Borrowed(record.status.as_str())),
             Column::Text(Cow::Owned(encode(id, &document)?)),
-            Column::OptionalText(encode_operation(id, record.operation.as_ref())?.map(Cow::Owned)),
-            Column::OptionalText(
-                record
-                    .operation
-                    .as_ref()
-                    .map(|op| Cow::Borrowed(op.phase.as_str())),
-            ),
-            Column::Text(Cow::Borrowed(ResourceStatus::Deleted.as_str())),
-            Column::OptionalText(
-                calling_replica(replica, record.operation.as_ref()).map(Cow::Borrowed),
-            ),
+            operation,
+            phase,
+            deleted,
+            calling,
         ],
     })
 }
@@ -347,6 +342,8 @@ pub(super) fn binding_columns<'a>(
         .as_ref()
         .map(|result| credentials::seal_result(keyring, id, result))
         .transpose()?;
+    let [operation, phase, deleted, calling] =
+        operation_columns(id, replica, record.operation.as_ref())?;
     Ok(Columns {
         values: [
             Column::Text(Cow::Borrowed(id)),
@@ -354,26 +351,32 @@ pub(super) fn binding_columns<'a>(
             Column::Text(Cow::Borrowed(record.status.as_str())),
             Column::Text(Cow::Owned(encode(id, &record.binding)?)),
             Column::OptionalBytes(result),
-            Column::OptionalText(encode_operation(id, record.operation.as_ref())?.map(Cow::Owned)),
-            Column::OptionalText(
-                record
-                    .operation
-                    .as_ref()
-                    .map(|op| Cow::Borrowed(op.phase.as_str())),
-            ),
-            Column::Text(Cow::Borrowed(ResourceStatus::Deleted.as_str())),
-            Column::OptionalText(
-                calling_replica(replica, record.operation.as_ref()).map(Cow::Borrowed),
-            ),
+            operation,
+            phase,
+            deleted,
+            calling,
         ],
     })
 }
 
-fn encode_operation(
+/// `$6` to `$9` of both upserts: the operation, its phase, `Deleted` and
+/// the calling replica.
+fn operation_columns<'a>(
     id: &str,
-    operation: Option<&OperationRecord>,
-) -> Result<Option<String>, StateError> {
-    operation.map(|op| encode(id, op)).transpose()
+    replica: &'a str,
+    operation: Option<&'a OperationRecord>,
+) -> Result<[Column<'a>; 4], StateError> {
+    Ok([
+        Column::OptionalText(
+            operation
+                .map(|op| encode(id, op))
+                .transpose()?
+                .map(Cow::Owned),
+        ),
+        Column::OptionalText(operation.map(|op| Cow::Borrowed(op.phase.as_str()))),
+        Column::Text(Cow::Borrowed(ResourceStatus::Deleted.as_str())),
+        Column::OptionalText(calling_replica(replica, operation).map(Cow::Borrowed)),
+    ])
 }
 
 /// The `calling_replica` column: the replica writing a `Calling` operation
