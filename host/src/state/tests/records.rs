@@ -344,6 +344,9 @@ async fn live_bindings_skip_deleted_and_other_instances(scratch: &Scratch) {
         ("b-elsewhere", "i-2", ResourceStatus::Ready),
     ] {
         put_binding(&store, binding_record(id, instance_id, status, None)).await;
+        // Creation times have millisecond resolution (ties go by id), and a
+        // write takes less than that now: apart, so "oldest first" shows.
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 
     let live = store.live_bindings("i-1").await.expect("readable");
