@@ -224,7 +224,7 @@ impl WriterStep<'_> {
         record: &InstanceRecord,
     ) -> Result<(), StateError> {
         let columns = tables::instance_columns(replica, record)?;
-        self.execute(tables::UPSERT_INSTANCE, &columns)
+        self.execute_columns(tables::UPSERT_INSTANCE, &columns)
     }
 
     pub(super) fn write_binding(
@@ -234,7 +234,7 @@ impl WriterStep<'_> {
         record: &BindingRecord,
     ) -> Result<(), StateError> {
         let columns = tables::binding_columns(keyring, replica, record)?;
-        self.execute(tables::UPSERT_BINDING, &columns)
+        self.execute_columns(tables::UPSERT_BINDING, &columns)
     }
 
     pub(super) fn append_history(&mut self, entry: Option<Entry<'_>>) -> Result<(), StateError> {
@@ -242,36 +242,34 @@ impl WriterStep<'_> {
             return Ok(());
         };
         let values = entry.values();
-        let mut statement = self
-            .writer
-            .connection
-            .prepare_cached(history::INSERT_HISTORY)?;
-        let parameters: Vec<(&str, &dyn ToSql)> = PARAMETER_NAMES
-            .iter()
-            .zip(values.iter())
-            .map(|(name, value)| (*name, value as &dyn ToSql))
-            .collect();
-        statement.execute(parameters.as_slice())?;
-        Ok(())
+        self.execute(
+            history::INSERT_HISTORY,
+            values.iter().map(|value| value as &dyn ToSql),
+        )
     }
 
-    /// Runs an upsert with `columns` bound by name: SQLite numbers `$N`
-    /// parameters in order of appearance, not by N (the upserts use `$9`
-    /// before `$8`), so binding by position would swap them.
-    fn execute(&mut self, statement: &str, columns: &Columns<'_>) -> Result<(), StateError> {
+    fn execute_columns(
+        &mut self,
+        statement: &str,
+        columns: &Columns<'_>,
+    ) -> Result<(), StateError> {
+        let values = columns.values.iter().map(|value| match value {
+            Column::Text(text) => text as &dyn ToSql,
+            Column::Bytes(bytes) => bytes,
+        });
+        self.execute(statement, values)
+    }
+
+    /// Runs `statement` with `values` bound to `$1`, `$2`... by name:
+    /// SQLite numbers `$N` parameters in order of appearance, not by N (the
+    /// upserts use `$9` before `$8`), so binding by position would swap them.
+    fn execute<'v>(
+        &mut self,
+        statement: &str,
+        values: impl Iterator<Item = &'v dyn ToSql>,
+    ) -> Result<(), StateError> {
         let mut statement = self.writer.connection.prepare_cached(statement)?;
-        let parameters: Vec<(&str, &dyn ToSql)> = PARAMETER_NAMES
-            .iter()
-            .zip(columns.values.iter())
-            .map(|(name, value)| {
-                let value: &dyn ToSql = match value {
-                    Column::Text(text) => text,
-                    Column::OptionalText(text) => text,
-                    Column::OptionalBytes(bytes) => bytes,
-                };
-                (*name, value)
-            })
-            .collect();
+        let parameters: Vec<(&str, &dyn ToSql)> = PARAMETER_NAMES.into_iter().zip(values).collect();
         statement.execute(parameters.as_slice())?;
         Ok(())
     }

@@ -108,11 +108,20 @@ pub(super) struct Columns<'a> {
     pub(super) values: [Column<'a>; 9],
 }
 
-/// One bound value.
+/// One bound value (`None` is NULL).
 pub(super) enum Column<'a> {
-    Text(Cow<'a, str>),
-    OptionalText(Option<Cow<'a, str>>),
-    OptionalBytes(Option<Vec<u8>>),
+    Text(Option<Cow<'a, str>>),
+    Bytes(Option<Vec<u8>>),
+}
+
+impl<'a> Column<'a> {
+    fn text(text: &'a str) -> Self {
+        Column::Text(Some(Cow::Borrowed(text)))
+    }
+
+    fn owned(text: String) -> Self {
+        Column::Text(Some(Cow::Owned(text)))
+    }
 }
 
 impl Columns<'_> {
@@ -124,9 +133,8 @@ impl Columns<'_> {
         self.values
             .iter()
             .fold(sqlx::query(statement), |query, value| match value {
-                Column::Text(text) => query.bind(text.as_ref()),
-                Column::OptionalText(text) => query.bind(text.as_deref()),
-                Column::OptionalBytes(bytes) => query.bind(bytes.as_deref()),
+                Column::Text(text) => query.bind(text.as_deref()),
+                Column::Bytes(bytes) => query.bind(bytes.as_deref()),
             })
     }
 }
@@ -257,11 +265,11 @@ pub(super) fn instance_columns<'a>(
         operation_columns(id, replica, record.operation.as_ref())?;
     Ok(Columns {
         values: [
-            Column::Text(Cow::Borrowed(id)),
-            Column::Text(Cow::Borrowed(&record.instance.service_id)),
-            Column::Text(Cow::Borrowed(&record.instance.plan_id)),
-            Column::Text(Cow::Borrowed(record.status.as_str())),
-            Column::Text(Cow::Owned(encode(id, &document)?)),
+            Column::text(id),
+            Column::text(&record.instance.service_id),
+            Column::text(&record.instance.plan_id),
+            Column::text(record.status.as_str()),
+            Column::owned(encode(id, &document)?),
             operation,
             phase,
             deleted,
@@ -346,11 +354,11 @@ pub(super) fn binding_columns<'a>(
         operation_columns(id, replica, record.operation.as_ref())?;
     Ok(Columns {
         values: [
-            Column::Text(Cow::Borrowed(id)),
-            Column::Text(Cow::Borrowed(&record.binding.instance_id)),
-            Column::Text(Cow::Borrowed(record.status.as_str())),
-            Column::Text(Cow::Owned(encode(id, &record.binding)?)),
-            Column::OptionalBytes(result),
+            Column::text(id),
+            Column::text(&record.binding.instance_id),
+            Column::text(record.status.as_str()),
+            Column::owned(encode(id, &record.binding)?),
+            Column::Bytes(result),
             operation,
             phase,
             deleted,
@@ -367,15 +375,15 @@ fn operation_columns<'a>(
     operation: Option<&'a OperationRecord>,
 ) -> Result<[Column<'a>; 4], StateError> {
     Ok([
-        Column::OptionalText(
+        Column::Text(
             operation
                 .map(|op| encode(id, op))
                 .transpose()?
                 .map(Cow::Owned),
         ),
-        Column::OptionalText(operation.map(|op| Cow::Borrowed(op.phase.as_str()))),
-        Column::Text(Cow::Borrowed(ResourceStatus::Deleted.as_str())),
-        Column::OptionalText(calling_replica(replica, operation).map(Cow::Borrowed)),
+        Column::Text(operation.map(|op| Cow::Borrowed(op.phase.as_str()))),
+        Column::text(ResourceStatus::Deleted.as_str()),
+        Column::Text(calling_replica(replica, operation).map(Cow::Borrowed)),
     ])
 }
 
