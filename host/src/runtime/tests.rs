@@ -85,26 +85,23 @@ impl Fixture {
         let long_ago = std::time::SystemTime::now()
             - compile_cache::UNUSED_RETENTION
             - Duration::from_secs(3600);
-        for entry in std::fs::read_dir(self.directory.path().join("cache"))
-            .expect("cache listable")
-            .flatten()
-            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "cwasm"))
-        {
+        for path in self.compiled_artifacts() {
             std::fs::File::options()
                 .write(true)
-                .open(entry.path())
+                .open(path)
                 .and_then(|file| file.set_modified(long_ago))
                 .expect("dated");
         }
     }
 
-    /// How many compiled plugin files the compile cache holds.
-    fn compiled_artifacts(&self) -> usize {
+    /// The compiled plugin files the compile cache holds.
+    fn compiled_artifacts(&self) -> Vec<PathBuf> {
         std::fs::read_dir(self.directory.path().join("cache"))
             .expect("cache listable")
             .flatten()
-            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "cwasm"))
-            .count()
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "cwasm"))
+            .collect()
     }
 
     fn plugin_file(&self, name: &str) -> PathBuf {
@@ -358,7 +355,7 @@ async fn a_removed_plugin_retires_while_its_instances_remain() {
     assert_eq!((status.retired_instances, status.error), (Some(1), None));
     assert!(restarted.serving(&offering.id).is_ok());
     assert_eq!(
-        fixture.compiled_artifacts(),
+        fixture.compiled_artifacts().len(),
         1,
         "a retired version's compiled code is in use: kept"
     );
@@ -380,7 +377,7 @@ async fn a_removed_plugin_retires_while_its_instances_remain() {
     let restarted = Fixture::runtime(fixture.directory.path(), &fixture.state).await;
     assert!(restarted.plugins().is_empty(), "{:#?}", restarted.plugins());
     assert_eq!(
-        fixture.compiled_artifacts(),
+        fixture.compiled_artifacts().len(),
         0,
         "a released version's code unused for a week is pruned at the next start"
     );
