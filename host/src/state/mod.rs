@@ -255,7 +255,7 @@ impl StateStore {
     ) -> Result<R, StateError> {
         let mut turn = self.write_gate.step().await?;
         // If the step fails or is cancelled, only its own changes leave the
-        // batch (see `batch::Step`).
+        // batch (see `step::Step`).
         let mut step = turn.begin_step().await?;
         let current = step.read_instance(id).await?;
         let before = OperationMark::of(
