@@ -32,9 +32,9 @@
 //! of a pooled sqlx connection, whose every statement is a network round
 //! trip anyway.
 //!
-//! Two shortcuts keep a lone writer cheap: on PostgreSQL the step that
-//! opens a batch runs in the batch's transaction itself, no savepoint (if
-//! it fails, the batch holds nothing else and is rolled back whole), and a
+//! Two shortcuts keep a lone writer cheap: the step that opens a batch
+//! runs in the batch's transaction itself, no savepoint (if it fails, the
+//! batch holds nothing else and is rolled back whole), and a
 //! batch of one step with no other transition waiting at the gate is
 //! committed by its step directly, without a task.
 //!
@@ -355,8 +355,11 @@ impl StepTurn {
             .map(|batch| &mut batch.transaction)
             .ok_or(StateError::BatchLost)?;
         Ok(match transaction {
-            // Savepoints cost no hand-off on the writer: every step has one.
-            Open::Sqlite(writer) => Step::Writer(writer.step()?),
+            Open::Sqlite(writer) => Step::Writer(if opener {
+                writer.opening_step()?
+            } else {
+                writer.step()?
+            }),
             Open::Postgres(transaction) => {
                 if opener {
                     Step::Whole(transaction)
@@ -407,13 +410,22 @@ impl StepTurn {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        drop(gate);
+        // Spawned before the gate is released, not after: tokio runs the
+        // task a worker woke or spawned last next (its LIFO slot), pushing
+        // the previous one to the back of the run queue. Released first,
+        // the gate's next holder was woken into that slot and then pushed
+        // behind every request in the queue by this spawn, holding the
+        // gate idle meanwhile: under HTTP load a step took the gate once
+        // per 133 us against 40 us in process (bench/README.md, "Issue 14").
+        // In this order the next holder runs next, and this commit after
+        // the queue, when more steps have joined its batch.
         runtime.spawn(async move {
             let mut gate = shared.lock().await;
             if gate.open.as_ref().is_some_and(|batch| batch.id == batch_id) {
                 gate.commit_open().await;
             }
         });
+        drop(gate);
     }
 }
 
@@ -423,8 +435,8 @@ impl Drop for StepTurn {
             return;
         };
         if self.opener && !self.finished {
-            // The opening step failed half way (on PostgreSQL with no
-            // savepoint to go back to); the batch holds nothing else.
+            // The opening step failed half way (with no savepoint to go
+            // back to); the batch holds nothing else.
             gate.abandon_open();
             return;
         }

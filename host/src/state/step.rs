@@ -20,7 +20,8 @@ pub(super) enum Step<'t> {
     /// PostgreSQL, a later step: a savepoint, rolled back to when dropped
     /// (sqlx).
     Savepoint(Transaction<'t, Any>),
-    /// SQLite: a savepoint of the batch writer's transaction.
+    /// SQLite: a savepoint of the batch writer's transaction (the step
+    /// that opened the batch: the transaction itself).
     Writer(WriterStep<'t>),
 }
 

@@ -176,6 +176,29 @@ impl Writer {
     /// A step in the open batch: a savepoint, rolled back to unless
     /// [`WriterStep::done`].
     pub(super) fn step(&mut self) -> Result<WriterStep<'_>, StateError> {
+        self.refuse_if_rolled_back()?;
+        self.connection
+            .prepare_cached("SAVEPOINT step")?
+            .execute([])?;
+        Ok(WriterStep {
+            writer: self,
+            savepoint: true,
+        })
+    }
+
+    /// The step that opened the batch, run in its transaction itself: with
+    /// nothing else in the batch yet, a failure rolls the batch back whole
+    /// (`batch` does, see `StepTurn`), so the savepoint and its release, two
+    /// statements of a lone writer's seven, are not needed.
+    pub(super) fn opening_step(&mut self) -> Result<WriterStep<'_>, StateError> {
+        self.refuse_if_rolled_back()?;
+        Ok(WriterStep {
+            writer: self,
+            savepoint: false,
+        })
+    }
+
+    fn refuse_if_rolled_back(&mut self) -> Result<(), StateError> {
         if self.connection.is_autocommit() {
             // SQLite rolled the whole batch back after an error (it does
             // for a full disk, an I/O error): a savepoint now would start a
@@ -183,18 +206,16 @@ impl Writer {
             self.poisoned = true;
             return Err(StateError::BatchPoisoned);
         }
-        self.connection.execute_batch("SAVEPOINT step")?;
-        Ok(WriterStep {
-            writer: self,
-            open: true,
-        })
+        Ok(())
     }
 }
 
-/// One transition's step, in a savepoint of the batch.
+/// One transition's step, in a savepoint of the batch (or, the batch's
+/// opening step, in its transaction).
 pub(super) struct WriterStep<'w> {
     writer: &'w mut Writer,
-    open: bool,
+    /// The step's savepoint is open: rolled back to if the step is dropped.
+    savepoint: bool,
 }
 
 impl WriterStep<'_> {
@@ -276,8 +297,13 @@ impl WriterStep<'_> {
 
     /// The step succeeded: its savepoint is released into the batch.
     pub(super) fn done(mut self) -> Result<(), StateError> {
-        self.writer.connection.execute_batch("RELEASE step")?;
-        self.open = false;
+        if self.savepoint {
+            self.writer
+                .connection
+                .prepare_cached("RELEASE step")?
+                .execute([])?;
+            self.savepoint = false;
+        }
         Ok(())
     }
 }
@@ -290,7 +316,7 @@ impl Drop for WriterStep<'_> {
     /// batch. Should even that fail (SQLite may have rolled the whole batch
     /// back already), the batch is not committed.
     fn drop(&mut self) {
-        if self.open {
+        if self.savepoint {
             let undone = self
                 .writer
                 .connection
