@@ -63,27 +63,34 @@ impl Records for MemoryRecords {
         Ok(self.binding_now(id))
     }
 
-    async fn live_bindings(&self, instance_id: &str) -> Result<Vec<BindingRecord>, StateError> {
-        Ok(self
-            .tables()
-            .bindings
-            .values()
-            .filter(|record| {
-                record.binding.instance_id == instance_id
-                    && record.status != crate::lifecycle::ResourceStatus::Deleted
-            })
-            .cloned()
-            .collect())
-    }
-
     async fn transition_instance<R: Send>(
         &self,
         id: &str,
         decide: impl FnOnce(Option<InstanceRecord>) -> Transition<InstanceRecord, R> + Send,
     ) -> Result<R, StateError> {
+        self.transition_instance_and_bindings(id, |current, _| decide(current))
+            .await
+    }
+
+    async fn transition_instance_and_bindings<R: Send>(
+        &self,
+        id: &str,
+        decide: impl FnOnce(Option<InstanceRecord>, Vec<BindingRecord>) -> Transition<InstanceRecord, R>
+        + Send,
+    ) -> Result<R, StateError> {
         let mut tables = self.tables();
         let current = tables.instances.get(id).cloned();
-        Ok(match decide(current) {
+        let mut live: Vec<BindingRecord> = tables
+            .bindings
+            .values()
+            .filter(|record| {
+                record.binding.instance_id == id
+                    && record.status != crate::lifecycle::ResourceStatus::Deleted
+            })
+            .cloned()
+            .collect();
+        live.sort_by(|a, b| a.binding.id.cmp(&b.binding.id));
+        Ok(match decide(current, live) {
             Transition::Keep(answer) => answer,
             Transition::Write(record, answer) => {
                 tables.instances.insert(id.to_owned(), record);

@@ -13,7 +13,7 @@ use crate::model::{
     Refusal, RequestInfo,
 };
 use crate::runtime::CallError;
-use crate::state::{InstanceRecord, Transition};
+use crate::state::{BindingRecord, InstanceRecord, Transition};
 
 use super::changes::{apply_changes, plan_changes};
 use super::validation::{
@@ -295,7 +295,7 @@ impl<P: Plugins, R: Records> Broker<P, R> {
         };
         let next = self
             .records
-            .transition_instance(&request.instance_id, |existing| {
+            .transition_instance_and_bindings(&request.instance_id, |existing, leftovers| {
                 let mismatch = existing
                     .as_ref()
                     .and_then(|record| service_mismatch(record, &request.service_id));
@@ -307,8 +307,24 @@ impl<P: Plugins, R: Records> Broker<P, R> {
                 );
                 match (admission, existing) {
                     (Admission::Start(operation), Some(mut record)) => {
+                        // All checked before any is revoked: a deprovision
+                        // refused with 422 must leave every binding it found,
+                        // or a bind answered 201 just before could lose its
+                        // credentials to a deletion that did not happen.
+                        if let Some(busy) = leftovers
+                            .iter()
+                            .find(|leftover| lifecycle::is_running(leftover.operation.as_ref()))
+                        {
+                            return Transition::Keep(Err(Refusal::ConcurrencyError(format!(
+                                "binding {} of this instance is still being processed",
+                                busy.binding.id
+                            ))));
+                        }
                         record.operation = Some(operation);
-                        Transition::Write(record.clone(), Ok(Next::Call(Box::new(record))))
+                        Transition::Write(
+                            record.clone(),
+                            Ok(Next::Call(Box::new((record, leftovers)))),
+                        )
                     }
                     (Admission::Running { operation }, _) => {
                         Transition::Keep(Ok(Next::Answer(Changed::Accepted(AcceptedReply {
@@ -323,13 +339,16 @@ impl<P: Plugins, R: Records> Broker<P, R> {
                 }
             })
             .await??;
-        let record = match next {
+        let (record, leftovers) = match next {
             Next::Answer(answer) => return Ok(answer),
-            Next::Call(record) => record,
+            Next::Call(call) => *call,
         };
         let operation_id = operation_id(&record.operation);
 
-        let outcome = match self.unbind_leftovers(&record.instance, &request.info).await {
+        let outcome = match self
+            .unbind_leftovers(&record.instance, leftovers, &request.info)
+            .await
+        {
             Ok(()) => self
                 .plugins
                 .deprovision(&record.instance, &request.info)
@@ -351,30 +370,18 @@ impl<P: Plugins, R: Records> Broker<P, R> {
 
     /// OSB says the platform deletes bindings before their instance; when it
     /// did not (or its unbind got lost), revoke them now so no credentials
-    /// outlive the instance.
+    /// outlive the instance. `leftovers` are the instance's live bindings,
+    /// none of them running, read with the deprovision's own record.
     async fn unbind_leftovers(
         &self,
         instance: &Instance,
+        leftovers: Vec<BindingRecord>,
         info: &RequestInfo,
     ) -> Result<(), BrokerError> {
         let sync_info = RequestInfo {
             accepts_incomplete: false,
             ..info.clone()
         };
-        let leftovers = self.records.live_bindings(&instance.id).await?;
-        // All checked before any is revoked: a deprovision refused with 422
-        // must leave every binding it found, or a bind answered 201 just
-        // before could lose its credentials to a deletion that did not happen.
-        if let Some(busy) = leftovers
-            .iter()
-            .find(|leftover| lifecycle::is_running(leftover.operation.as_ref()))
-        {
-            return Err(Refusal::ConcurrencyError(format!(
-                "binding {} of this instance is still being processed",
-                busy.binding.id
-            ))
-            .into());
-        }
         for leftover in leftovers {
             match self
                 .plugins

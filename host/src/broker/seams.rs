@@ -96,16 +96,19 @@ pub trait Records: Send + Sync + 'static {
         id: &str,
     ) -> impl Future<Output = Result<Option<BindingRecord>, StateError>> + Send;
 
-    /// Bindings of an instance that are not deleted, oldest first.
-    fn live_bindings(
-        &self,
-        instance_id: &str,
-    ) -> impl Future<Output = Result<Vec<BindingRecord>, StateError>> + Send;
-
     fn transition_instance<R: Send>(
         &self,
         id: &str,
         decide: impl FnOnce(Option<InstanceRecord>) -> Transition<InstanceRecord, R> + Send,
+    ) -> impl Future<Output = Result<R, StateError>> + Send;
+
+    /// Like `transition_instance`; `decide` also sees the instance's
+    /// bindings that are not deleted, oldest first, read in the same step.
+    fn transition_instance_and_bindings<R: Send>(
+        &self,
+        id: &str,
+        decide: impl FnOnce(Option<InstanceRecord>, Vec<BindingRecord>) -> Transition<InstanceRecord, R>
+        + Send,
     ) -> impl Future<Output = Result<R, StateError>> + Send;
 
     /// `decide` also sees the binding's instance, read in the same step.
@@ -210,16 +213,21 @@ impl Records for StateStore {
         StateStore::binding(self, id).await
     }
 
-    async fn live_bindings(&self, instance_id: &str) -> Result<Vec<BindingRecord>, StateError> {
-        StateStore::live_bindings(self, instance_id).await
-    }
-
     async fn transition_instance<R: Send>(
         &self,
         id: &str,
         decide: impl FnOnce(Option<InstanceRecord>) -> Transition<InstanceRecord, R> + Send,
     ) -> Result<R, StateError> {
         StateStore::transition_instance(self, id, decide).await
+    }
+
+    async fn transition_instance_and_bindings<R: Send>(
+        &self,
+        id: &str,
+        decide: impl FnOnce(Option<InstanceRecord>, Vec<BindingRecord>) -> Transition<InstanceRecord, R>
+        + Send,
+    ) -> Result<R, StateError> {
+        StateStore::transition_instance_and_bindings(self, id, decide).await
     }
 
     async fn transition_binding<R: Send>(

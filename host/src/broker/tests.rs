@@ -667,7 +667,8 @@ async fn an_asynchronous_bind_fetches_its_credentials_when_done() {
 
 /// A deprovision that finds a binding still being made refuses with 422 and
 /// revokes none of the bindings it found (a bind answered 201 just before
-/// keeps its credentials).
+/// keeps its credentials); it is refused before its operation is recorded
+/// or its plugin called.
 #[tokio::test]
 async fn a_deprovision_refused_for_a_busy_binding_revokes_nothing() {
     let (broker, records) = broker();
@@ -694,11 +695,14 @@ async fn a_deprovision_refused_for_a_busy_binding_revokes_nothing() {
         })
         .await
         .expect("written");
+    let before = records.instance_now("busy");
     assert_eq!(
         code(broker.deprovision(deprovision("busy", false)).await),
         "ConcurrencyError"
     );
     assert_eq!(broker.plugins().count("unbind"), 0, "nothing revoked");
+    assert_eq!(broker.plugins().count("deprovision"), 0, "nothing called");
+    assert_eq!(records.instance_now("busy"), before, "nothing recorded");
     assert!(broker.fetch_binding("busy", "done").await.is_ok());
     assert_eq!(
         records.instance_now("busy").map(|r| r.status),

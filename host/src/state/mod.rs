@@ -253,17 +253,46 @@ impl StateStore {
         id: &str,
         decide: impl FnOnce(Option<InstanceRecord>) -> Transition<InstanceRecord, R> + Send,
     ) -> Result<R, StateError> {
+        self.instance_step(id, false, |current, _| decide(current))
+            .await
+    }
+
+    /// Like `transition_instance`; `decide` also sees the instance's
+    /// bindings that are not deleted, oldest first, read in the same step
+    /// (a deprovision revokes them: read here, they cost no read of their
+    /// own, which on SQLite would be a hand-off to a pool connection).
+    pub async fn transition_instance_and_bindings<R>(
+        &self,
+        id: &str,
+        decide: impl FnOnce(Option<InstanceRecord>, Vec<BindingRecord>) -> Transition<InstanceRecord, R>
+        + Send,
+    ) -> Result<R, StateError> {
+        self.instance_step(id, true, decide).await
+    }
+
+    async fn instance_step<R>(
+        &self,
+        id: &str,
+        with_bindings: bool,
+        decide: impl FnOnce(Option<InstanceRecord>, Vec<BindingRecord>) -> Transition<InstanceRecord, R>
+        + Send,
+    ) -> Result<R, StateError> {
         let mut turn = self.write_gate.step().await?;
         // If the step fails or is cancelled, only its own changes leave the
         // batch (see `step::Step`).
         let mut step = turn.begin_step().await?;
         let current = step.read_instance(id).await?;
+        let bindings = if with_bindings {
+            step.read_live_bindings(&self.keyring, id).await?
+        } else {
+            Vec::new()
+        };
         let before = OperationMark::of(
             current
                 .as_ref()
                 .and_then(|record| record.operation.as_ref()),
         );
-        let answer = match decide(current) {
+        let answer = match decide(current, bindings) {
             Transition::Keep(answer) => {
                 // Nothing written: released, not rolled back (a rollback to a
                 // savepoint leaves it on the batch's stack).

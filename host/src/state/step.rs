@@ -61,6 +61,21 @@ impl<'t> Step<'t> {
         }
     }
 
+    /// The bindings of instance `instance_id` that are not deleted, oldest
+    /// first.
+    pub(super) async fn read_live_bindings(
+        &mut self,
+        keyring: &Keyring,
+        instance_id: &str,
+    ) -> Result<Vec<BindingRecord>, StateError> {
+        match self.driver() {
+            Driver::Sqlx(connection) => {
+                tables::read_live_bindings(connection, keyring, instance_id).await
+            }
+            Driver::Writer(step) => step.read_live_bindings(keyring, instance_id),
+        }
+    }
+
     /// Stores `record` (insert or replace), written by `replica`.
     pub(super) async fn write_instance(
         &mut self,

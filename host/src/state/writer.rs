@@ -33,6 +33,7 @@ use rusqlite::{Connection, ToSql, named_params};
 use super::tables::history::{self, Entry};
 use super::tables::{self, Column, Columns, StoredRow};
 use super::{BindingRecord, InstanceRecord, StateError};
+use crate::lifecycle::ResourceStatus;
 use crate::secrets::Keyring;
 
 /// How long taking the write lock waits for another process, on the
@@ -237,6 +238,24 @@ impl WriterStep<'_> {
         rows.next()?
             .map(|row| tables::decode_binding(row, keyring))
             .transpose()
+    }
+
+    pub(super) fn read_live_bindings(
+        &mut self,
+        keyring: &Keyring,
+        instance_id: &str,
+    ) -> Result<Vec<BindingRecord>, StateError> {
+        let connection = &self.writer.connection;
+        let mut statement = connection.prepare_cached(tables::SELECT_LIVE_BINDINGS)?;
+        let mut rows = statement.query(named_params! {
+            "$1": instance_id,
+            "$2": ResourceStatus::Deleted.as_str(),
+        })?;
+        let mut live = Vec::new();
+        while let Some(row) = rows.next()? {
+            live.push(tables::decode_binding(row, keyring)?);
+        }
+        Ok(live)
     }
 
     pub(super) fn write_instance(

@@ -149,7 +149,7 @@ pub(super) enum Interrupted<'a> {
 }
 
 impl ResourceStatus {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             ResourceStatus::Creating => "creating",
             ResourceStatus::Ready => "ready",

@@ -362,6 +362,34 @@ async fn live_bindings_skip_deleted_and_other_instances(scratch: &Scratch) {
             .expect("readable")
             .is_empty()
     );
+
+    // A transition reads the same in its step (on SQLite through the batch
+    // writer, not the pool), and a Keep writes nothing.
+    let seen = store
+        .transition_instance_and_bindings("i-1", |instance, live| {
+            let ids: Vec<String> = live.into_iter().map(|record| record.binding.id).collect();
+            Transition::Keep((instance.map(|record| record.instance.id), ids))
+        })
+        .await
+        .expect("transition");
+    assert_eq!(
+        seen,
+        (
+            Some("i-1".to_owned()),
+            vec![
+                "b-ready".to_owned(),
+                "b-creating".to_owned(),
+                "b-failed".to_owned()
+            ]
+        )
+    );
+    let none = store
+        .transition_instance_and_bindings("i-none", |instance, live| {
+            Transition::Keep((instance.is_none(), live.len()))
+        })
+        .await
+        .expect("transition");
+    assert_eq!(none, (true, 0));
 }
 
 on_both_backends!(
