@@ -50,7 +50,7 @@ use sqlx::{Acquire as _, Any, AnyPool, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 use super::step::Step;
-use super::writer::{Writer, WriterSource};
+use super::writer::{CommitOn, Writer, WriterSource};
 use super::{POSTGRES_WRITE_LOCK, StateError};
 use crate::config::StateBackend;
 
@@ -90,9 +90,9 @@ impl Batch {
     /// Commits, counts and tells every step's transition how it went.
     /// Returns the steps committed (none if the commit failed), and the
     /// batch writer for the next batch (SQLite; none if it was lost).
-    async fn commit(self) -> (u64, Option<Writer>) {
+    async fn commit(self, place: CommitOn) -> (u64, Option<Writer>) {
         let (writer, committed) = match self.transaction {
-            Open::Sqlite(writer) => writer.commit().await,
+            Open::Sqlite(writer) => writer.commit(place).await,
             Open::Postgres(transaction) => {
                 (None, transaction.commit().await.map_err(StateError::from))
             }
@@ -129,7 +129,7 @@ impl Gate {
             // A failed join is the runtime shutting down: the batch's
             // transaction was dropped (rolled back) and its steps were told
             // (their outcome channel closed).
-            if let Ok((steps, writer)) = tokio::spawn(batch.commit()).await {
+            if let Ok((steps, writer)) = tokio::spawn(batch.commit(CommitOn::BlockingPool)).await {
                 self.settle(steps, writer);
             }
         }
@@ -386,7 +386,7 @@ impl StepTurn {
             // request is dropped meanwhile, nobody else waits for it.)
             Some(mut gate) if alone => {
                 if let Some(batch) = gate.open.take() {
-                    let (steps, writer) = batch.commit().await;
+                    let (steps, writer) = batch.commit(CommitOn::ThisThread).await;
                     gate.settle(steps, writer);
                 }
             }

@@ -3,7 +3,7 @@
 //! never committed, not even in part, and the writer goes on after it.
 
 use super::*;
-use crate::state::writer::{Writer, WriterSource};
+use crate::state::writer::{CommitOn, Writer, WriterSource};
 
 /// `writer` in a new batch.
 async fn begun(writer: Writer) -> Writer {
@@ -18,7 +18,9 @@ fn write_step(writer: &mut Writer, id: &str) -> Result<(), StateError> {
     step.done()
 }
 
-#[tokio::test]
+/// On a multi-thread runtime, as in the broker: the last commit waits for
+/// its fsync on this thread (`block_in_place`), the first on the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_rolled_back_under_it_is_refused_whole_and_the_writer_goes_on() {
     let scratch = Scratch::new(StateBackend::Sqlite)
         .await
@@ -36,7 +38,7 @@ async fn a_batch_rolled_back_under_it_is_refused_whole_and_the_writer_goes_on() 
         matches!(refused, Err(StateError::BatchPoisoned)),
         "{refused:?}"
     );
-    let (writer, committed) = writer.commit().await;
+    let (writer, committed) = writer.commit(CommitOn::BlockingPool).await;
     assert!(
         matches!(committed, Err(StateError::BatchPoisoned)),
         "{committed:?}"
@@ -44,7 +46,7 @@ async fn a_batch_rolled_back_under_it_is_refused_whole_and_the_writer_goes_on() 
 
     let mut writer = begun(writer.expect("the writer is kept")).await;
     write_step(&mut writer, "i-next").expect("a step of the next batch");
-    let (_, committed) = writer.commit().await;
+    let (_, committed) = writer.commit(CommitOn::ThisThread).await;
     committed.expect("the next batch commits");
     let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM instances ORDER BY id")
         .fetch_all(&store.pool)
