@@ -36,7 +36,8 @@
 //! runs in the batch's transaction itself, no savepoint (if it fails, the
 //! batch holds nothing else and is rolled back whole), and a
 //! batch of one step with no other transition waiting at the gate is
-//! committed by its step directly, without a task.
+//! committed by its step directly, without a task, waiting for its fsync
+//! on its own thread (`writer::CommitOn`).
 //!
 //! Otherwise the commit runs in a task of its own, so a request dropped by
 //! its client cannot abandon a commit other requests wait for. Writes outside the

@@ -12,13 +12,15 @@
 //! They do not block that thread for long: they run inside the batch's
 //! transaction, which already holds SQLite's write lock, so no statement
 //! waits for another process, and they touch a few pages of a small
-//! working set (the connection's cache, or the OS's). What can wait runs
-//! on tokio's blocking pool instead: the commit (the WAL's fsync), and
-//! taking the write lock (`BEGIN IMMEDIATE`) when another process holds it
-//! (an operator's `sqlite3` shell or a backup: then it waits up to the busy
-//! timeout). When the lock is free, as it is unless another process writes,
-//! it is taken on the task's thread without waiting: a lone writer's
-//! change costs one hand-off, its commit.
+//! working set (the connection's cache, or the OS's). What can wait does
+//! not hold up the worker's other tasks: a batch's commit (the WAL's fsync)
+//! runs on tokio's blocking pool, or, a lone writer's, on its own thread
+//! once `block_in_place` has moved the worker's other tasks away (see
+//! [`CommitOn`]); taking the write lock (`BEGIN IMMEDIATE`) when another
+//! process holds it (an operator's `sqlite3` shell or a backup) waits on
+//! the blocking pool, up to the busy timeout. When the lock is free, as it
+//! is unless another process writes, it is taken on the task's thread
+//! without waiting: a lone writer's change costs no hand-off at all.
 //!
 //! Reads outside transitions, and writes outside batches (kv, leases,
 //! keys, operators' commands), stay on the sqlx pool: they take the write
