@@ -415,11 +415,12 @@ impl StepTurn {
         // task a worker woke or spawned last next (its LIFO slot), pushing
         // the previous one to the back of the run queue. Released first,
         // the gate's next holder was woken into that slot and then pushed
-        // behind every request in the queue by this spawn, holding the
-        // gate idle meanwhile: under HTTP load a step took the gate once
-        // per 133 us against 40 us in process (bench/README.md, "Issue 14").
-        // In this order the next holder runs next, and this commit after
-        // the queue, when more steps have joined its batch.
+        // behind every queued request by this spawn, holding the gate idle
+        // meanwhile. In this order the next holder runs next, and this
+        // commit after the queue, when more steps have joined its batch.
+        // (The pairs' rate did not move beyond the bench's noise: under
+        // HTTP load a change still holds the gate about 93 us against 60
+        // in process; bench/README.md, "Issue 14", 2026-12-07.)
         runtime.spawn(async move {
             let mut gate = shared.lock().await;
             if gate.open.as_ref().is_some_and(|batch| batch.id == batch_id) {
