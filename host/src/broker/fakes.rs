@@ -89,6 +89,7 @@ impl Records for MemoryRecords {
             })
             .cloned()
             .collect();
+        // No creation times here: oldest first is approximated by id.
         live.sort_by(|a, b| a.binding.id.cmp(&b.binding.id));
         Ok(match decide(current, live) {
             Transition::Keep(answer) => answer,

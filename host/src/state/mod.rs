@@ -373,12 +373,6 @@ impl StateStore {
         Ok(answer)
     }
 
-    /// Bindings of an instance that are not deleted, oldest first.
-    pub async fn live_bindings(&self, instance_id: &str) -> Result<Vec<BindingRecord>, StateError> {
-        let mut connection = self.pool.acquire().await?;
-        tables::read_live_bindings(&mut connection, &self.keyring, instance_id).await
-    }
-
     /// Whether the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StateError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
