@@ -167,8 +167,8 @@ async fn provision(
     Ok(empty_answer(StatusCode::CREATED))
 }
 
-/// The broker's writes and read: the deprovision operation, the look for
-/// leftover bindings, then the tombstone.
+/// The broker's writes and read: the deprovision operation with the look
+/// for leftover bindings in its step, then the tombstone.
 async fn deprovision(
     State(bare): State<Bare>,
     Path(instance_id): Path<String>,
@@ -176,7 +176,7 @@ async fn deprovision(
     let operation = bare.start(OperationKind::Deprovision, String::new());
     let found = bare
         .store
-        .transition_instance(&instance_id, |existing| {
+        .transition_instance_and_bindings(&instance_id, |existing, _leftovers| {
             match existing.filter(|r| r.status != ResourceStatus::Deleted) {
                 Some(mut record) => {
                     record.operation = Some(operation);
@@ -189,7 +189,6 @@ async fn deprovision(
     if !found {
         return Ok(empty_answer(StatusCode::GONE));
     }
-    bare.store.live_bindings(&instance_id).await?;
     finish_instance(&bare.store, &instance_id, ResourceStatus::Deleted).await?;
     Ok(empty_answer(StatusCode::OK))
 }
