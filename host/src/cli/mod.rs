@@ -8,6 +8,7 @@ pub mod instances;
 pub mod keys;
 pub mod plugin_test;
 pub mod plugins;
+mod plugins_live;
 pub mod purge;
 pub mod scaffold;
 pub mod serve;

@@ -18,6 +18,7 @@ use wasm_broker::runtime::{PluginRuntime, PluginStatus};
 use wasm_broker::state::StateStore;
 
 use super::plugin_test::{Scratch, rules};
+use super::plugins_live as live;
 
 /// Prints the merged catalog, as `GET /v2/catalog` would serve it.
 pub async fn print_catalog(config: &Config) -> anyhow::Result<()> {
@@ -27,20 +28,29 @@ pub async fn print_catalog(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line per file in the plugin directory, then one per retired plugin.
+/// What the running broker serves, from its `/admin/plugins`; else, when
+/// no broker answers at the configured address, one line per file in the
+/// plugin directory as a broker would load it, then one per retired plugin.
 pub async fn list(config: &Config) -> anyhow::Result<()> {
-    let runtime = load_plugins(config, &config.runtime.plugin_dir).await?;
-    for status in runtime.plugins() {
-        println!("{}", printable(&describe_status(&status)));
-        let revealed = config.revealed_to(&status.name);
-        if !revealed.is_empty() {
-            println!(
-                "{:<16} HOLDS THE ADMIN CREDENTIALS of {} (reveal_credentials = true)",
-                "",
-                revealed.join(", ")
-            );
+    match live::report(config).await {
+        Ok((url, report)) => {
+            println!("# the running broker at {url}");
+            for line in live::describe(&report) {
+                println!("{}", printable(&line));
+            }
+            print_revealed(config, report.plugins.iter().map(|plugin| plugin.name.as_str()));
+            return Ok(());
         }
+        Err(why) => eprintln!(
+            "# no running broker answered ({why:#}); what the plugin directory would load:"
+        ),
     }
+    let runtime = load_plugins(config, &config.runtime.plugin_dir).await?;
+    let statuses = runtime.plugins();
+    for status in &statuses {
+        println!("{}", printable(&describe_status(status)));
+    }
+    print_revealed(config, statuses.iter().map(|status| status.name.as_str()));
     match retired_plugins(config, &runtime.catalog()).await {
         Ok(retired) => {
             for line in retired {
@@ -52,6 +62,19 @@ pub async fn list(config: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The plugins holding the admin credentials of their connections.
+fn print_revealed<'a>(config: &Config, names: impl Iterator<Item = &'a str>) {
+    for name in names {
+        let revealed = config.revealed_to(name);
+        if !revealed.is_empty() {
+            println!(
+                "{name:<16} HOLDS THE ADMIN CREDENTIALS of {} (reveal_credentials = true)",
+                revealed.join(", ")
+            );
+        }
+    }
 }
 
 /// Plugins the broker keeps retired: services recorded in the state store

@@ -135,11 +135,8 @@ pub struct GuardLayer {
 }
 
 impl GuardLayer {
-    pub fn new(config: GuardConfig, loading: Loading) -> Self {
-        Self {
-            config: Arc::new(config),
-            loading,
-        }
+    pub fn new(config: Arc<GuardConfig>, loading: Loading) -> Self {
+        Self { config, loading }
     }
 }
 
@@ -206,22 +203,30 @@ impl GuardConfig {
     /// The answer to a request that may not pass, in the order the
     /// conformance suites check: 401 before 412.
     fn refusal(&self, headers: &HeaderMap) -> Option<Response> {
-        if !self.authenticates(headers) {
-            let mut response = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "valid HTTP basic credentials are required",
-            )
-            .into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"wasm-broker\""),
-            );
-            return Some(response);
+        self.auth_refusal(headers).or_else(|| {
+            self.check_version(headers)
+                .err()
+                .map(IntoResponse::into_response)
+        })
+    }
+
+    /// The 401 for a request without the broker's credentials. The admin
+    /// routes check only this: they are not OSB, so no version header.
+    pub(super) fn auth_refusal(&self, headers: &HeaderMap) -> Option<Response> {
+        if self.authenticates(headers) {
+            return None;
         }
-        self.check_version(headers)
-            .err()
-            .map(IntoResponse::into_response)
+        let mut response = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "valid HTTP basic credentials are required",
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"wasm-broker\""),
+        );
+        Some(response)
     }
 }
 

@@ -2,6 +2,7 @@
 //! to the broker core, encodes answers with the status codes the spec
 //! demands. Knows nothing of wasmtime.
 
+pub mod admin;
 mod bindings;
 mod error;
 mod extract;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     /// Renders the Prometheus exposition for `/metrics`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The broker's credentials, which the admin routes check too.
+    pub guard: Arc<GuardConfig>,
 }
 
 const CATALOG: &str = "/v2/catalog";
@@ -46,7 +49,12 @@ pub fn router(
     max_body_bytes: usize,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Router {
-    let state = AppState { broker, metrics };
+    let guard = Arc::new(guard);
+    let state = AppState {
+        broker,
+        metrics,
+        guard: guard.clone(),
+    };
     let osb = Router::new()
         .route(CATALOG, get(catalog))
         .route(
@@ -79,6 +87,7 @@ pub fn router(
         .route(HEALTHZ, get(healthz))
         .route(READYZ, get(readyz))
         .route(METRICS, get(prometheus))
+        .route(admin::PLUGINS, get(admin::plugins))
         .merge(osb)
         // One layer call: each wraps every route in one more boxed service
         // that axum clones for every request.

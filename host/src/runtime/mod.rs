@@ -27,6 +27,7 @@ mod live_config;
 mod loader;
 mod plugin_set;
 mod retired;
+mod status;
 #[cfg(test)]
 mod tests;
 mod watcher;
@@ -45,6 +46,7 @@ use self::engine::PluginEngine;
 use self::limiter::CallLimiter;
 use self::live_config::LiveSettings;
 pub use self::live_config::{Applied, ConfigWatch, ReloadError, Trigger};
+pub use self::status::{PluginState, PluginStatus};
 use self::loader::{LoadedPlugin, Loader};
 use self::plugin_set::PluginSet;
 use crate::capabilities::connections::{ConnectionError, Connections};
@@ -83,23 +85,6 @@ pub enum RuntimeError {
     },
     #[error(transparent)]
     Connections(#[from] ConnectionError),
-}
-
-/// Load state of one plugin file, for `plugins list` and `/readyz`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PluginStatus {
-    /// File stem: the name broker.toml uses for it.
-    pub name: String,
-    pub file: std::path::PathBuf,
-    pub info: Option<crate::model::PluginInfo>,
-    pub wit_version: Option<String>,
-    pub services: Vec<String>,
-    /// Why the plugin was refused, if it was.
-    pub error: Option<String>,
-    /// Set for a retired plugin: one whose file is gone (or whose newer
-    /// version no longer offers these services), kept out of the catalog
-    /// for the instances it served; how many of them are left.
-    pub retired_instances: Option<u64>,
 }
 
 /// While retired plugins are kept, their instances are counted again this

@@ -126,6 +126,7 @@ pub(super) struct Merged {
     previous_serving: BTreeMap<String, Arc<LoadedPlugin>>,
     previous_retired: BTreeMap<String, Retired>,
     previous_refused: Vec<String>,
+    previous_statuses: Vec<PluginStatus>,
     /// The owners the merge was decided with.
     pub owners: Owners,
 }
@@ -220,8 +221,12 @@ pub(super) fn merge(
                 file: path.clone(),
                 info: plugin.map(|p| p.info().clone()),
                 wit_version: plugin.map(|p| p.wit_version.clone()),
+                digest: plugin.map(|p| p.digest.clone()),
                 services: plugin
                     .map(|p| service_names(p, |_| true))
+                    .unwrap_or_default(),
+                service_ids: plugin
+                    .map(|p| service_ids(p, |_| true))
                     .unwrap_or_default(),
                 error: errors.get(stem).cloned(),
                 retired_instances: None,
@@ -270,6 +275,7 @@ pub(super) fn merge(
         previous_serving: previous.serving.clone(),
         previous_retired: previous.retired.clone(),
         previous_refused: previous.catalog.refused().to_vec(),
+        previous_statuses: previous.statuses.clone(),
         owners: owners.clone(),
     }
 }
@@ -305,6 +311,7 @@ impl Merged {
         let refused = refused_plugins(&statuses);
         count_refused(&self.previous_refused, &refused);
         count_serving(&self.previous_serving, &self.serving);
+        count_info(&self.previous_statuses, &statuses);
         let catalog = CatalogSnapshot::build(&published)
             .with_retired(retired_offerings)
             .with_refused(refused);
@@ -388,6 +395,31 @@ fn count_refused(before: &[String], now: &[String]) {
     }
 }
 
+/// `plugin_info{plugin,version,state}`: 1 for each plugin of the set as it
+/// is now (state `serving`, `refused` or `retired`; version `-` when
+/// nothing of it loaded), 0 for a combination it had before this load and
+/// has no more, so a query for `== 1` shows the present only.
+fn count_info(before: &[PluginStatus], now: &[PluginStatus]) {
+    let labels = |status: &PluginStatus| {
+        let version = status
+            .info
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |info| info.version.clone());
+        vec![
+            metrics::Label::new("plugin", status.name.clone()),
+            metrics::Label::new("version", version),
+            metrics::Label::new("state", status.state().as_str()),
+        ]
+    };
+    let current: Vec<Vec<metrics::Label>> = now.iter().map(labels).collect();
+    for gone in before.iter().map(labels).filter(|old| !current.contains(old)) {
+        metrics::gauge!("plugin_info", gone).set(0.0);
+    }
+    for labels in current {
+        metrics::gauge!("plugin_info", labels).set(1.0);
+    }
+}
+
 /// `plugin_serving{plugin,version,digest}`: 1 for the version of each plugin
 /// that serves now (its file's sha256 prefix tells two builds of one version
 /// apart), 0 for one that served before this load and does not any more:
@@ -445,7 +477,9 @@ fn retired_statuses(retired: &BTreeMap<String, Retired>) -> Vec<PluginStatus> {
             file: PathBuf::from(format!("{}.wasm", plugin.name)),
             info: Some(plugin.info().clone()),
             wit_version: Some(plugin.wit_version.clone()),
+            digest: Some(plugin.digest.clone()),
             services: service_names(plugin, |id| services.iter().any(|(s, _)| s.as_str() == id)),
+            service_ids: service_ids(plugin, |id| services.iter().any(|(s, _)| s.as_str() == id)),
             error: None,
             retired_instances: Some(services.iter().map(|(_, count)| count).sum()),
         })
@@ -461,6 +495,19 @@ fn service_names(plugin: &LoadedPlugin, wanted: impl Fn(&str) -> bool) -> Vec<St
         .iter()
         .filter(|offering| wanted(&offering.id))
         .map(|offering| offering.name.clone())
+        .collect()
+}
+
+/// Ids of the plugin's offerings whose id `wanted` accepts, in the order
+/// of `service_names`.
+fn service_ids(plugin: &LoadedPlugin, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+    plugin
+        .published
+        .catalog
+        .services
+        .iter()
+        .filter(|offering| wanted(&offering.id))
+        .map(|offering| offering.id.clone())
         .collect()
 }
 

@@ -105,9 +105,14 @@ impl Loader {
                         file: PathBuf::from(format!("{stem}.wasm")),
                         info: None,
                         wit_version: None,
+                        digest: None,
                         services: services
                             .iter()
                             .map(|(row, _)| row.service_name.clone())
+                            .collect(),
+                        service_ids: services
+                            .iter()
+                            .map(|(row, _)| row.service_id.clone())
                             .collect(),
                         error: Some(format!("retired, and cannot be loaded again: {why}")),
                         retired_instances: Some(instances),

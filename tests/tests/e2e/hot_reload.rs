@@ -211,8 +211,44 @@ async fn a_broken_replacement_leaves_the_old_version_serving() {
     assert_eq!(echo_served_by(&broker).await, "1.0.0");
     assert_echo_serves(&broker, "after a broken replacement").await;
     // The running broker says which version serves (the directory holds
-    // the refused file).
+    // the refused file): in /metrics, in /admin/plugins, and so in
+    // `plugins list`.
     assert_eq!(serving_gauge(&broker, "1.0.0").await, Some(1.0));
+    assert_eq!(
+        info_gauge(&broker, "echo", "1.0.0", "serving").await,
+        Some(1.0)
+    );
+    let anonymous = broker
+        .raw(reqwest::Method::GET, "/admin/plugins")
+        .send()
+        .await
+        .expect("GET /admin/plugins");
+    assert_eq!(anonymous.status(), 401, "the admin view needs the credentials");
+    let echo = admin_plugin(&broker, "echo").await;
+    assert_eq!(
+        (&echo["state"], &echo["version"]),
+        (&json!("serving"), &json!("1.0.0")),
+        "{echo}"
+    );
+    // `assert_echo_serves` provisioned before the replacement.
+    assert!(echo["instances"].as_u64() >= Some(1), "{echo}");
+    assert!(
+        echo["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("still serving version 1.0.0")),
+        "{echo}"
+    );
+    let (success, listed) = broker.cli(&["plugins", "list"]);
+    assert!(success, "{listed}");
+    assert!(listed.contains("the running broker at"), "{listed}");
+    let line = listed
+        .lines()
+        .find(|line| line.starts_with("echo "))
+        .unwrap_or_else(|| panic!("no echo line:\n{listed}"));
+    assert!(
+        line.contains("1.0.0") && line.contains("serving") && line.contains("replacement refused"),
+        "{line}"
+    );
 
     // The watcher keeps going: a good file after the bad one is taken.
     broker.note("rename version_two over the broken echo.wasm");
@@ -221,6 +257,56 @@ async fn a_broken_replacement_leaves_the_old_version_serving() {
     assert_eq!(echo_served_by(&broker).await, "2.0.0");
     assert_eq!(serving_gauge(&broker, "2.0.0").await, Some(1.0));
     assert_eq!(serving_gauge(&broker, "1.0.0").await, Some(0.0));
+    assert_eq!(
+        info_gauge(&broker, "echo", "2.0.0", "serving").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        info_gauge(&broker, "echo", "1.0.0", "serving").await,
+        Some(0.0)
+    );
+    let echo = admin_plugin(&broker, "echo").await;
+    assert_eq!(
+        (&echo["state"], &echo["version"], &echo["error"]),
+        (&json!("serving"), &json!("2.0.0"), &Value::Null),
+        "{echo}"
+    );
+}
+
+/// `/admin/plugins`' entry for `name`.
+async fn admin_plugin(broker: &TestBroker, name: &str) -> Value {
+    let response = broker
+        .osb(reqwest::Method::GET, "/admin/plugins")
+        .send()
+        .await
+        .expect("GET /admin/plugins");
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.expect("a JSON report");
+    report["plugins"]
+        .as_array()
+        .and_then(|plugins| plugins.iter().find(|plugin| plugin["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} in {report}"))
+}
+
+/// `plugin_info{plugin,version,state}` in `/metrics`.
+async fn info_gauge(broker: &TestBroker, plugin: &str, version: &str, state: &str) -> Option<f64> {
+    let text = broker
+        .raw(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .filter(|line| line.starts_with("plugin_info{"))
+        .filter(|line| {
+            line.contains(&format!("plugin=\"{plugin}\""))
+                && line.contains(&format!("version=\"{version}\""))
+                && line.contains(&format!("state=\"{state}\""))
+        })
+        .find_map(|line| line.rsplit_once(' ')?.1.trim().parse().ok())
 }
 
 /// `plugin_serving{plugin="echo",version=...}` in `/metrics`.
