@@ -42,6 +42,16 @@ pub struct PluginCatalog {
     pub catalog: Catalog,
 }
 
+/// Whether a plugin file's stem names the plugin that reports `name`.
+/// broker.toml's `[plugins.<stem>]`, the plugin's kv namespace and the ids
+/// it owns all go by the stem; the plugin's own name should be the same,
+/// so operators and logs speak of one name. A `_` in the stem stands for a
+/// `-` in the name: cargo writes a crate's `-` as `_` in the file it builds
+/// (`slow_async.wasm` for `slow-async`).
+pub fn stem_names(stem: &str, name: &str) -> bool {
+    stem == name || stem.replace('_', "-") == name
+}
+
 /// Checks a plugin's own report and catalog against OSB (checklist §3.4).
 /// Uniqueness across plugins is [`find_clash`]'s job.
 pub fn validate(info: &PluginInfo, catalog: &Catalog) -> Result<(), CatalogError> {

@@ -385,6 +385,19 @@ impl Loader {
         let info = convert::plugin_info(info);
         let catalog = convert::catalog(catalog).map_err(|error| format!("catalog has {error}"))?;
         catalog::validate(&info, &catalog).map_err(|error| error.to_string())?;
+        // Served all the same: the stem is what broker.toml, the kv store and
+        // ownership go by, so renaming the file now would cost more than
+        // the mismatch. `plugins check` and `plugins test` fail on it.
+        if !catalog::stem_names(stem, &info.name) {
+            tracing::warn!(
+                plugin = stem,
+                reported_name = %crate::printable::printable(&info.name),
+                "the plugin's file is {stem}.wasm but it reports the name {:?}: broker.toml's \
+                 [plugins.{stem}], its kv store and the ids it owns go by the file name; name \
+                 the file after the plugin (`plugins check` fails on this)",
+                info.name
+            );
+        }
 
         Ok(LoadedPlugin {
             name: stem.to_owned(),

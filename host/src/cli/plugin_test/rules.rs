@@ -22,15 +22,12 @@ pub fn plugin_stem(file: &Path) -> anyhow::Result<&str> {
         .ok_or_else(|| anyhow!("{} is not a .wasm file", file.display()))
 }
 
-/// broker.toml's `[plugins.<stem>]`, the plugin's kv namespace and the ids
-/// it owns all go by the file stem; the README asks for it to be the name
-/// the plugin reports, so operators and logs speak of one name. A `_` in
-/// the stem stands for a `-` in the name: cargo writes a crate's `-` as `_`
-/// in the file it builds (`slow_async.wasm` for `slow-async`).
+/// `catalog::stem_names` as a check: the loader only warns, `plugins test`
+/// and `plugins check` fail.
 pub fn stem_rule(stem: &str, info: &PluginInfo) -> Outcome {
     if stem == info.name {
         Outcome::Pass(format!("{stem}.wasm reports name {:?}", info.name))
-    } else if stem.replace('_', "-") == info.name {
+    } else if catalog::stem_names(stem, &info.name) {
         Outcome::Pass(format!(
             "{stem}.wasm reports name {:?} (`_` for `-`, as cargo names files)",
             info.name
