@@ -251,6 +251,28 @@ pub struct RuntimeConfig {
     /// reserves its plugin's `memory_limit_mb` before it starts, and waits
     /// (at most its deadline) while the budget is taken.
     pub max_total_memory_mb: u64,
+    /// The code generator plugins are compiled with (a restart applies it).
+    pub compiler: Compiler,
+}
+
+/// wasmtime's two code generators (both tier 1 on x86_64). One engine
+/// holds one, so the choice is the broker's, not a plugin's.
+///
+/// Winch is the default. Measured on 2 cores with the 18 MiB Python example
+/// dropped into an empty cache: Winch 2.6 s to serve, Cranelift 10 to 11 s;
+/// its provision call (one Redis PING) took about 25% longer under Winch.
+/// A plugin call is mostly instantiation and waiting on the backend, so
+/// the time a new or replaced plugin (or a new replica with an empty cache)
+/// is not serving weighs more. `bench/README.md` has the figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compiler {
+    /// Optimising: 4x slower to compile, faster code for plugins that
+    /// compute.
+    Cranelift,
+    /// Baseline: compiles in one pass.
+    #[default]
+    Winch,
 }
 
 impl Default for RuntimeConfig {
@@ -269,6 +291,7 @@ impl Default for RuntimeConfig {
             kv_max_bytes: 64 * 1024 * 1024,
             max_concurrent_calls_per_plugin: 32,
             max_total_memory_mb: 4096,
+            compiler: Compiler::default(),
         }
     }
 }

@@ -42,14 +42,49 @@ pub fn compile_cached(
     }
     let compiled = engine
         .precompile_component(wasm)
-        .map_err(|error| format!("is not a valid component: {error:#}"))?;
-    if let Err(error) = write_atomically(cache_dir, &artifact, &compiled) {
-        tracing::warn!(cache_dir = %cache_dir.display(), %error, "cannot cache compiled plugin code; the next start compiles again");
+        .map_err(|error| format!("is not a valid component: {error:#}"));
+    // Whether it compiled or not, what compiling allocated is free now.
+    let compiled = {
+        let compiled = compiled?;
+        let written = write_atomically(cache_dir, &artifact, &compiled);
+        // Loaded from the file, the code is mapped from the page cache, as
+        // after a restart, instead of copied into anonymous memory (40 MiB
+        // for the Python example).
+        // SAFETY: the broker has just written the file from
+        // `precompile_component` of this very engine (see above).
+        let mapped = written
+            .as_ref()
+            .ok()
+            .and_then(|()| unsafe { Component::deserialize_file(engine, &artifact) }.ok());
+        match (mapped, written) {
+            (Some(component), _) => Ok(component),
+            (None, written) => {
+                if let Err(error) = written {
+                    tracing::warn!(cache_dir = %cache_dir.display(), %error, "cannot cache compiled plugin code; the next start compiles again");
+                }
+                // SAFETY: `compiled` was produced by `precompile_component`
+                // of this very engine a moment ago.
+                unsafe { Component::deserialize(engine, &compiled) }
+                    .map_err(|error| format!("cannot load its compiled code: {error:#}"))
+            }
+        }
+    };
+    release_freed_memory();
+    compiled
+}
+
+/// Hands the heap memory compiling freed back to the system. Cranelift
+/// compiles on every core at once, and glibc keeps what each thread freed
+/// in that thread's arena: after the Python example (18 MiB) compiled, the
+/// broker stayed at about 400 MiB, against 70 MiB after a restart that
+/// loaded the same code from the cache.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of glibc's arenas to the
+    // kernel; it takes the arenas' locks and touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
     }
-    // SAFETY: `compiled` was produced by `precompile_component` of this very
-    // engine a moment ago.
-    unsafe { Component::deserialize(engine, &compiled) }
-        .map_err(|error| format!("cannot load its compiled code: {error:#}"))
 }
 
 /// What names the code of `engine`'s configuration in artifact names: its

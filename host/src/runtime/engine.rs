@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use wasmtime::component::Linker;
-use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
 
 use super::call_metrics::CallMetrics;
 use super::call_quota::CallQuotas;
 use super::{CallState, RuntimeError};
 use crate::capabilities::{self, SharedBackends};
-use crate::config::Config;
+use crate::config::{Compiler, Config};
 
 /// How often the epoch advances. Deadlines are checked, and long-running
 /// guests yield to other tasks, at this granularity.
@@ -77,6 +77,10 @@ fn engine_config(config: &Config) -> wasmtime::Config {
         // mostly wait on the network. The default guard region stays: it lets
         // the compiler fold constant offsets into one check.
         .memory_reservation(largest_memory);
+    wasm.strategy(match config.runtime.compiler {
+        Compiler::Cranelift => Strategy::Cranelift,
+        Compiler::Winch => Strategy::Winch,
+    });
 
     let mut pool = PoolingAllocationConfig::new();
     // A fresh instance per call is only cheap when its memory, tables and
