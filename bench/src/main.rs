@@ -6,6 +6,7 @@
 
 mod baseline;
 mod coldstart;
+mod large;
 mod dispatch;
 mod durability;
 mod load;
@@ -75,6 +76,8 @@ enum Section {
     ColdStart,
     /// Reads with 100,000 instances in the store.
     Scale,
+    /// The Python example into an empty compile cache, per compiler.
+    Large,
 }
 
 #[derive(Subcommand)]
@@ -183,6 +186,8 @@ async fn run(cli: &Cli) -> anyhow::Result<Results> {
         load: None,
         cold_start: None,
         scale: None,
+        large: Vec::new(),
+        large_skipped: None,
         total: Duration::ZERO,
     };
     if runs(Section::Dispatch) {
@@ -205,6 +210,24 @@ async fn run(cli: &Cli) -> anyhow::Result<Results> {
         let instances = cli.scale_instances;
         results.scale =
             Some(scale::measure(&artifacts, &dir, scratch.path(), instances, short).await?);
+    }
+    if runs(Section::Large) {
+        match large::plugins(&root) {
+            Ok(plugins) => {
+                // The default compiler first: its figures are the targets'.
+                for compiler in ["winch", "cranelift"] {
+                    eprintln!("bench: the Python example, empty compile cache, {compiler}");
+                    let dir = work.path().join("large");
+                    let measured =
+                        large::measure(&artifacts.broker, &plugins, &dir, compiler).await?;
+                    results.large.push(measured);
+                }
+            }
+            Err(why) => {
+                eprintln!("bench: large plugins skipped: {why}");
+                results.large_skipped = Some(why);
+            }
+        }
     }
     results.total = started.elapsed();
     Ok(results)

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::coldstart::{self, ColdStart};
 use crate::dispatch::Dispatch;
+use crate::large::LargePlugin;
 use crate::durability::{Durability, Rate};
 use crate::load::Measurement;
 use crate::reload::HotReload;
@@ -45,6 +46,9 @@ pub struct Results {
     pub load: Option<LoadResults>,
     pub cold_start: Option<ColdStart>,
     pub scale: Option<Scale>,
+    /// Per compiler, the default (winch) first.
+    pub large: Vec<LargePlugin>,
+    pub large_skipped: Option<String>,
     pub total: Duration,
 }
 
@@ -135,6 +139,7 @@ fn render_into(out: &mut String, r: &Results) -> std::fmt::Result {
     if let Some(scale) = &r.scale {
         render_scale(out, scale)?;
     }
+    render_large(out, &r.large, r.large_skipped.as_deref())?;
 
     writeln!(
         out,
@@ -458,6 +463,38 @@ fn render_scale(out: &mut String, s: &Scale) -> std::fmt::Result {
     Ok(())
 }
 
+fn render_large(out: &mut String, large: &[LargePlugin], skipped: Option<&str>) -> std::fmt::Result {
+    if let Some(why) = skipped {
+        return writeln!(out, "\n## Large plugins\n\nSkipped: {why}.");
+    }
+    if large.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\n## Large plugins: the Python example (18 MiB) into an empty compile cache\n\n\
+         Beside the Rust redis plugin, both answering a provision with one Redis PING. \
+         Call p50: the plugin call alone (`plugin_call_duration_seconds`).\n\n\
+         | compiler | exec to first Python call | RSS loaded | RSS warm restart | loaded/warm | Python call p50 | Rust call p50 | Python/Rust |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
+    for l in large {
+        writeln!(
+            out,
+            "| {} | {} | {:.1} MB | {:.1} MB | **{}** | {} ms | {} ms | **{}** |",
+            l.compiler,
+            seconds(l.first_call),
+            l.loaded_kib as f64 * 1024.0 / 1e6,
+            l.warm_kib as f64 * 1024.0 / 1e6,
+            ratio(l.loaded_kib as f64, l.warm_kib as f64),
+            ms(l.python_call_us),
+            ms(l.rust_call_us),
+            ratio(l.python_call_us, l.rust_call_us),
+        )?;
+    }
+    Ok(())
+}
+
 fn targets(r: &Results) -> Vec<Target> {
     let mut targets = Vec::new();
     if let Some(load) = &r.load {
@@ -558,6 +595,30 @@ fn targets(r: &Results) -> Vec<Target> {
             60.0,
             " MB",
             true,
+        ));
+    }
+    // The default compiler's figures (measured first).
+    if let Some(l) = r.large.first() {
+        targets.push(Target::at_most(
+            &format!("Python example, empty cache: exec to first call ({})", l.compiler),
+            l.first_call.as_secs_f64(),
+            5.0,
+            " s",
+            true,
+        ));
+        targets.push(Target::at_most(
+            "RSS after compiling the Python example vs a warm restart",
+            l.loaded_kib as f64 / l.warm_kib as f64,
+            1.5,
+            "x",
+            false,
+        ));
+        targets.push(Target::at_most(
+            "Python example call p50 vs the Rust plugin's",
+            l.python_call_us / l.rust_call_us,
+            10.0,
+            "x",
+            false,
         ));
     }
     if let Some(s) = &r.scale {
