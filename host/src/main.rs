@@ -9,10 +9,31 @@ use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, InstancesCommand, PluginsCommand};
 use wasm_broker::config::Config;
+use wasm_broker::runtime::{self, EngineSettings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Cli::parse();
+    if let Command::CompilePlugin {
+        compiler,
+        largest_memory,
+        max_instances,
+        input,
+        output,
+    } = &args.command
+    {
+        let settings = EngineSettings {
+            compiler: (*compiler).into(),
+            largest_memory: *largest_memory,
+            max_instances: *max_instances,
+        };
+        std::process::exit(runtime::run_worker(&settings, input, output));
+    }
+    // Every command that loads plugins compiles them in a child process of
+    // this binary (`runtime/compiler.rs`).
+    if let Ok(binary) = std::env::current_exe() {
+        runtime::use_compile_worker(binary);
+    }
     // The store commands talk to the operator on stderr: only what goes
     // wrong belongs between their lines.
     let default_level = match args.command {
@@ -91,5 +112,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Purge { id, yes, reason } => {
             cli::purge::purge(config()?, &id, yes, reason.as_deref()).await
         }
+        // Run above, before logging starts: its stderr is the reason the
+        // broker gives for a refused file.
+        Command::CompilePlugin { .. } => anyhow::bail!("compile-plugin runs before logging"),
     }
 }

@@ -202,6 +202,9 @@ pub struct BrokerSetup {
     /// The `[state]` lines; empty for a SQLite store in the broker's
     /// directory. [`ScratchDatabase::state_config`] shares a PostgreSQL one.
     pub state: String,
+    /// A compile cache of the broker's own, empty at start, instead of the
+    /// one all tests share: for a test of what compiling costs.
+    pub own_compile_cache: bool,
 }
 
 impl BrokerSetup {
@@ -229,6 +232,7 @@ impl BrokerSetup {
             server: String::new(),
             tls_certificate: None,
             state: String::new(),
+            own_compile_cache: false,
         }
     }
 }
@@ -279,7 +283,11 @@ impl TestBroker {
         }
         let port = free_port();
         // One compile cache for all tests: plugins compile once per run.
-        let cache = repo_root().join("target/test-compile-cache");
+        let cache = if setup.own_compile_cache {
+            dir.path().join("compiled")
+        } else {
+            repo_root().join("target/test-compile-cache")
+        };
         let config = format!(
             r#"
 [server]

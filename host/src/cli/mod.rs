@@ -64,6 +64,21 @@ pub enum Command {
     /// Read the service instances in the state store (safe while the broker serves).
     #[command(subcommand)]
     Instances(InstancesCommand),
+    /// The compile worker: compile one plugin file for an engine of these settings (the broker
+    /// runs this itself, so that compiling's memory is not the broker's).
+    #[command(hide = true)]
+    CompilePlugin {
+        #[arg(long, value_enum)]
+        compiler: CompilerArg,
+        #[arg(long)]
+        largest_memory: u64,
+        #[arg(long)]
+        max_instances: u32,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Forget a stuck service instance and its bindings, WITHOUT calling the plugin: its backend
     /// resources (databases, users, ...) are NOT deleted.
     #[command(long_about = PURGE_HELP)]
@@ -235,3 +250,19 @@ Checks, each printed with PASS, WARN, SKIP or FAIL and its time:
 An `accepted` answer is polled through last_operation until it finishes (--poll-timeout).
 
 Exits non-zero if any check fails (or warns, with --strict).";
+
+/// `[runtime] compiler` on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompilerArg {
+    Cranelift,
+    Winch,
+}
+
+impl From<CompilerArg> for wasm_broker::config::Compiler {
+    fn from(compiler: CompilerArg) -> Self {
+        match compiler {
+            CompilerArg::Cranelift => Self::Cranelift,
+            CompilerArg::Winch => Self::Winch,
+        }
+    }
+}

@@ -40,6 +40,7 @@ const MAX_MEMORY_BYTES: u64 = 4 << 30;
 /// The fields a call needs are visible to `call`, which runs the calls.
 pub struct PluginEngine {
     pub(super) engine: Engine,
+    pub(super) settings: EngineSettings,
     linker: Linker<CallState>,
     cache_dir: PathBuf,
     pub(super) backends: SharedBackends,
@@ -62,9 +63,38 @@ pub(super) fn largest_memory_limit(config: &Config) -> u64 {
     largest_mb.saturating_mul(MIB).clamp(MIB, MAX_MEMORY_BYTES)
 }
 
-fn engine_config(config: &Config) -> wasmtime::Config {
-    let max_instances = config.runtime.max_concurrent_instances.max(1);
-    let largest_memory = largest_memory_limit(config);
+/// What the engine is built from. A compile worker (`compiler.rs`) builds
+/// its engine from the same settings, so the code it writes has the
+/// compatibility hash this engine's cache names and checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineSettings {
+    pub compiler: Compiler,
+    /// The largest linear memory a plugin may have, in bytes.
+    pub largest_memory: u64,
+    pub max_instances: u32,
+}
+
+impl EngineSettings {
+    pub fn of(config: &Config) -> Self {
+        Self {
+            compiler: config.runtime.compiler,
+            largest_memory: largest_memory_limit(config),
+            max_instances: config.runtime.max_concurrent_instances.max(1),
+        }
+    }
+}
+
+/// An engine of `settings` for compiling only (a compile worker's).
+pub fn compiling_engine(settings: &EngineSettings) -> Result<Engine, String> {
+    Engine::new(&engine_config(settings)).map_err(|error| format!("{error:#}"))
+}
+
+fn engine_config(settings: &EngineSettings) -> wasmtime::Config {
+    let EngineSettings {
+        compiler,
+        largest_memory,
+        max_instances,
+    } = *settings;
     let mut wasm = wasmtime::Config::new();
     wasm.wasm_component_model(true)
         // A plugin that loops without calling the host must still be stopped:
@@ -77,7 +107,7 @@ fn engine_config(config: &Config) -> wasmtime::Config {
         // mostly wait on the network. The default guard region stays: it lets
         // the compiler fold constant offsets into one check.
         .memory_reservation(largest_memory);
-    wasm.strategy(match config.runtime.compiler {
+    wasm.strategy(match compiler {
         Compiler::Cranelift => Strategy::Cranelift,
         Compiler::Winch => Strategy::Winch,
     });
@@ -128,7 +158,8 @@ fn engine_config(config: &Config) -> wasmtime::Config {
 impl PluginEngine {
     /// Starts the epoch ticker thread, which stops when the engine is dropped.
     pub fn new(config: &Config, backends: SharedBackends) -> Result<Self, RuntimeError> {
-        let engine = Engine::new(&engine_config(config))
+        let settings = EngineSettings::of(config);
+        let engine = Engine::new(&engine_config(&settings))
             .map_err(|error| RuntimeError::Engine(format!("{error:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -143,6 +174,7 @@ impl PluginEngine {
             usize::try_from(config.runtime.max_concurrent_instances.max(1)).unwrap_or(usize::MAX);
         Ok(Self {
             engine,
+            settings,
             linker,
             cache_dir: config.runtime.cache_dir.clone(),
             backends,
@@ -201,6 +233,7 @@ mod tests {
     #[test]
     fn the_default_pool_fits_in_the_address_space() {
         let config: Config = toml::from_str("").expect("parses");
-        Engine::new(&engine_config(&config)).expect("the pool reserves its slots");
+        Engine::new(&engine_config(&EngineSettings::of(&config)))
+            .expect("the pool reserves its slots");
     }
 }

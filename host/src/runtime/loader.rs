@@ -13,7 +13,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::call::CallTarget;
-use super::compile_cache::{compile_cached, keep_source};
+use super::compile_cache::compile_cached;
 use super::engine::PluginEngine;
 use super::live_config::LiveSettings;
 use super::plugin_set::{Attempt, FileRecord, Merged, PluginSet, merge};
@@ -312,12 +312,11 @@ impl Loader {
         live: &LiveSettings,
     ) -> Result<LoadedPlugin, String> {
         let engine = self.engine.engine().clone();
+        let settings = self.engine.settings;
         let cache_dir = self.engine.cache_dir().to_owned();
         let digest_owned = digest.to_owned();
         let component = tokio::task::spawn_blocking(move || {
-            let component = compile_cached(&engine, &cache_dir, &wasm, &digest_owned)?;
-            keep_source(&cache_dir, &wasm, &digest_owned);
-            Ok::<_, String>(component)
+            compile_cached(&engine, &settings, &cache_dir, &wasm, &digest_owned)
         })
         .await
         .map_err(|error| format!("compilation did not complete: {error}"))??;
