@@ -63,7 +63,10 @@ pub async fn measure(
 ) -> anyhow::Result<LargePlugin> {
     let run_dir = dir.join(compiler);
     std::fs::create_dir_all(run_dir.join("plugins"))?;
-    std::fs::copy(python, run_dir.join("plugins").join(format!("{PYTHON}.wasm")))?;
+    std::fs::copy(
+        python,
+        run_dir.join("plugins").join(format!("{PYTHON}.wasm")),
+    )?;
     std::fs::copy(rust, run_dir.join("plugins").join(format!("{RUST}.wasm")))?;
     let address = free_address()?;
     let config = run_dir.join("broker.toml");
@@ -152,14 +155,16 @@ async fn plans(connection: &mut Connection) -> anyhow::Result<Value> {
 
 /// The first plan of the offering named `name`.
 fn plan_of(catalog: &Value, name: &str) -> anyhow::Result<Plan> {
-    let services = catalog["services"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let services = catalog["services"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let Some(service) = services.iter().find(|service| service["name"] == name) else {
         bail!("no offering {name} in the catalog: {catalog}");
     };
-    let (Some(service_id), Some(plan_id)) = (
-        service["id"].as_str(),
-        service["plans"][0]["id"].as_str(),
-    ) else {
+    let (Some(service_id), Some(plan_id)) =
+        (service["id"].as_str(), service["plans"][0]["id"].as_str())
+    else {
         bail!("offering {name} without an id or a plan: {service}");
     };
     Ok(Plan {

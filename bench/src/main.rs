@@ -6,9 +6,9 @@
 
 mod baseline;
 mod coldstart;
-mod large;
 mod dispatch;
 mod durability;
+mod large;
 mod load;
 mod prepare;
 mod reload;

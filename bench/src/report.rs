@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::coldstart::{self, ColdStart};
 use crate::dispatch::Dispatch;
-use crate::large::LargePlugin;
 use crate::durability::{Durability, Rate};
+use crate::large::LargePlugin;
 use crate::load::Measurement;
 use crate::reload::HotReload;
 use crate::scale::{self, Scale};
@@ -463,7 +463,11 @@ fn render_scale(out: &mut String, s: &Scale) -> std::fmt::Result {
     Ok(())
 }
 
-fn render_large(out: &mut String, large: &[LargePlugin], skipped: Option<&str>) -> std::fmt::Result {
+fn render_large(
+    out: &mut String,
+    large: &[LargePlugin],
+    skipped: Option<&str>,
+) -> std::fmt::Result {
     if let Some(why) = skipped {
         return writeln!(out, "\n## Large plugins\n\nSkipped: {why}.");
     }
@@ -600,7 +604,10 @@ fn targets(r: &Results) -> Vec<Target> {
     // The default compiler's figures (measured first).
     if let Some(l) = r.large.first() {
         targets.push(Target::at_most(
-            &format!("Python example, empty cache: exec to first call ({})", l.compiler),
+            &format!(
+                "Python example, empty cache: exec to first call ({})",
+                l.compiler
+            ),
             l.first_call.as_secs_f64(),
             5.0,
             " s",

@@ -38,7 +38,10 @@ pub async fn list(config: &Config) -> anyhow::Result<()> {
             for line in live::describe(&report) {
                 println!("{}", printable(&line));
             }
-            print_revealed(config, report.plugins.iter().map(|plugin| plugin.name.as_str()));
+            print_revealed(
+                config,
+                report.plugins.iter().map(|plugin| plugin.name.as_str()),
+            );
             return Ok(());
         }
         Err(why) => eprintln!(

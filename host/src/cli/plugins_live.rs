@@ -26,15 +26,19 @@ pub async fn report(config: &Config) -> anyhow::Result<(String, PluginsReport)> 
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
         });
     }
-    let scheme = if server.tls.is_some() { "https" } else { "http" };
+    let scheme = if server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let url = format!("{scheme}://{address}{PLUGINS}");
     let mut client = reqwest::Client::builder()
         .timeout(ANSWER_WITHIN)
         .connect_timeout(ANSWER_WITHIN);
     if let Some(tls) = &server.tls {
         // The broker's own certificate is the one trusted root.
-        let pem = std::fs::read(&tls.cert)
-            .with_context(|| format!("reading {}", tls.cert.display()))?;
+        let pem =
+            std::fs::read(&tls.cert).with_context(|| format!("reading {}", tls.cert.display()))?;
         let certificate = reqwest::Certificate::from_pem(&pem)
             .with_context(|| format!("reading {}", tls.cert.display()))?;
         client = client
@@ -98,7 +102,10 @@ fn describe_plugin(plugin: &PluginReport) -> String {
         line.push_str(&format!(" ({instances} instance{s}{left})"));
     }
     if let Some(digest) = &plugin.digest {
-        line.push_str(&format!(" sha256 {}", digest.chars().take(12).collect::<String>()));
+        line.push_str(&format!(
+            " sha256 {}",
+            digest.chars().take(12).collect::<String>()
+        ));
     }
     match (&plugin.error, plugin.state) {
         (Some(error), PluginState::Serving) => {

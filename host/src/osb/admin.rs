@@ -138,13 +138,20 @@ mod tests {
         }
     }
 
+    /// Name, state, version, instances, whether an error is given.
+    type Seen<'a> = (&'a str, PluginState, Option<&'a str>, Option<u64>, bool);
+
     #[test]
     fn each_plugin_gets_its_state_version_and_instances() {
         let mut retired = status("old", Some("0.9.0"), None);
         retired.retired_instances = Some(3);
         let statuses = [
             status("mysql", Some("1.2.0"), None),
-            status("redis", Some("1.0.0"), Some("the new file was refused (bad)")),
+            status(
+                "redis",
+                Some("1.0.0"),
+                Some("the new file was refused (bad)"),
+            ),
             status("broken", None, Some("not a component")),
             retired,
         ];
@@ -155,7 +162,7 @@ mod tests {
             ("old-id-a".to_owned(), 99),
         ]);
         let report = report(false, &statuses, Some(&counts));
-        let seen: Vec<(&str, PluginState, Option<&str>, Option<u64>, bool)> = report
+        let seen: Vec<Seen<'_>> = report
             .plugins
             .iter()
             .map(|plugin| {
@@ -189,6 +196,9 @@ mod tests {
         assert!(report.loading);
         assert_eq!(report.plugins[0].instances, None);
         assert_eq!(report.plugins[1].instances, Some(3));
-        assert_eq!(report.store_error.as_deref(), Some("state store unreachable"));
+        assert_eq!(
+            report.store_error.as_deref(),
+            Some("state store unreachable")
+        );
     }
 }

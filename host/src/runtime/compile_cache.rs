@@ -76,7 +76,9 @@ fn compile(
                 // settings; wasmtime checks the header and refuses a mismatch.
                 match unsafe { Component::deserialize_file(engine, &artifact) } {
                     Ok(component) => return Ok(component),
-                    Err(error) => tracing::warn!(artifact = %artifact.display(), error = %format!("{error:#}"), "cannot use the compile worker's code; compiling in the broker"),
+                    Err(error) => {
+                        tracing::warn!(artifact = %artifact.display(), error = %format!("{error:#}"), "cannot use the compile worker's code; compiling in the broker")
+                    }
                 }
             }
             WorkerOutcome::Invalid(why) => return Err(format!("is not a valid component: {why}")),

@@ -86,7 +86,10 @@ pub(super) fn compile_in_worker(
     match output.status.code() {
         Some(0) => WorkerOutcome::Written,
         Some(INVALID) => WorkerOutcome::Invalid(said),
-        _ => WorkerOutcome::Failed(format!("the compile worker ended with {}: {said}", output.status)),
+        _ => WorkerOutcome::Failed(format!(
+            "the compile worker ended with {}: {said}",
+            output.status
+        )),
     }
 }
 
@@ -188,7 +191,10 @@ mod tests {
         let input = dir.path().join("garbage.wasm");
         std::fs::write(&input, b"not wasm at all").expect("write");
         let output = dir.path().join("garbage.cwasm");
-        assert_eq!(run_worker(&settings(Compiler::Winch), &input, &output), INVALID);
+        assert_eq!(
+            run_worker(&settings(Compiler::Winch), &input, &output),
+            INVALID
+        );
         assert!(!output.exists());
         let missing = dir.path().join("missing.wasm");
         assert_eq!(run_worker(&settings(Compiler::Winch), &missing, &output), 1);

@@ -225,9 +225,7 @@ pub(super) fn merge(
                 services: plugin
                     .map(|p| service_names(p, |_| true))
                     .unwrap_or_default(),
-                service_ids: plugin
-                    .map(|p| service_ids(p, |_| true))
-                    .unwrap_or_default(),
+                service_ids: plugin.map(|p| service_ids(p, |_| true)).unwrap_or_default(),
                 error: errors.get(stem).cloned(),
                 retired_instances: None,
             }
@@ -412,7 +410,11 @@ fn count_info(before: &[PluginStatus], now: &[PluginStatus]) {
         ]
     };
     let current: Vec<Vec<metrics::Label>> = now.iter().map(labels).collect();
-    for gone in before.iter().map(labels).filter(|old| !current.contains(old)) {
+    for gone in before
+        .iter()
+        .map(labels)
+        .filter(|old| !current.contains(old))
+    {
         metrics::gauge!("plugin_info", gone).set(0.0);
     }
     for labels in current {

@@ -223,7 +223,11 @@ async fn a_broken_replacement_leaves_the_old_version_serving() {
         .send()
         .await
         .expect("GET /admin/plugins");
-    assert_eq!(anonymous.status(), 401, "the admin view needs the credentials");
+    assert_eq!(
+        anonymous.status(),
+        401,
+        "the admin view needs the credentials"
+    );
     let echo = admin_plugin(&broker, "echo").await;
     assert_eq!(
         (&echo["state"], &echo["version"]),

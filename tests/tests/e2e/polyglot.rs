@@ -356,7 +356,11 @@ async fn a_large_plugin_is_compiled_outside_the_broker() {
         .filter_map(Result::ok)
         .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "cwasm"))
         .collect();
-    assert_eq!(compiled.len(), 1, "the worker wrote the code into the cache");
+    assert_eq!(
+        compiled.len(),
+        1,
+        "the worker wrote the code into the cache"
+    );
     let peak_mib = broker.peak_rss_kib() / 1024;
     assert!(
         peak_mib < 250,
