@@ -258,12 +258,14 @@ pub struct RuntimeConfig {
 /// wasmtime's two code generators (both tier 1 on x86_64). One engine
 /// holds one, so the choice is the broker's, not a plugin's.
 ///
-/// Winch is the default. Measured on 2 cores with the 18 MiB Python example
-/// dropped into an empty cache: Winch 2.6 s to serve, Cranelift 10 to 11 s;
-/// its provision call (one Redis PING) took about 25% longer under Winch.
-/// A plugin call is mostly instantiation and waiting on the backend, so
-/// the time a new or replaced plugin (or a new replica with an empty cache)
-/// is not serving weighs more. `bench/README.md` has the figures.
+/// Winch is the default. Measured on 2 cores (`bench/README.md`): the
+/// 18 MiB Python example dropped into an empty cache serves 2.0 to 2.5 s
+/// later with Winch, 8 to 9 s with Cranelift; its calls take the same time
+/// under both (2.3 ms), and a fresh-instance call of a Rust plugin is
+/// faster under Winch (no-op 12.0 against 17.9 us p50, echo 29 against
+/// 44 us): a plugin call is mostly instantiating and waiting on the
+/// backend, not running optimised code. Cranelift is for plugins that
+/// compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compiler {
