@@ -490,12 +490,7 @@ fn retired_statuses(retired: &BTreeMap<String, Retired>) -> Vec<PluginStatus> {
 
 /// Names of the plugin's offerings whose id `wanted` accepts.
 fn service_names(plugin: &LoadedPlugin, wanted: impl Fn(&str) -> bool) -> Vec<String> {
-    plugin
-        .published
-        .catalog
-        .services
-        .iter()
-        .filter(|offering| wanted(&offering.id))
+    offerings(plugin, wanted)
         .map(|offering| offering.name.clone())
         .collect()
 }
@@ -503,14 +498,21 @@ fn service_names(plugin: &LoadedPlugin, wanted: impl Fn(&str) -> bool) -> Vec<St
 /// Ids of the plugin's offerings whose id `wanted` accepts, in the order
 /// of `service_names`.
 fn service_ids(plugin: &LoadedPlugin, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+    offerings(plugin, wanted)
+        .map(|offering| offering.id.clone())
+        .collect()
+}
+
+fn offerings(
+    plugin: &LoadedPlugin,
+    wanted: impl Fn(&str) -> bool,
+) -> impl Iterator<Item = &crate::model::ServiceOffering> {
     plugin
         .published
         .catalog
         .services
         .iter()
-        .filter(|offering| wanted(&offering.id))
-        .map(|offering| offering.id.clone())
-        .collect()
+        .filter(move |offering| wanted(&offering.id))
 }
 
 fn log_changes(

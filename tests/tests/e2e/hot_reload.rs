@@ -11,7 +11,9 @@ use wasm_broker_tests::faults::{
     instance_last_operation, offering, plan_maintenance_version, provision_async,
     replace_atomically, wait_for_log, write_garbage,
 };
-use wasm_broker_tests::{BrokerSetup, TestBroker, assert_error_body, unique_id, wasm};
+use wasm_broker_tests::{
+    BrokerSetup, TestBroker, assert_error_body, metric_sample, unique_id, wasm,
+};
 
 /// How long a change of the plugin directory may take to show.
 const RELOAD_WITHIN: Duration = Duration::from_secs(10);
@@ -295,40 +297,14 @@ async fn admin_plugin(broker: &TestBroker, name: &str) -> Value {
 
 /// `plugin_info{plugin,version,state}` in `/metrics`.
 async fn info_gauge(broker: &TestBroker, plugin: &str, version: &str, state: &str) -> Option<f64> {
-    let text = broker
-        .raw(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .filter(|line| line.starts_with("plugin_info{"))
-        .filter(|line| {
-            line.contains(&format!("plugin=\"{plugin}\""))
-                && line.contains(&format!("version=\"{version}\""))
-                && line.contains(&format!("state=\"{state}\""))
-        })
-        .find_map(|line| line.rsplit_once(' ')?.1.trim().parse().ok())
+    let labels = [("plugin", plugin), ("version", version), ("state", state)];
+    metric_sample(&broker.metrics().await, "plugin_info", &labels)
 }
 
 /// `plugin_serving{plugin="echo",version=...}` in `/metrics`.
 async fn serving_gauge(broker: &TestBroker, version: &str) -> Option<f64> {
-    let text = broker
-        .raw(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .filter(|line| line.starts_with("plugin_serving{"))
-        .filter(|line| {
-            line.contains("plugin=\"echo\"") && line.contains(&format!("version=\"{version}\""))
-        })
-        .find_map(|line| line.rsplit_once(' ')?.1.trim().parse().ok())
+    let labels = [("plugin", "echo"), ("version", version)];
+    metric_sample(&broker.metrics().await, "plugin_serving", &labels)
 }
 
 /// No fixture has a slow call that succeeds, so this shows the swap side:
