@@ -69,7 +69,8 @@ fn compile(
     if let Some(binary) = compiler::worker()
         && source.is_file()
     {
-        match compiler::compile_in_worker(binary, settings, &source, &artifact) {
+        let within = compiler::COMPILE_WITHIN;
+        match compiler::compile_in_worker(binary, settings, &source, &artifact, within) {
             WorkerOutcome::Written => {
                 // SAFETY: the worker, this very binary, has just written the
                 // file from `precompile_component` of an engine of the same

@@ -12,9 +12,11 @@
 //! runs the machine out of memory takes down the child, not the broker: the
 //! plugin is refused.
 
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use super::engine::{EngineSettings, compiling_engine};
 use crate::config::Compiler;
@@ -51,45 +53,76 @@ pub(super) enum WorkerOutcome {
     Failed(String),
 }
 
-/// Runs the worker on `wasm` (a file), writing the code to `artifact`.
-/// Blocking.
+/// How long a worker may compile one plugin before it is stopped and the
+/// plugin refused. The 18 MiB Python example takes 2 to 9 s on 2 cores
+/// (Winch, Cranelift); without a bound, a file that makes the compiler
+/// run on would hold up every later load of the plugin directory.
+pub(super) const COMPILE_WITHIN: Duration = Duration::from_secs(600);
+
+/// Runs the worker on `wasm` (a file), writing the code to `artifact`, and
+/// stops it after `within`. Blocking.
 pub(super) fn compile_in_worker(
     binary: &Path,
     settings: &EngineSettings,
     wasm: &Path,
     artifact: &Path,
+    within: Duration,
 ) -> WorkerOutcome {
-    let output = Command::new(binary)
-        .arg("compile-plugin")
-        .args(arguments(settings))
-        .arg("--input")
-        .arg(wasm)
-        .arg("--output")
-        .arg(artifact)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
-    let output = match output {
-        Ok(output) => output,
+    // The worker's stderr goes to a file, not a pipe: a pipe it filled
+    // while nobody reads it would stall it until the deadline.
+    let said = match tempfile::tempfile() {
+        Ok(file) => file,
+        Err(error) => {
+            return WorkerOutcome::Unavailable(format!("no file for its output: {error}"));
+        }
+    };
+    let child = said.try_clone().and_then(|stderr| {
+        Command::new(binary)
+            .arg("compile-plugin")
+            .args(arguments(settings))
+            .arg("--input")
+            .arg(wasm)
+            .arg("--output")
+            .arg(artifact)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+    });
+    let mut child = match child {
+        Ok(child) => child,
         Err(error) => {
             return WorkerOutcome::Unavailable(format!("cannot run {}: {error}", binary.display()));
         }
     };
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < within => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return WorkerOutcome::Failed(format!(
+                    "compiling took longer than {} s; stopped",
+                    within.as_secs()
+                ));
+            }
+            Err(error) => return WorkerOutcome::Failed(format!("waiting for the worker: {error}")),
+        }
+    };
     // What the worker says is about the plugin file (wasmtime's message),
     // bounded: a log line, not a dump.
-    let said: String = String::from_utf8_lossy(&output.stderr)
-        .trim()
-        .chars()
-        .take(2000)
-        .collect();
-    match output.status.code() {
+    let mut text = String::new();
+    let mut said = said;
+    let _ = said
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| said.take(8192).read_to_string(&mut text));
+    let said: String = text.trim().chars().take(2000).collect();
+    match status.code() {
         Some(0) => WorkerOutcome::Written,
         Some(INVALID) => WorkerOutcome::Invalid(said),
-        _ => WorkerOutcome::Failed(format!(
-            "the compile worker ended with {}: {said}",
-            output.status
-        )),
+        _ => WorkerOutcome::Failed(format!("the compile worker ended with {status}: {said}")),
     }
 }
 
@@ -208,7 +241,56 @@ mod tests {
             &settings(Compiler::Winch),
             &dir.path().join("in.wasm"),
             &dir.path().join("out.cwasm"),
+            COMPILE_WITHIN,
         );
         assert!(matches!(outcome, WorkerOutcome::Unavailable(_)));
+    }
+
+    /// A stand-in worker: a shell script.
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join("worker.sh");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+
+    #[test]
+    fn a_worker_that_runs_on_is_stopped_at_its_deadline() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let worker = script(dir.path(), "sleep 30");
+        let started = Instant::now();
+        let outcome = compile_in_worker(
+            &worker,
+            &settings(Compiler::Winch),
+            &dir.path().join("in.wasm"),
+            &dir.path().join("out.cwasm"),
+            Duration::from_millis(300),
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let WorkerOutcome::Failed(why) = outcome else {
+            panic!("not refused");
+        };
+        assert!(why.contains("longer than"), "{why}");
+    }
+
+    #[test]
+    fn a_worker_that_dies_refuses_the_plugin_with_what_it_said() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let worker = script(dir.path(), "echo 'out of memory' >&2; kill -9 $$");
+        let outcome = compile_in_worker(
+            &worker,
+            &settings(Compiler::Winch),
+            &dir.path().join("in.wasm"),
+            &dir.path().join("out.cwasm"),
+            COMPILE_WITHIN,
+        );
+        let WorkerOutcome::Failed(why) = outcome else {
+            panic!("not refused");
+        };
+        assert!(
+            why.contains("signal") && why.contains("out of memory"),
+            "{why}"
+        );
     }
 }
