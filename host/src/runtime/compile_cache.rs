@@ -191,12 +191,22 @@ pub fn prune(
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some((digest, entry_tag)) = name.to_str().and_then(artifact_parts) else {
+        let Some(name) = name.to_str() else {
             continue;
         };
-        if in_use.contains(digest) && entry_tag == tag {
-            continue;
-        }
+        // A temporary file of a writer (a compile worker, a broker) killed
+        // before its rename; a young one may still be being written.
+        let kept_for = if leftover_temporary(name) {
+            TEMPORARY_RETENTION
+        } else {
+            let Some((digest, entry_tag)) = artifact_parts(name) else {
+                continue;
+            };
+            if in_use.contains(digest) && entry_tag == tag {
+                continue;
+            }
+            retention
+        };
         let Ok(metadata) = entry.metadata() else {
             continue;
         };
@@ -204,7 +214,7 @@ pub fn prune(
             .modified()
             .ok()
             .and_then(|used| SystemTime::now().duration_since(used).ok());
-        if unused_for.is_none_or(|unused_for| unused_for < retention) {
+        if unused_for.is_none_or(|unused_for| unused_for < kept_for) {
             continue;
         }
         let bytes = metadata.len();
@@ -219,6 +229,19 @@ pub fn prune(
         }
     }
     pruned
+}
+
+/// How old a left-over temporary file (`write_atomically`'s) must be to
+/// be removed: writing one takes seconds.
+const TEMPORARY_RETENTION: Duration = Duration::from_secs(3600);
+
+/// An artifact's temporary name: `<artifact name without .cwasm>.tmp<pid>`.
+fn leftover_temporary(name: &str) -> bool {
+    name.rsplit_once(".tmp").is_some_and(|(artifact, pid)| {
+        !pid.is_empty()
+            && pid.bytes().all(|byte| byte.is_ascii_digit())
+            && artifact_parts(&format!("{artifact}.cwasm")).is_some()
+    })
 }
 
 /// `(digest, engine tag)` of an artifact's file name: 64 hex digits, `-`,
@@ -324,6 +347,9 @@ mod tests {
         let old_version = write(format!("{old}-{tag}.cwasm"), 8 * day);
         let recently_used = write(format!("{old}-fedcba9876543210.cwasm"), day);
         let not_ours = write("notes.cwasm".to_owned(), 30 * day);
+        let hour = Duration::from_secs(3600);
+        let killed_writer = write(format!("{used}-{tag}.tmp4242"), 2 * hour);
+        let writing_now = write(format!("{old}-{tag}.tmp77"), Duration::from_secs(5));
         keep_source(directory.path(), b"\0asm old", &old);
 
         let pruned = prune(
@@ -332,10 +358,17 @@ mod tests {
             &HashSet::from([used.clone()]),
             UNUSED_RETENTION,
         );
-        assert_eq!(pruned, Pruned { files: 2, bytes: 8 });
+        assert_eq!(
+            pruned,
+            Pruned {
+                files: 3,
+                bytes: 12
+            }
+        );
         let exists = |name: &str| directory.path().join(name).exists();
         assert!(exists(&in_use) && exists(&recently_used) && exists(&not_ours));
         assert!(!exists(&other_engine) && !exists(&old_version));
+        assert!(!exists(&killed_writer) && exists(&writing_now));
         assert!(
             source_path(directory.path(), &old).is_file(),
             "sources stay"
