@@ -100,14 +100,12 @@ admin = "redis"
         ),
     )?;
 
+    let start = async |log: &str| {
+        ServerProcess::start(broker_command(broker, &config), address, run_dir.join(log)).await
+    };
     // Empty cache: from exec to the first provision the Python plugin answers.
     let started = Instant::now();
-    let (server, _) = ServerProcess::start(
-        broker_command(broker, &config),
-        address,
-        run_dir.join("cold.log"),
-    )
-    .await?;
+    let (server, _) = start("cold.log").await?;
     let mut connection = Connection::open(&server.endpoint).await?;
     let plans = plans(&mut connection).await?;
     let python_plan = plan_of(&plans, PYTHON)?;
@@ -119,12 +117,7 @@ admin = "redis"
     drop(server);
 
     // Warm: the same broker, its code from the cache.
-    let (server, _) = ServerProcess::start(
-        broker_command(broker, &config),
-        address,
-        run_dir.join("warm.log"),
-    )
-    .await?;
+    let (server, _) = start("warm.log").await?;
     let mut connection = Connection::open(&server.endpoint).await?;
     provision(&mut connection, &python_plan, "warm").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -35,7 +35,7 @@ pub fn compile_cached(
     let source = source_path(cache_dir, digest);
     let kept_before = source.is_file();
     keep_source(cache_dir, wasm, digest);
-    let compiled = compile(engine, settings, cache_dir, wasm, digest);
+    let compiled = compile(engine, settings, cache_dir, wasm, digest, &source);
     if compiled.is_err() && !kept_before {
         let _ = std::fs::remove_file(&source);
     }
@@ -48,6 +48,7 @@ fn compile(
     cache_dir: &Path,
     wasm: &[u8],
     digest: &str,
+    source: &Path,
 ) -> Result<Component, String> {
     let artifact = cache_dir.join(format!("{digest}-{}.cwasm", engine_tag(engine)));
     if artifact.is_file() {
@@ -65,12 +66,11 @@ fn compile(
             }
         }
     }
-    let source = source_path(cache_dir, digest);
     if let Some(binary) = compiler::worker()
         && source.is_file()
     {
         let within = compiler::COMPILE_WITHIN;
-        match compiler::compile_in_worker(binary, settings, &source, &artifact, within) {
+        match compiler::compile_in_worker(binary, settings, source, &artifact, within) {
             WorkerOutcome::Written => {
                 // SAFETY: the worker, this very binary, has just written the
                 // file from `precompile_component` of an engine of the same

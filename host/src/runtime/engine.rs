@@ -170,8 +170,7 @@ impl PluginEngine {
         spawn_epoch_ticker(&engine).map_err(|error| {
             RuntimeError::Engine(format!("cannot start the epoch ticker: {error}"))
         })?;
-        let slots =
-            usize::try_from(config.runtime.max_concurrent_instances.max(1)).unwrap_or(usize::MAX);
+        let slots = usize::try_from(settings.max_instances).unwrap_or(usize::MAX);
         Ok(Self {
             engine,
             settings,
