@@ -253,7 +253,16 @@ pub struct RuntimeConfig {
     pub max_total_memory_mb: u64,
     /// The code generator plugins are compiled with (a restart applies it).
     pub compiler: Compiler,
+    /// What the compile worker may allocate (its data segment: heap and
+    /// private writable mappings), so that a plugin file built to make
+    /// the compiler allocate without end is refused instead of running the
+    /// machine out of memory (a restart applies it). The 18 MiB Python
+    /// example peaks at about 450 MB.
+    pub compile_memory_mb: u64,
 }
+
+/// Below this the worker could not compile even a small plugin.
+pub const MIN_COMPILE_MEMORY_MB: u64 = 64;
 
 /// wasmtime's two code generators (both tier 1 on x86_64). One engine
 /// holds one, so the choice is the broker's, not a plugin's.
@@ -294,6 +303,7 @@ impl Default for RuntimeConfig {
             max_concurrent_calls_per_plugin: 32,
             max_total_memory_mb: 4096,
             compiler: Compiler::default(),
+            compile_memory_mb: 2048,
         }
     }
 }
@@ -546,6 +556,11 @@ impl Config {
             ));
         }
         self.state.validate()?;
+        if self.runtime.compile_memory_mb < MIN_COMPILE_MEMORY_MB {
+            return Err(ConfigError::Invalid(format!(
+                "[runtime] compile_memory_mb must be at least {MIN_COMPILE_MEMORY_MB}"
+            )));
+        }
         if self.runtime.max_concurrent_calls_per_plugin == 0
             || self
                 .plugins

@@ -18,6 +18,7 @@ async fn main() -> anyhow::Result<()> {
         compiler,
         largest_memory,
         max_instances,
+        memory_limit_mb,
         input,
         output,
     } = &args.command
@@ -26,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
             compiler: (*compiler).into(),
             largest_memory: *largest_memory,
             max_instances: *max_instances,
+            compile_memory_mb: *memory_limit_mb,
         };
         std::process::exit(runtime::run_worker(&settings, input, output));
     }

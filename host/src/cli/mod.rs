@@ -74,6 +74,9 @@ pub enum Command {
         largest_memory: u64,
         #[arg(long)]
         max_instances: u32,
+        /// The cap on what the worker allocates (its data segment), in MiB.
+        #[arg(long)]
+        memory_limit_mb: u64,
         #[arg(long)]
         input: PathBuf,
         #[arg(long)]

@@ -72,3 +72,14 @@ fn api_versions_parse() {
     assert_eq!(parse_api_version("2.+17"), None);
     assert_eq!(parse_api_version("+2.17"), None);
 }
+
+#[test]
+fn the_compile_worker_gets_a_cap_it_can_compile_under() {
+    let config: Config = toml::from_str("[auth]\nusername='u'\npassword='p'").expect("parses");
+    assert_eq!(config.runtime.compile_memory_mb, 2048);
+    let config: Config =
+        toml::from_str("[auth]\nusername='u'\npassword='p'\n[runtime]\ncompile_memory_mb = 16")
+            .expect("parses");
+    let error = config.validate().expect_err("must be refused").to_string();
+    assert!(error.contains("compile_memory_mb"), "{error}");
+}

@@ -9,8 +9,12 @@
 //! same code from the cache, even with glibc's free memory handed back: the
 //! code generators keep their working buffers for the engine's lifetime.
 //! In a child, all of it ends with the child, and a plugin whose compiling
-//! runs the machine out of memory takes down the child, not the broker: the
-//! plugin is refused.
+//! would run the machine out of memory takes down the child, not the
+//! broker: the plugin is refused. The child caps what it allocates
+//! (`[runtime] compile_memory_mb`, as its data segment limit) and offers
+//! itself first to the kernel's OOM killer, so a plugin file built to make
+//! the compiler allocate without end meets the cap, and the machine's
+//! other processes, the broker among them, keep their memory.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -122,7 +126,7 @@ pub(super) fn compile_in_worker(
     match status.code() {
         Some(0) => WorkerOutcome::Written,
         Some(INVALID) => WorkerOutcome::Invalid(said),
-        _ => WorkerOutcome::Failed(format!("the compile worker ended with {status}: {said}")),
+        _ => WorkerOutcome::Failed(failure(status, &said, settings.compile_memory_mb)),
     }
 }
 
@@ -138,13 +142,60 @@ fn arguments(settings: &EngineSettings) -> Vec<String> {
         settings.largest_memory.to_string(),
         "--max-instances".to_owned(),
         settings.max_instances.to_string(),
+        "--memory-limit-mb".to_owned(),
+        settings.compile_memory_mb.to_string(),
     ]
+}
+
+/// The OOM killer's preference (`/proc/<pid>/oom_score_adj`, -1000 to
+/// 1000) a worker takes: the highest, so that if compiling runs the
+/// machine short before the cap, the worker is the process stopped.
+const OOM_FIRST: &str = "1000";
+
+/// Confines this process, a compile worker, before it compiles: caps its
+/// data segment (heap and private writable mappings; the engine's pools,
+/// reserved inaccessible, do not count) at `memory_limit_mb`, and makes it
+/// the OOM killer's first choice.
+fn confine(memory_limit_mb: u64) -> Result<(), String> {
+    // Raising one's own OOM score needs no privilege; where /proc is
+    // missing (not Linux), the cap below still holds.
+    let _ = std::fs::write("/proc/self/oom_score_adj", OOM_FIRST);
+    let bytes = memory_limit_mb.saturating_mul(1 << 20);
+    let limit = rustix::process::Rlimit {
+        current: Some(bytes),
+        maximum: Some(bytes),
+    };
+    rustix::process::setrlimit(rustix::process::Resource::Data, limit)
+        .map_err(|error| format!("cannot cap its memory at {memory_limit_mb} MiB: {error}"))
+}
+
+/// Why a worker that ended badly did, for the operator: what it said, and
+/// the cap when it ran out of memory (Rust's allocator reports a failed
+/// allocation on stderr, then aborts).
+fn failure(status: std::process::ExitStatus, said: &str, memory_limit_mb: u64) -> String {
+    if said.contains("memory allocation of") {
+        return format!(
+            "compiling it needs more memory than the compile worker may take \
+             ({memory_limit_mb} MiB, [runtime] compile_memory_mb): {said}"
+        );
+    }
+    format!("the compile worker ended with {status}: {said}")
 }
 
 /// The worker's side (`wasm-broker compile-plugin`): compiles `input` and
 /// writes the code to `output` (atomically). Returns the exit status:
 /// 0, [`INVALID`] with wasmtime's reason on stderr, or 1 for anything else.
 pub fn run_worker(settings: &EngineSettings, input: &Path, output: &Path) -> i32 {
+    if let Err(error) = confine(settings.compile_memory_mb) {
+        eprintln!("{error}");
+        return 1;
+    }
+    compile_file(settings, input, output)
+}
+
+/// The worker's compiling, once confined (the unit tests run it in their
+/// own process, which must not be confined).
+fn compile_file(settings: &EngineSettings, input: &Path, output: &Path) -> i32 {
     let engine = match compiling_engine(settings) {
         Ok(engine) => engine,
         Err(error) => {
@@ -190,6 +241,7 @@ mod tests {
             compiler,
             largest_memory: 64 << 20,
             max_instances: 4,
+            compile_memory_mb: 2048,
         }
     }
 
@@ -204,9 +256,9 @@ mod tests {
         let output = dir.path().join("code").join("empty.cwasm");
         std::fs::write(&input, EMPTY_COMPONENT).expect("write");
         let winch = settings(Compiler::Winch);
-        assert_eq!(run_worker(&winch, &input, &output), 0);
+        assert_eq!(compile_file(&winch, &input, &output), 0);
         let same = compiling_engine(&winch).expect("engine");
-        // SAFETY: written by `run_worker` above, from an engine of these
+        // SAFETY: written by `compile_file` above, from an engine of these
         // settings; the test is that wasmtime accepts it.
         let loaded = unsafe { Component::deserialize_file(&same, &output) };
         assert!(loaded.is_ok(), "{:?}", loaded.err());
@@ -225,12 +277,15 @@ mod tests {
         std::fs::write(&input, b"not wasm at all").expect("write");
         let output = dir.path().join("garbage.cwasm");
         assert_eq!(
-            run_worker(&settings(Compiler::Winch), &input, &output),
+            compile_file(&settings(Compiler::Winch), &input, &output),
             INVALID
         );
         assert!(!output.exists());
         let missing = dir.path().join("missing.wasm");
-        assert_eq!(run_worker(&settings(Compiler::Winch), &missing, &output), 1);
+        assert_eq!(
+            compile_file(&settings(Compiler::Winch), &missing, &output),
+            1
+        );
     }
 
     #[test]
@@ -290,6 +345,30 @@ mod tests {
         };
         assert!(
             why.contains("signal") && why.contains("out of memory"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_worker_that_met_its_memory_cap_is_reported_with_the_cap() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // What Rust's allocator says when an allocation fails, then aborts.
+        let worker = script(
+            dir.path(),
+            "echo 'memory allocation of 1048576 bytes failed' >&2; kill -ABRT $$",
+        );
+        let outcome = compile_in_worker(
+            &worker,
+            &settings(Compiler::Winch),
+            &dir.path().join("in.wasm"),
+            &dir.path().join("out.cwasm"),
+            COMPILE_WITHIN,
+        );
+        let WorkerOutcome::Failed(why) = outcome else {
+            panic!("not refused");
+        };
+        assert!(
+            why.contains("2048 MiB") && why.contains("compile_memory_mb"),
             "{why}"
         );
     }

@@ -72,6 +72,10 @@ pub struct EngineSettings {
     /// The largest linear memory a plugin may have, in bytes.
     pub largest_memory: u64,
     pub max_instances: u32,
+    /// What a compile worker may allocate, in MiB (`[runtime]
+    /// compile_memory_mb`). Not part of the engine: code compiled under
+    /// any cap is the same. Here because a worker is given these settings.
+    pub compile_memory_mb: u64,
 }
 
 impl EngineSettings {
@@ -80,21 +84,24 @@ impl EngineSettings {
             compiler: config.runtime.compiler,
             largest_memory: largest_memory_limit(config),
             max_instances: config.runtime.max_concurrent_instances.max(1),
+            compile_memory_mb: config.runtime.compile_memory_mb,
         }
     }
 }
 
-/// An engine of `settings` for compiling only (a compile worker's).
+/// An engine of `settings` for compiling only (a compile worker's). It has
+/// no instance pool: it instantiates nothing, and the pool's tables and
+/// stacks are writable mappings (some 670 MiB at 256 slots) that would
+/// count against the worker's memory cap. The pool is no part of the code's
+/// compatibility (wasmtime checks the target, flags, tunables and
+/// features), so the broker's pooled engine loads what this one writes.
 pub fn compiling_engine(settings: &EngineSettings) -> Result<Engine, String> {
-    Engine::new(&engine_config(settings)).map_err(|error| format!("{error:#}"))
+    Engine::new(&code_config(settings)).map_err(|error| format!("{error:#}"))
 }
 
-fn engine_config(settings: &EngineSettings) -> wasmtime::Config {
-    let EngineSettings {
-        compiler,
-        largest_memory,
-        max_instances,
-    } = *settings;
+/// What the compiled code depends on: the compiler, and the checks it
+/// compiles in.
+fn code_config(settings: &EngineSettings) -> wasmtime::Config {
     let mut wasm = wasmtime::Config::new();
     wasm.wasm_component_model(true)
         // A plugin that loops without calling the host must still be stopped:
@@ -106,12 +113,22 @@ fn engine_config(settings: &EngineSettings) -> wasmtime::Config {
         // The price is explicit bounds checks, negligible for plugins that
         // mostly wait on the network. The default guard region stays: it lets
         // the compiler fold constant offsets into one check.
-        .memory_reservation(largest_memory);
-    wasm.strategy(match compiler {
+        .memory_reservation(settings.largest_memory);
+    wasm.strategy(match settings.compiler {
         Compiler::Cranelift => Strategy::Cranelift,
         Compiler::Winch => Strategy::Winch,
     });
+    wasm
+}
 
+/// The serving engine's: the code's, with the instance pool.
+fn engine_config(settings: &EngineSettings) -> wasmtime::Config {
+    let EngineSettings {
+        largest_memory,
+        max_instances,
+        ..
+    } = *settings;
+    let mut wasm = code_config(settings);
     let mut pool = PoolingAllocationConfig::new();
     // A fresh instance per call is only cheap when its memory, tables and
     // stack come from a pool instead of mmap/munmap each time (about half
@@ -227,6 +244,23 @@ mod tests {
         assert_eq!(largest_memory_limit(&config), 256 * MIB);
         let config: Config = toml::from_str("[runtime]\nmemory_limit_mb = 100000").expect("parses");
         assert_eq!(largest_memory_limit(&config), MAX_MEMORY_BYTES);
+    }
+
+    #[test]
+    fn the_serving_engine_loads_what_a_compile_worker_engine_wrote() {
+        let config: Config = toml::from_str("").expect("parses");
+        let settings = EngineSettings::of(&config);
+        let worker = compiling_engine(&settings).expect("the worker's engine");
+        // A component with nothing in it: valid, and quick to compile.
+        let code = worker
+            .precompile_component(b"\0asm\x0d\x00\x01\x00")
+            .expect("compiles");
+        let serving = Engine::new(&engine_config(&settings)).expect("the pool");
+        // SAFETY: `code` was just compiled above by an engine of these
+        // settings; the test is that wasmtime's compatibility check accepts
+        // it without the pool.
+        let loaded = unsafe { wasmtime::component::Component::deserialize(&serving, &code) };
+        assert!(loaded.is_ok(), "{:?}", loaded.err());
     }
 
     #[test]

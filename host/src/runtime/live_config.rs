@@ -272,6 +272,14 @@ pub fn fixed_changes(started: &Config, new: &Config, pool_bytes: u64) -> Vec<Str
         "[runtime] max_total_memory_mb",
         old_runtime.max_total_memory_mb != new_runtime.max_total_memory_mb,
     );
+    check(
+        "[runtime] compiler",
+        old_runtime.compiler != new_runtime.compiler,
+    );
+    check(
+        "[runtime] compile_memory_mb",
+        old_runtime.compile_memory_mb != new_runtime.compile_memory_mb,
+    );
     if largest_memory_limit(new) > pool_bytes {
         let pool_mb = pool_bytes / MIB;
         let above = |limit_mb: u64| limit_mb.saturating_mul(MIB) > pool_bytes;
@@ -517,7 +525,8 @@ admin = "db"
         assert!(fixed_changes(&base, &config(BASE), pool).is_empty());
         let changed = config(&format!(
             "{}\n[server]\nlisten = \"127.0.0.1:9999\"\n[state]\npath = \"elsewhere.db\"\nencryption_key = \"new-secret-key\"\n\
-             [runtime]\nplugin_dir = \"other\"\nmax_concurrent_instances = 3\ncall_timeout_ms = 5\n",
+             [runtime]\nplugin_dir = \"other\"\nmax_concurrent_instances = 3\ncall_timeout_ms = 5\n\
+             compiler = \"cranelift\"\ncompile_memory_mb = 512\n",
             BASE.replace("password = \"p\"", "password = \"hunter2\"")
         ));
         let named = fixed_changes(&base, &changed, pool);
@@ -530,6 +539,8 @@ admin = "db"
                 "[state] encryption_key",
                 "[runtime] plugin_dir",
                 "[runtime] max_concurrent_instances",
+                "[runtime] compiler",
+                "[runtime] compile_memory_mb",
             ]
         );
         let text = named.join(" ");

@@ -367,3 +367,65 @@ async fn a_large_plugin_is_compiled_outside_the_broker() {
         "the broker peaked at {peak_mib} MiB while its plugin compiled"
     );
 }
+
+/// A plugin file built to make the compiler allocate without end must not
+/// take the machine's memory, the broker's included: the compile worker's
+/// data segment is capped (`[runtime] compile_memory_mb`), so such a file
+/// is refused, with the cap named, while the other plugins serve. The 18
+/// MiB Python example stands in for it under a cap below what compiling
+/// it takes (about 450 MB); before the cap, its compile took what it
+/// wanted, whatever the machine had.
+#[tokio::test]
+async fn a_compile_past_its_memory_cap_refuses_the_plugin_not_the_broker() {
+    let Some(python) = example("python-redis") else {
+        return;
+    };
+    let broker = TestBroker::start(BrokerSetup {
+        plugins: vec![
+            ("python-redis".into(), python),
+            ("echo".into(), wasm_broker_tests::wasm("echo")),
+        ],
+        runtime: format!("compile_memory_mb = {COMPILE_CAP_MB}"),
+        own_compile_cache: true,
+        ..BrokerSetup::default()
+    })
+    .await;
+    let response = broker
+        .osb(reqwest::Method::GET, "/admin/plugins")
+        .send()
+        .await
+        .expect("GET /admin/plugins");
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.expect("a JSON report");
+    let entry = |name: &str| {
+        report["plugins"]
+            .as_array()
+            .and_then(|plugins| plugins.iter().find(|plugin| plugin["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+    };
+    let python = entry("python-redis");
+    assert_eq!(python["state"], "refused", "{python}");
+    let why = python["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&format!("{COMPILE_CAP_MB} MiB")) && why.contains("compile_memory_mb"),
+        "the refusal names the cap: {why}"
+    );
+    assert_eq!(entry("echo")["state"], "serving", "{report}");
+    let (status, catalog) = broker.get("/v2/catalog").await;
+    assert_eq!(status, 200);
+    let names: Vec<_> = catalog["services"]
+        .as_array()
+        .map(|services| {
+            services
+                .iter()
+                .map(|service| service["name"].clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(names, [json!("echo")], "the others serve: {catalog}");
+}
+
+/// Enough for the worker to compile a Rust plugin, far below the Python
+/// example's needs.
+const COMPILE_CAP_MB: u64 = 160;
