@@ -542,6 +542,17 @@ cache_dir = "{cache}"
         send(self.osb(Method::GET, path)).await
     }
 
+    /// `/admin/plugins`' entry for plugin `name` (its file stem).
+    pub async fn admin_plugin(&self, name: &str) -> Value {
+        let (status, report) = self.get("/admin/plugins").await;
+        assert_eq!(status, 200, "{report}");
+        report["plugins"]
+            .as_array()
+            .and_then(|plugins| plugins.iter().find(|plugin| plugin["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+    }
+
     /// `PUT` an instance with any body (`query` is `""` or `?...`).
     pub async fn put_instance(&self, instance_id: &str, query: &str, body: &Value) -> (u16, Value) {
         send(

@@ -310,27 +310,27 @@ mod tests {
         assert!(matches!(outcome, WorkerOutcome::Unavailable(_)));
     }
 
-    /// A stand-in worker: a shell script.
-    fn script(dir: &Path, body: &str) -> PathBuf {
+    /// Runs a stand-in worker, a shell script of `body`, as the broker
+    /// runs a worker, stopping it after `within`.
+    fn run_script(body: &str, within: Duration) -> WorkerOutcome {
         use std::os::unix::fs::PermissionsExt as _;
-        let path = dir.join("worker.sh");
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        path
-    }
-
-    #[test]
-    fn a_worker_that_runs_on_is_stopped_at_its_deadline() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let worker = script(dir.path(), "sleep 30");
-        let started = Instant::now();
-        let outcome = compile_in_worker(
+        let worker = dir.path().join("worker.sh");
+        std::fs::write(&worker, format!("#!/bin/sh\n{body}\n")).expect("write");
+        std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        compile_in_worker(
             &worker,
             &settings(Compiler::Winch),
             &dir.path().join("in.wasm"),
             &dir.path().join("out.cwasm"),
-            Duration::from_millis(300),
-        );
+            within,
+        )
+    }
+
+    #[test]
+    fn a_worker_that_runs_on_is_stopped_at_its_deadline() {
+        let started = Instant::now();
+        let outcome = run_script("sleep 30", Duration::from_millis(300));
         assert!(started.elapsed() < Duration::from_secs(10));
         let WorkerOutcome::Failed(why) = outcome else {
             panic!("not refused");
@@ -340,15 +340,7 @@ mod tests {
 
     #[test]
     fn a_worker_that_dies_refuses_the_plugin_with_what_it_said() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let worker = script(dir.path(), "echo 'out of memory' >&2; kill -9 $$");
-        let outcome = compile_in_worker(
-            &worker,
-            &settings(Compiler::Winch),
-            &dir.path().join("in.wasm"),
-            &dir.path().join("out.cwasm"),
-            COMPILE_WITHIN,
-        );
+        let outcome = run_script("echo 'out of memory' >&2; kill -9 $$", COMPILE_WITHIN);
         let WorkerOutcome::Failed(why) = outcome else {
             panic!("not refused");
         };
@@ -360,17 +352,9 @@ mod tests {
 
     #[test]
     fn a_worker_that_met_its_memory_cap_is_reported_with_the_cap() {
-        let dir = tempfile::tempdir().expect("temp dir");
         // What Rust's allocator says when an allocation fails, then aborts.
-        let worker = script(
-            dir.path(),
+        let outcome = run_script(
             "echo 'memory allocation of 1048576 bytes failed' >&2; kill -ABRT $$",
-        );
-        let outcome = compile_in_worker(
-            &worker,
-            &settings(Compiler::Winch),
-            &dir.path().join("in.wasm"),
-            &dir.path().join("out.cwasm"),
             COMPILE_WITHIN,
         );
         let WorkerOutcome::Failed(why) = outcome else {

@@ -230,7 +230,7 @@ async fn a_broken_replacement_leaves_the_old_version_serving() {
         401,
         "the admin view needs the credentials"
     );
-    let echo = admin_plugin(&broker, "echo").await;
+    let echo = broker.admin_plugin("echo").await;
     assert_eq!(
         (&echo["state"], &echo["version"]),
         (&json!("serving"), &json!("1.0.0")),
@@ -271,28 +271,12 @@ async fn a_broken_replacement_leaves_the_old_version_serving() {
         info_gauge(&broker, "echo", "1.0.0", "serving").await,
         Some(0.0)
     );
-    let echo = admin_plugin(&broker, "echo").await;
+    let echo = broker.admin_plugin("echo").await;
     assert_eq!(
         (&echo["state"], &echo["version"], &echo["error"]),
         (&json!("serving"), &json!("2.0.0"), &Value::Null),
         "{echo}"
     );
-}
-
-/// `/admin/plugins`' entry for `name`.
-async fn admin_plugin(broker: &TestBroker, name: &str) -> Value {
-    let response = broker
-        .osb(reqwest::Method::GET, "/admin/plugins")
-        .send()
-        .await
-        .expect("GET /admin/plugins");
-    assert_eq!(response.status(), 200);
-    let report: Value = response.json().await.expect("a JSON report");
-    report["plugins"]
-        .as_array()
-        .and_then(|plugins| plugins.iter().find(|plugin| plugin["name"] == name))
-        .cloned()
-        .unwrap_or_else(|| panic!("no {name} in {report}"))
 }
 
 /// `plugin_info{plugin,version,state}` in `/metrics`.

@@ -390,28 +390,15 @@ async fn a_compile_past_its_memory_cap_refuses_the_plugin_not_the_broker() {
         ..BrokerSetup::default()
     })
     .await;
-    let response = broker
-        .osb(reqwest::Method::GET, "/admin/plugins")
-        .send()
-        .await
-        .expect("GET /admin/plugins");
-    assert_eq!(response.status(), 200);
-    let report: Value = response.json().await.expect("a JSON report");
-    let entry = |name: &str| {
-        report["plugins"]
-            .as_array()
-            .and_then(|plugins| plugins.iter().find(|plugin| plugin["name"] == name))
-            .cloned()
-            .unwrap_or_else(|| panic!("no {name} in {report}"))
-    };
-    let python = entry("python-redis");
+    let python = broker.admin_plugin("python-redis").await;
     assert_eq!(python["state"], "refused", "{python}");
     let why = python["error"].as_str().unwrap_or_default();
     assert!(
         why.contains(&format!("{COMPILE_CAP_MB} MiB")) && why.contains("compile_memory_mb"),
         "the refusal names the cap: {why}"
     );
-    assert_eq!(entry("echo")["state"], "serving", "{report}");
+    let echo = broker.admin_plugin("echo").await;
+    assert_eq!(echo["state"], "serving", "{echo}");
     let (status, catalog) = broker.get("/v2/catalog").await;
     assert_eq!(status, 200);
     let names: Vec<_> = catalog["services"]
