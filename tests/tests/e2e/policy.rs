@@ -15,8 +15,8 @@ use reqwest::Method;
 use serde_json::json;
 use wasm_broker_tests::faults::{GRANT_ABUSE, assert_denied, grant_abuse_report};
 use wasm_broker_tests::{
-    ADMIN_CONNECTIONS, BrokerSetup, TestBroker, instance_path, mariadb_has_database,
-    postgres_admin, provision_body, service_available, shipped_grants, unique_id,
+    ADMIN_CONNECTIONS, BrokerSetup, CONNECTIONS, TestBroker, instance_path, mariadb_has_database,
+    mariadb_root, postgres_admin, provision_body, service_available, shipped_grants, unique_id,
 };
 
 /// A broker serving grant_abuse with `grants` (lines of its
@@ -248,25 +248,40 @@ async fn a_read_only_mariadb_grant_refuses_writes() {
     );
 }
 
-/// Four statements sleeping far past a 2 s deadline: each call fails at
+/// Four statements running far past a 2 s deadline: each call fails at
 /// the deadline, and the connections they held are closed, not queued for
-/// reuse behind the sleep, so the next call is served at once.
-async fn sleeping_statements_end_at_the_deadline(connection: &str, sleep: &str) {
+/// reuse behind the statement, so the next call is served at once; and the
+/// server stops the statements too, rather than keep four of its connections
+/// (a plugin doing this in every call would use up `max_connections` for
+/// every other plugin and tenant of the server).
+///
+/// `accounts` is the `[connections]` the broker holds: the administrators'
+/// (`ADMIN_CONNECTIONS`) or the least-privilege accounts of the shipped
+/// broker.toml (`CONNECTIONS`), which may end only their own sessions.
+async fn long_statements_end_at_the_deadline(accounts: &str, connection: &str, statement: &str) {
     let _timing = wasm_broker_tests::timed().await;
-    let broker = broker(
-        &format!("admin = \"{connection}\""),
-        "call_timeout_ms = 2000",
-    )
+    let broker = TestBroker::start(BrokerSetup {
+        plugins: vec![GRANT_ABUSE.plugin()],
+        extra_config: format!(
+            "{accounts}\n[plugins.grant_abuse]\ncall_timeout_ms = 2000\n\
+             [plugins.grant_abuse.connections]\nadmin = \"{connection}\"\n"
+        ),
+        ..BrokerSetup::default()
+    })
     .await;
+    // The tag finds these statements among the server's sessions.
+    let tag = unique_id("long").replace('-', "_");
+    let statement = format!("{statement} /* {tag} */");
+    let statement = statement.as_str();
     let started = Instant::now();
     let mut calls = tokio::task::JoinSet::new();
-    // The connection's pool has 4 connections: all of them sleep.
+    // The connection's pool has 4 connections: all of them are busy.
     for _ in 0..4 {
         let request = broker
-            .osb(Method::PUT, &instance_path(&unique_id("sleep")))
+            .osb(Method::PUT, &instance_path(&unique_id("long")))
             .json(&provision_body(
                 &GRANT_ABUSE.plan(),
-                Some(json!({"calls": [{"sql": sleep}]})),
+                Some(json!({"calls": [{"sql": statement}]})),
             ))
             .timeout(Duration::from_secs(30));
         calls.spawn(async move {
@@ -292,6 +307,42 @@ async fn sleeping_statements_end_at_the_deadline(connection: &str, sleep: &str) 
         "the next call waited {:?} for a connection",
         started.elapsed()
     );
+
+    let mut running = sessions_running(connection, &tag).await;
+    while running > 0 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        running = sessions_running(connection, &tag).await;
+    }
+    assert_eq!(
+        running,
+        0,
+        "the server still runs {running} abandoned statement(s) {:?} after the deadline",
+        started.elapsed()
+    );
+}
+
+/// Sessions of the `connection` server running a statement that holds
+/// `tag`, seen from an administrator's connection of the test's own.
+async fn sessions_running(connection: &str, tag: &str) -> i64 {
+    if connection == "postgres" {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE state = 'active' AND strpos(query, $1) > 0 AND pid <> pg_backend_pid()",
+        )
+        .bind(tag)
+        .fetch_one(&mut postgres_admin().await)
+        .await
+        .expect("counted")
+    } else {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.processlist \
+             WHERE command = 'Query' AND instr(info, ?) > 0 AND id <> CONNECTION_ID()",
+        )
+        .bind(tag)
+        .fetch_one(&mut mariadb_root().await)
+        .await
+        .expect("counted")
+    }
 }
 
 #[tokio::test]
@@ -299,13 +350,33 @@ async fn a_sleeping_postgres_statement_ends_at_the_deadline() {
     if !service_available("PostgreSQL", "127.0.0.1:5432") {
         return;
     }
-    sleeping_statements_end_at_the_deadline("postgres", "SELECT pg_sleep(30)").await;
+    long_statements_end_at_the_deadline(ADMIN_CONNECTIONS, "postgres", "SELECT pg_sleep(30)").await;
 }
 
 #[tokio::test]
-async fn a_sleeping_mariadb_statement_ends_at_the_deadline() {
+async fn a_sleeping_postgres_statement_of_the_least_privilege_account_ends_at_the_deadline() {
+    if !service_available("PostgreSQL", "127.0.0.1:5432") {
+        return;
+    }
+    long_statements_end_at_the_deadline(CONNECTIONS, "postgres", "SELECT pg_sleep(30)").await;
+}
+
+/// About 110 s of a server core if it were not ended. (MariaDB notices a
+/// closed client during `SLEEP` within 5 s, but not during `BENCHMARK`.)
+const BUSY_MARIADB_STATEMENT: &str = "SELECT BENCHMARK(300000000, MD5('wasm-broker'))";
+
+#[tokio::test]
+async fn a_busy_mariadb_statement_ends_at_the_deadline() {
     if !service_available("MariaDB", "127.0.0.1:3306") {
         return;
     }
-    sleeping_statements_end_at_the_deadline("mariadb", "SELECT SLEEP(30)").await;
+    long_statements_end_at_the_deadline(ADMIN_CONNECTIONS, "mariadb", BUSY_MARIADB_STATEMENT).await;
+}
+
+#[tokio::test]
+async fn a_busy_mariadb_statement_of_the_least_privilege_account_ends_at_the_deadline() {
+    if !service_available("MariaDB", "127.0.0.1:3306") {
+        return;
+    }
+    long_statements_end_at_the_deadline(CONNECTIONS, "mariadb", BUSY_MARIADB_STATEMENT).await;
 }

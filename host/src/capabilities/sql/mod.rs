@@ -3,7 +3,7 @@
 //! admin credentials; the plugin sends text and gets typed values back.
 //! A grant's policy may make statements read-only and cap their rows and
 //! bytes (`crate::policy`); a statement still running at the call's
-//! deadline ends there, its connection closed.
+//! deadline ends there, its connection closed and its server session ended.
 
 use std::sync::Arc;
 
@@ -26,6 +26,9 @@ use crate::contract::wasm_broker::plugin::sql::{
     self as wit, Dialect, Error, QueryResult, ServerInfo, Value,
 };
 use crate::limits::{ByteBudget, CallDeadline, DeadlineExceeded};
+use session::{Running, Sessions};
+
+mod session;
 
 /// The `sql` import of one plugin call.
 pub struct SqlHost {
@@ -168,7 +171,7 @@ enum Protocol {
 }
 
 /// What differs between MySQL and PostgreSQL; [`execute`] is the rest.
-trait Engine: Database + HasStatementCache {
+trait Engine: Sessions + HasStatementCache {
     /// Makes what follows on the connection read-only, until
     /// [`Self::READ_ONLY_END`]. MariaDB commits implicitly before DDL, which
     /// then escapes a `START TRANSACTION READ ONLY`: the session is made
@@ -208,8 +211,9 @@ enum Stop {
 /// Runs one statement on a connection of `pool`. Past the deadline, or
 /// when the result passes a limit, the connection is closed at once rather
 /// than returned to the pool with the statement still running or its rows
-/// still coming. (The server may go on with the statement until it next
-/// writes to the closed connection.)
+/// still coming, and the statement's session is ended on the server, which
+/// would otherwise go on with it until it next wrote to the closed
+/// connection (`session`).
 async fn execute<DB: Engine>(
     pool: &Pool<DB>,
     statement: &str,
@@ -225,6 +229,19 @@ where
         Ok(connection) => connection,
         Err(error) => return Ok(Err(failed(error, false))),
     };
+    let session = match deadline.bound("sql", DB::session(&mut *connection)).await {
+        Ok(Ok(session)) => session,
+        Ok(Err(error)) => {
+            drop(connection.detach());
+            return Ok(Err(failed(error, false)));
+        }
+        Err(exceeded) => {
+            drop(connection.detach());
+            return Err(exceeded);
+        }
+    };
+    // Ends the session on the server unless the statement finishes.
+    let running = Running::<DB>::new(pool.connect_options(), session);
     let outcome = deadline
         .bound(
             "sql",
@@ -232,8 +249,14 @@ where
         )
         .await;
     match outcome {
-        Ok(Ok(result)) => Ok(Ok(result)),
-        Ok(Err(Stop::Clean(error))) => Ok(Err(error)),
+        Ok(Ok(result)) => {
+            running.finished();
+            Ok(Ok(result))
+        }
+        Ok(Err(Stop::Clean(error))) => {
+            running.finished();
+            Ok(Err(error))
+        }
         Ok(Err(Stop::Midway(error))) => {
             drop(connection.detach());
             Ok(Err(error))
