@@ -11,9 +11,12 @@ use cli::{Cli, Command, InstancesCommand, PluginsCommand};
 use wasm_broker::config::Config;
 use wasm_broker::runtime::{self, EngineSettings};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Cli::parse();
+    // The compile worker runs without an async runtime: it nices itself
+    // first thing, and Linux keeps a nice value per thread, so the idle
+    // workers of a runtime started before would keep full priority (and
+    // wasmtime's compiling threads, started after, inherit the nice).
     if let Command::CompilePlugin {
         compiler,
         largest_memory,
@@ -31,6 +34,15 @@ async fn main() -> anyhow::Result<()> {
         };
         std::process::exit(runtime::run_worker(&settings, input, output));
     }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(args))
+}
+
+/// Every command but the compile worker.
+async fn run(args: Cli) -> anyhow::Result<()> {
     // Every command that loads plugins compiles them in a child process of
     // this binary (`runtime/compiler.rs`).
     if let Ok(binary) = std::env::current_exe() {

@@ -440,8 +440,8 @@ async fn the_compile_worker_runs_confined() {
         .expect("the compile worker starts");
     let proc = PathBuf::from(format!("/proc/{}", worker.id()));
     let read = |name: &str| std::fs::read_to_string(proc.join(name)).unwrap_or_default();
-    // The main thread's nice, field 19 of its stat (after the command
-    // name, which is in parentheses).
+    // A thread's nice, field 19 of its stat (after the command name, which
+    // is in parentheses); the process's stat is its main thread's.
     let nice = |stat: &str| {
         stat.rsplit_once(')')
             .and_then(|(_, fields)| fields.split_whitespace().nth(16))
@@ -455,6 +455,28 @@ async fn the_compile_worker_runs_confined() {
         );
         assert!(std::time::Instant::now() < deadline, "never niced");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Every thread: Linux keeps a nice value per thread, and a thread
+    // started before the worker niced itself (a Tokio worker, say) would
+    // compete with the broker at full priority.
+    let threads: Vec<(String, Option<String>)> = std::fs::read_dir(proc.join("task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .map(|task| {
+                    let stat =
+                        std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                    (task.file_name().to_string_lossy().into_owned(), nice(&stat))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!threads.is_empty(), "no threads read");
+    for (thread, value) in &threads {
+        // A thread that ended between listing and reading has no stat.
+        if let Some(value) = value {
+            assert_eq!(value, "10", "thread {thread} of the worker: {threads:?}");
+        }
     }
     assert_eq!(read("oom_score_adj").trim(), "1000");
     let limits = read("limits");
