@@ -319,6 +319,18 @@ async fn long_statements_end_at_the_deadline(accounts: &str, connection: &str, s
         "the server still runs {running} abandoned statement(s) {:?} after the deadline",
         started.elapsed()
     );
+    // The operator is told, once per statement (logged once the ending
+    // connection is closed, a moment after the session is gone).
+    let told = || {
+        broker
+            .logs()
+            .matches("its session was ended on the server")
+            .count()
+    };
+    while told() < 4 && started.elapsed() < Duration::from_secs(12) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(told(), 4, "{}", broker.logs());
 }
 
 /// Sessions of the `connection` server running a statement that holds
