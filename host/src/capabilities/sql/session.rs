@@ -5,15 +5,17 @@
 //! not the server working: PostgreSQL and MariaDB notice a closed client
 //! only when they next write to it. Measured here, a `SELECT pg_sleep(25)`
 //! or `SELECT SLEEP(25)` whose client was killed after 1 s was still running
-//! 3 s later. So a plugin whose every call sent `SELECT pg_sleep(86400)`
-//! would leave one server session behind per call (each holding a server
-//! connection and whatever it locked), until the server's `max_connections`
-//! refused every other plugin and tenant of that server.
+//! 3 s later (MariaDB ends a `SLEEP` within about 5 s, but a `BENCHMARK`
+//! runs on, burning a server core). So a plugin whose every call sent
+//! `SELECT pg_sleep(86400)` would leave one server session behind per call
+//! (each holding a server connection and whatever it locked), until the
+//! server's `max_connections` refused every other plugin and tenant of that
+//! server.
 //!
 //! So before each statement the host asks which session it is (one round
-//! trip: its pid and start time, or `CONNECTION_ID()`), and a statement abandoned while
-//! running (its deadline passed, a limit cut its result, or the call went
-//! away) has its session ended from a connection of its own
+//! trip: its pid and start time, or `CONNECTION_ID()`), and a statement
+//! abandoned while running (its deadline passed, a limit cut its result, or
+//! the call went away) has its session ended from a connection of its own
 //! (`pg_terminate_backend`, `KILL CONNECTION`). An account may always end
 //! its own sessions, so this needs no right beyond the grant's.
 
